@@ -1,0 +1,30 @@
+//! `flexgate db ...`: schema maintenance.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Subcommand;
+
+use crate::settings::Settings;
+use crate::store::{ConnectOptions, Store};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DbCommand {
+    /// Apply every pending migration to DATABASE_URL (safe to run repeatedly).
+    Migrate,
+}
+
+impl DbCommand {
+    pub(crate) async fn run(self, settings: &Settings) -> anyhow::Result<ExitCode> {
+        match self {
+            DbCommand::Migrate => {
+                let store = Store::connect(&settings.database_url, &ConnectOptions::default())
+                    .await
+                    .context("connecting to the database")?;
+                store.migrate().await?;
+                println!("{} database is up to date", store.backend());
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! flexgate: a sidecar authorization proxy that reproduces the FlexMeasures security
+//! model in front of any HTTP service.
+//!
+//! # Layout
+//!
+//! * [`settings`]: deployment settings and secrets from the environment.
+//! * [`store`]: the database (PostgreSQL or SQLite): identity tables, change feed,
+//!   migrations.
+//! * [`auth`]: passwords (bcrypt, off the async runtime).
+//! * [`cli`]: the `flexgate` command line; `main.rs` only parses and runs it.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod cli;
+pub mod settings;
+pub mod store;

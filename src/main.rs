@@ -1,0 +1,17 @@
+//! The `flexgate` binary: parse the command line, run it, turn an error into a message
+//! and an exit code. Everything else lives in the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = flexgate::cli::Cli::parse();
+    match cli.run() {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Everything flexgate keeps in a database: the identity tables (accounts, users, roles),
+//! the change feed that keeps every replica's caches honest, and the operator's
+//! resource-owner queries.
+//!
+//! One [`Store`] wraps either a PostgreSQL or an SQLite pool, chosen by the URL scheme.
+//! Queries are runtime strings with `$n` placeholders, which both drivers accept, so each
+//! query is written once and run through [`dispatch!`] on whichever pool is configured.
+//! Migrations for both databases live in `migrations/` and are compiled into the binary.
+
+mod identity;
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+
+pub use identity::{Account, Change, Credentials, NewAccount, NewUser, PrincipalRecord, User, UserRef};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database could not be reached or refused a query. Callers on the request
+    /// path treat this as "fail closed".
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Applying migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A named record does not exist.
+    #[error("{what} {key} does not exist")]
+    NotFound {
+        /// The kind of record (`account`, `user`).
+        what: &'static str,
+        /// How the caller named it.
+        key: String,
+    },
+    /// The change would break a uniqueness rule (duplicate email, account name).
+    #[error("{0}")]
+    Conflict(String),
+    /// The input can never be valid (empty role name, self-consultancy).
+    #[error("{0}")]
+    Invalid(String),
+    /// The `DATABASE_URL` names a database flexgate cannot use.
+    #[error("unsupported DATABASE_URL scheme: expected postgres://, postgresql:// or sqlite://")]
+    UnsupportedUrl,
+}
+
+/// The pool of whichever database the URL named.
+#[derive(Clone, Debug)]
+pub enum Pool {
+    /// Production: shared by every replica.
+    Postgres(sqlx::PgPool),
+    /// Zero-setup default: a local file (or `:memory:` in tests).
+    Sqlite(sqlx::SqlitePool),
+}
+
+/// Run the same query code on whichever pool is configured. The body is compiled once
+/// per driver, so it may use driver-specific row and transaction types freely.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! dispatch {
+    ($pool:expr, $p:ident => $body:expr) => {
+        match $pool {
+            $crate::store::Pool::Postgres($p) => $body,
+            $crate::store::Pool::Sqlite($p) => $body,
+        }
+    };
+}
+pub use crate::dispatch;
+
+/// Connection knobs; the defaults suit a sidecar.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Largest number of pooled connections.
+    pub max_connections: u32,
+    /// How long a request waits for a connection before failing closed.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Handle to the database; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: Pool,
+}
+
+impl Store {
+    /// Connect to `url` (creating an SQLite file if it does not exist yet).
+    pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Self, Error> {
+        let pool = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new()
+                .max_connections(options.max_connections)
+                .acquire_timeout(options.acquire_timeout)
+                .connect(url)
+                .await?;
+            Pool::Postgres(pool)
+        } else if url.starts_with("sqlite:") {
+            let connect = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .foreign_keys(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(5));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(options.max_connections)
+                .acquire_timeout(options.acquire_timeout)
+                .connect_with(connect)
+                .await?;
+            Pool::Sqlite(pool)
+        } else {
+            return Err(Error::UnsupportedUrl);
+        };
+        Ok(Store { pool })
+    }
+
+    /// The underlying pool, for modules that run their own queries.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// `postgres` or `sqlite`, for messages and metrics.
+    pub fn backend(&self) -> &'static str {
+        match self.pool {
+            Pool::Postgres(_) => "postgres",
+            Pool::Sqlite(_) => "sqlite",
+        }
+    }
+
+    /// Apply every pending migration for this database.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        match &self.pool {
+            Pool::Postgres(p) => migrator(POSTGRES_MIGRATIONS).run(p).await?,
+            Pool::Sqlite(p) => migrator(SQLITE_MIGRATIONS).run(p).await?,
+        }
+        Ok(())
+    }
+
+    /// A cheap round trip, for readiness checks.
+    pub async fn ping(&self) -> Result<(), Error> {
+        dispatch!(&self.pool, p => sqlx::query("SELECT 1").execute(p).await.map(drop)?);
+        Ok(())
+    }
+
+    /// Close every connection (tests and shutdown).
+    pub async fn close(&self) {
+        dispatch!(&self.pool, p => p.close().await)
+    }
+}
+
+/// `(version, description, sql)` of each migration, in order.
+type MigrationSource = &'static [(i64, &'static str, &'static str)];
+
+const POSTGRES_MIGRATIONS: MigrationSource = &[(
+    1,
+    "identity",
+    include_str!("../../migrations/postgres/0001_identity.sql"),
+)];
+
+const SQLITE_MIGRATIONS: MigrationSource = &[(
+    1,
+    "identity",
+    include_str!("../../migrations/sqlite/0001_identity.sql"),
+)];
+
+fn migrator(source: MigrationSource) -> Migrator {
+    let migrations = source
+        .iter()
+        .map(|&(version, description, sql)| {
+            Migration::new(
+                version,
+                Cow::Borrowed(description),
+                MigrationType::Simple,
+                sqlx::SqlStr::from_static(sql),
+                false,
+            )
+        })
+        .collect();
+    Migrator::with_migrations(migrations)
+}
+
+/// Map a uniqueness violation to a readable conflict; everything else stays a
+/// database error.
+fn conflict_or(err: sqlx::Error, message: impl FnOnce() -> String) -> Error {
+    match err.as_database_error() {
+        Some(db) if db.is_unique_violation() => Error::Conflict(message()),
+        _ => Error::Database(err),
+    }
+}
