@@ -314,10 +314,13 @@ fn clean(roles: Vec<String>) -> Vec<String> {
 fn read_password(from_stdin: bool) -> anyhow::Result<String> {
     if from_stdin {
         let mut line = String::new();
-        std::io::stdin()
+        let read = std::io::stdin()
             .lock()
             .read_line(&mut line)
             .context("reading the password from stdin")?;
+        if read == 0 {
+            bail!("no password on stdin (--password-stdin reads its first line)");
+        }
         let password = line.trim_end_matches(['\n', '\r']).to_owned();
         crate::auth::password::validate_new_password(&password)?;
         return Ok(password);

@@ -151,6 +151,14 @@ impl Store {
         Ok(())
     }
 
+    /// Run a trusted multi-statement SQL script (the demo schema, test fixtures). Never
+    /// pass request data here.
+    pub async fn execute_script(&self, sql: &str) -> Result<(), Error> {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        dispatch!(&self.pool, p => sqlx::raw_sql(sql).execute(p).await.map(drop)?);
+        Ok(())
+    }
+
     /// Close every connection (tests and shutdown).
     pub async fn close(&self) {
         dispatch!(&self.pool, p => p.close().await)
