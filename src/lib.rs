@@ -7,11 +7,13 @@
 //! * [`store`]: the database (PostgreSQL or SQLite): identity tables, change feed,
 //!   migrations.
 //! * [`auth`]: passwords (bcrypt, off the async runtime).
+//! * [`policy`]: the pure decision engine (ACLs, roles, the FlexMeasures order of checks).
 //! * [`cli`]: the `flexgate` command line; `main.rs` only parses and runs it.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod auth;
 pub mod cli;
+pub mod policy;
 pub mod settings;
 pub mod store;

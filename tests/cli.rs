@@ -45,7 +45,14 @@ fn uniquifier(db: &TestDb, user_id: i64) -> String {
 fn seed(db: &TestDb) {
     run(
         db,
-        &["add", "account", "--name", "Consultancy", "--roles", "Consultancy"],
+        &[
+            "add",
+            "account",
+            "--name",
+            "Consultancy",
+            "--roles",
+            "Consultancy",
+        ],
         None,
     )
     .ok();
@@ -222,12 +229,24 @@ fn bad_environment_names_every_variable() {
     let out = common::Run::from(out);
     out.fails_with("SECURITY_TOKEN_MAX_AGE: expected whole seconds");
     assert!(out.stderr.contains("SECRET_KEY: must be at least 32 bytes"));
-    assert!(!out.stderr.contains("too-short"), "secret echoed: {}", out.stderr);
+    assert!(
+        !out.stderr.contains("too-short"),
+        "secret echoed: {}",
+        out.stderr
+    );
 }
 
 #[test]
 fn db_migrate_is_repeatable() {
     let db = TestDb::sqlite();
-    assert!(run(&db, &["db", "migrate"], None).ok().contains("sqlite database is up to date"));
-    assert!(run(&db, &["db", "migrate"], None).ok().contains("up to date"));
+    assert!(
+        run(&db, &["db", "migrate"], None)
+            .ok()
+            .contains("sqlite database is up to date")
+    );
+    assert!(
+        run(&db, &["db", "migrate"], None)
+            .ok()
+            .contains("up to date")
+    );
 }

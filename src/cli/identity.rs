@@ -212,7 +212,10 @@ impl ListCommand {
                 if output.json {
                     println!("{}", serde_json::to_string_pretty(&users)?);
                 } else {
-                    println!("{:>6}  {:<40}  {:>7}  {:<6}  roles", "id", "email", "account", "active");
+                    println!(
+                        "{:>6}  {:<40}  {:>7}  {:<6}  roles",
+                        "id", "email", "account", "active"
+                    );
                     for u in &users {
                         println!(
                             "{:>6}  {:<40}  {:>7}  {:<6}  {}",
@@ -269,7 +272,10 @@ impl ConsultancyCommand {
                 account,
                 consultancy,
                 output,
-            } => (store.set_consultancy(account, Some(consultancy)).await?, output),
+            } => (
+                store.set_consultancy(account, Some(consultancy)).await?,
+                output,
+            ),
             ConsultancyCommand::Clear { account, output } => {
                 (store.set_consultancy(account, None).await?, output)
             }

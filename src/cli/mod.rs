@@ -92,7 +92,12 @@ impl Command {
 pub(crate) async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     let store = Store::connect(&settings.database_url, &ConnectOptions::default())
         .await
-        .with_context(|| format!("connecting to the {} database", scheme(&settings.database_url)))?;
+        .with_context(|| {
+            format!(
+                "connecting to the {} database",
+                scheme(&settings.database_url)
+            )
+        })?;
     if settings.migrate_on_start {
         store.migrate().await.context("migrating the database")?;
     }

@@ -224,7 +224,9 @@ pub(crate) enum RoleKind {
 impl RoleKind {
     fn upsert_role(self) -> &'static str {
         match self {
-            RoleKind::User => "INSERT INTO flexgate_role (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+            RoleKind::User => {
+                "INSERT INTO flexgate_role (name) VALUES ($1) ON CONFLICT (name) DO NOTHING"
+            }
             RoleKind::Account => {
                 "INSERT INTO flexgate_account_role (name) VALUES ($1) ON CONFLICT (name) DO NOTHING"
             }
@@ -440,7 +442,8 @@ impl Store {
         remove: &[String],
     ) -> Result<User, Error> {
         let user = self.user(who).await?;
-        self.edit_roles(RoleKind::User, user.id, add, remove).await?;
+        self.edit_roles(RoleKind::User, user.id, add, remove)
+            .await?;
         self.user(&UserRef::Id(user.id)).await
     }
 

@@ -17,7 +17,9 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
-pub use identity::{Account, Change, Credentials, NewAccount, NewUser, PrincipalRecord, User, UserRef};
+pub use identity::{
+    Account, Change, Credentials, NewAccount, NewUser, PrincipalRecord, User, UserRef,
+};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]

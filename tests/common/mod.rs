@@ -57,7 +57,9 @@ impl TestDb {
             Ok(url) if url.starts_with("postgres") => url,
             _ => {
                 if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-                    panic!("CI=true but DATABASE_URL does not name a PostgreSQL server: the PostgreSQL tests cannot run");
+                    panic!(
+                        "CI=true but DATABASE_URL does not name a PostgreSQL server: the PostgreSQL tests cannot run"
+                    );
                 }
                 eprintln!("skipping PostgreSQL test: set DATABASE_URL=postgres://... to run it");
                 return None;
@@ -74,10 +76,12 @@ impl TestDb {
             let mut conn = sqlx::PgConnection::connect(&admin)
                 .await
                 .expect("connect to DATABASE_URL");
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{db}\"")))
-                .execute(&mut conn)
-                .await
-                .expect("drop old test database");
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS \"{db}\""
+            )))
+            .execute(&mut conn)
+            .await
+            .expect("drop old test database");
             sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{db}\"")))
                 .execute(&mut conn)
                 .await
@@ -242,7 +246,8 @@ impl Run {
     /// Parse stdout as JSON.
     #[track_caller]
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(self.ok()).unwrap_or_else(|e| panic!("bad JSON ({e}): {}", self.stdout))
+        serde_json::from_str(self.ok())
+            .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", self.stdout))
     }
 }
 
