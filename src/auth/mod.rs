@@ -5,6 +5,7 @@
 //! Authorization (what the caller may do) is not here; see [`crate::policy`].
 
 pub mod password;
+pub mod token;
 
 pub use password::PasswordHasher;
 
