@@ -15,5 +15,6 @@
 pub mod auth;
 pub mod cli;
 pub mod policy;
+pub mod rules;
 pub mod settings;
 pub mod store;

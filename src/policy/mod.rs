@@ -223,28 +223,29 @@ pub fn check_roles(
     admins: &AdminRoles,
 ) -> Result<(), RoleRefused> {
     let admin = who.has_role(&admins.admin);
-    if !req.required.is_empty()
-        && !(admin && req.admin_passes_required)
-        && !req.required.iter().all(|r| who.has_role(r))
-    {
+    if !(admin && req.admin_passes_required) && unmet(&req.required, true, |r| who.has_role(r)) {
         return Err(RoleRefused::Required);
     }
-    if !req.accepted.is_empty() && !admin && !req.accepted.iter().any(|r| who.has_role(r)) {
+    if !admin && unmet(&req.accepted, false, |r| who.has_role(r)) {
         return Err(RoleRefused::Accepted);
     }
-    if !req.account_required.is_empty()
-        && !admin
-        && !req.account_required.iter().all(|r| who.has_account_role(r))
-    {
+    if !admin && unmet(&req.account_required, true, |r| who.has_account_role(r)) {
         return Err(RoleRefused::AccountRequired);
     }
-    if !req.account_accepted.is_empty()
-        && !admin
-        && !req.account_accepted.iter().any(|r| who.has_account_role(r))
-    {
+    if !admin && unmet(&req.account_accepted, false, |r| who.has_account_role(r)) {
         return Err(RoleRefused::AccountAccepted);
     }
     Ok(())
+}
+
+/// Whether a role list is unmet (`every`: all needed, else one); an empty list is met.
+fn unmet(list: &[String], every: bool, has: impl Fn(&str) -> bool) -> bool {
+    let met = if every {
+        list.iter().all(|r| has(r))
+    } else {
+        list.is_empty() || list.iter().any(|r| has(r))
+    };
+    !met
 }
 
 /// Flask-Security's suffix for role 403s: " It requires a, b, and c permission(s)."

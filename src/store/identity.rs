@@ -515,11 +515,10 @@ impl Store {
         dispatch!(&self.pool, p => {
             let mut tx = p.begin().await?;
             for (what, id) in [("account", Some(account_id)), ("consultancy account", consultancy)] {
-                if let Some(id) = id {
-                    if sqlx::query(SELECT_ACCOUNT).bind(id).fetch_optional(&mut *tx).await?.is_none() {
+                if let Some(id) = id
+                    && sqlx::query(SELECT_ACCOUNT).bind(id).fetch_optional(&mut *tx).await?.is_none() {
                         return Err(Error::NotFound { what, key: id.to_string() });
                     }
-                }
             }
             sqlx::query("UPDATE flexgate_account SET consultancy_account_id = $1 WHERE id = $2")
                 .bind(consultancy).bind(account_id).execute(&mut *tx).await?;

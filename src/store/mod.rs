@@ -19,6 +19,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
 pub use identity::{
     Account, Change, Credentials, NewAccount, NewUser, PrincipalRecord, User, UserRef,
+    validate_role_name,
 };
 
 /// Why a store operation failed.

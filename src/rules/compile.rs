@@ -1,0 +1,1174 @@
+//! Raw TOML -> [`Config`]: every name checked, every template parsed, every principal
+//! resolved to a column, every route's shape compared with the others. All problems are
+//! collected (not just the first), each with its line, its rule and a way to fix it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, StatusCode};
+use toml::Spanned;
+
+use super::extract::{IdType, JsonPointer, Source};
+use super::matcher::{Matcher, Methods, Template};
+use super::raw::{RawAcl, RawCheck, RawConfig, RawItem, RawKind, RawRoute, RawSource};
+use super::{
+    CacheSettings, Check, Config, Diagnostic, Diagnostics, HttpMode, IdentityHeaders, IfAbsent,
+    Kind, Limits, PathOptions, Route, RuleSet, ServerConfig, Target, ThrottleSettings,
+};
+use crate::policy::acl::parse_term;
+use crate::policy::{
+    Acl, AdminRoles, Condition, Item, KindPolicy, Permission, RoleRequirements, Term, Value,
+};
+
+/// Role names with a built-in meaning somewhere in FlexMeasures, for typo warnings.
+const KNOWN_ROLES: &[&str] = &[
+    "admin",
+    "admin-reader",
+    "account-admin",
+    "consultant",
+    "task-runner",
+];
+const KNOWN_ACCOUNT_ROLES: &[&str] = &["Consultancy", "MDC", "Prosumer", "Supplier", "ESCo", "DSO"];
+
+/// Compile the text of a rule file named `file`.
+pub fn compile_text(text: &str, file: &Path) -> Result<Config, Diagnostics> {
+    let mut cx = Compiler {
+        text,
+        diagnostics: Diagnostics {
+            file: file.to_owned(),
+            ..Diagnostics::default()
+        },
+    };
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let line = e.span().map(|s| cx.line_of(s.start));
+            cx.error(line, None, e.message().trim().to_owned());
+            return Err(cx.diagnostics);
+        }
+    };
+    let base = file.parent().unwrap_or(Path::new("."));
+    let server = cx.server(&raw, base);
+    let admins = AdminRoles {
+        admin: raw
+            .auth
+            .admin_role
+            .clone()
+            .unwrap_or_else(|| "admin".into()),
+        admin_reader: raw
+            .auth
+            .admin_reader_role
+            .clone()
+            .unwrap_or_else(|| "admin-reader".into()),
+    };
+    for (what, name) in [
+        ("admin_role", &admins.admin),
+        ("admin_reader_role", &admins.admin_reader),
+    ] {
+        if let Err(e) = check_role_name(name) {
+            cx.error(None, Some("[auth]".into()), format!("{what}: {e}"));
+        }
+    }
+    let permissions = cx.permissions(&raw.permissions);
+    let kinds = cx.kinds(&raw.kinds, &permissions);
+    let paths = PathOptions {
+        allow_semicolons: raw.paths.allow_semicolons.unwrap_or(false),
+        allow_empty_segments: raw.paths.allow_empty_segments.unwrap_or(false),
+        case_insensitive: raw.paths.case_insensitive.unwrap_or(false),
+    };
+    let routes = cx.routes(&raw.routes, &kinds, &permissions, &admins);
+    cx.overlaps(&routes, paths.case_insensitive);
+
+    let token_endpoint = raw
+        .auth
+        .token_endpoint
+        .clone()
+        .unwrap_or_else(|| "/api/requestAuthToken".into());
+    match Template::parse(&token_endpoint) {
+        Ok(t) if t.params.is_empty() => {
+            for route in &routes {
+                if route.template.matches(&token_endpoint, paths.case_insensitive).is_some() {
+                    cx.warn(
+                        Some(route.line),
+                        Some(format!("route {:?}", &*route.name)),
+                        format!("never sees {token_endpoint}: flexgate answers the token endpoint itself"),
+                    );
+                }
+            }
+        }
+        _ => cx.error(
+            None,
+            Some("[auth]".into()),
+            format!("token_endpoint {token_endpoint:?} must be a plain path such as /api/requestAuthToken"),
+        ),
+    }
+    let unmatched_status = match raw.paths.unmatched_status.unwrap_or(404) {
+        403 => StatusCode::FORBIDDEN,
+        404 => StatusCode::NOT_FOUND,
+        other => {
+            cx.error(
+                None,
+                Some("[paths]".into()),
+                format!("unmatched_status = {other}: use 403 or 404"),
+            );
+            StatusCode::NOT_FOUND
+        }
+    };
+    let identity = cx.identity(
+        raw.identity
+            .header_prefix
+            .as_deref()
+            .unwrap_or("X-Flexgate-"),
+    );
+    let max_login_body_bytes = raw.auth.max_login_body_bytes.unwrap_or(4096);
+    if !(256..=1 << 20).contains(&max_login_body_bytes) {
+        cx.error(
+            None,
+            Some("[auth]".into()),
+            "max_login_body_bytes must be between 256 and 1048576".into(),
+        );
+    }
+
+    if !cx.diagnostics.errors.is_empty() {
+        return Err(cx.diagnostics);
+    }
+    let matcher = Matcher::build(
+        routes
+            .iter()
+            .map(|r| (r.template.clone(), r.methods.clone()))
+            .collect(),
+        paths.case_insensitive,
+    );
+    let rules = RuleSet {
+        file: file.to_owned(),
+        admins,
+        token_endpoint,
+        query_token: raw.auth.query_token.unwrap_or(false),
+        max_login_body_bytes,
+        paths,
+        unmatched_status,
+        identity: identity.expect("identity errors were reported above"),
+        permissions,
+        kinds,
+        routes,
+        matcher,
+    };
+    Ok(Config {
+        server,
+        rules: Arc::new(rules),
+        warnings: cx.diagnostics,
+    })
+}
+
+struct Compiler<'t> {
+    text: &'t str,
+    diagnostics: Diagnostics,
+}
+
+impl Compiler<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        self.text.get(..offset).map_or(1, |before| {
+            before.bytes().filter(|b| *b == b'\n').count() + 1
+        })
+    }
+
+    fn error(&mut self, line: Option<usize>, rule: Option<String>, message: String) {
+        self.diagnostics.errors.push(Diagnostic {
+            line,
+            rule,
+            message,
+        });
+    }
+
+    fn warn(&mut self, line: Option<usize>, rule: Option<String>, message: String) {
+        self.diagnostics.warnings.push(Diagnostic {
+            line,
+            rule,
+            message,
+        });
+    }
+
+    // === [server], [cache], [auth.throttle] ===
+
+    fn server(&mut self, raw: &RawConfig, base: &Path) -> ServerConfig {
+        let s = &raw.server;
+        let ctx = Some("[server]".to_owned());
+        let addr = |cx: &mut Self, key: &str, value: &Option<String>| -> Option<SocketAddr> {
+            let v = value.as_ref()?;
+            match v.parse() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    cx.error(None, ctx.clone(), format!("{key} = {v:?} is not an address; write host:port, e.g. \"0.0.0.0:8443\""));
+                    None
+                }
+            }
+        };
+        let https = addr(self, "https", &s.https);
+        let http = addr(self, "http", &s.http);
+        let admin = addr(self, "admin", &s.admin);
+        let http_mode = match s.http_mode.as_deref() {
+            None | Some("redirect") => HttpMode::Redirect,
+            Some("proxy") => HttpMode::Proxy,
+            Some(other) => {
+                self.error(
+                    None,
+                    ctx.clone(),
+                    format!("http_mode = {other:?}: use \"redirect\" or \"proxy\""),
+                );
+                HttpMode::Redirect
+            }
+        };
+        let tls = match (&s.tls_cert, &s.tls_key) {
+            (Some(c), Some(k)) => Some((base.join(c), base.join(k))),
+            (None, None) => None,
+            _ => {
+                self.error(
+                    None,
+                    ctx.clone(),
+                    "set both tls_cert and tls_key, or neither".into(),
+                );
+                None
+            }
+        };
+        if https.is_some() && tls.is_none() {
+            self.error(
+                None,
+                ctx.clone(),
+                "https is set but tls_cert and tls_key are not; add the PEM files".into(),
+            );
+        }
+        if http_mode == HttpMode::Redirect && http.is_some() && https.is_none() {
+            self.error(None, ctx.clone(), "http_mode = \"redirect\" needs an https listener to redirect to; add https or set http_mode = \"proxy\"".into());
+        }
+        let upstream = s.upstream.as_ref().and_then(|u| match u.parse::<http::Uri>() {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.authority().is_some()
+                    && matches!(uri.path(), "" | "/")
+                    && uri.query().is_none() =>
+            {
+                Some(uri)
+            }
+            _ => {
+                self.error(None, ctx.clone(), format!("upstream = {u:?}: write a base URL such as \"http://127.0.0.1:5000\" (no path)"));
+                None
+            }
+        });
+        let d = Limits::default();
+        let l = &s.limits;
+        let limit =
+            |cx: &mut Self, key: &str, v: Option<u64>, min: u64, max: u64, default: u64| -> u64 {
+                match v {
+                    None => default,
+                    Some(v) if (min..=max).contains(&v) => v,
+                    Some(v) => {
+                        cx.error(
+                            None,
+                            Some("[server.limits]".into()),
+                            format!("{key} = {v} is outside {min}..={max}"),
+                        );
+                        default
+                    }
+                }
+            };
+        let limits = Limits {
+            max_header_bytes: limit(
+                self,
+                "max_header_bytes",
+                l.max_header_bytes.map(|v| v as u64),
+                1024,
+                1 << 20,
+                d.max_header_bytes as u64,
+            ) as usize,
+            header_read_timeout: Duration::from_millis(limit(
+                self,
+                "header_read_timeout_ms",
+                l.header_read_timeout_ms,
+                100,
+                300_000,
+                d.header_read_timeout.as_millis() as u64,
+            )),
+            idle_timeout: Duration::from_secs(limit(
+                self,
+                "idle_timeout_secs",
+                l.idle_timeout_secs,
+                1,
+                3600,
+                d.idle_timeout.as_secs(),
+            )),
+            max_connections: limit(
+                self,
+                "max_connections",
+                l.max_connections.map(|v| v as u64),
+                1,
+                1_000_000,
+                d.max_connections as u64,
+            ) as usize,
+            max_json_body_bytes: limit(
+                self,
+                "max_json_body_bytes",
+                l.max_json_body_bytes.map(|v| v as u64),
+                64,
+                64 << 20,
+                d.max_json_body_bytes as u64,
+            ) as usize,
+            upstream_connect_timeout: Duration::from_millis(limit(
+                self,
+                "upstream_connect_timeout_ms",
+                l.upstream_connect_timeout_ms,
+                10,
+                60_000,
+                d.upstream_connect_timeout.as_millis() as u64,
+            )),
+            upstream_timeout: Duration::from_secs(limit(
+                self,
+                "upstream_timeout_secs",
+                l.upstream_timeout_secs,
+                1,
+                3600,
+                d.upstream_timeout.as_secs(),
+            )),
+            shutdown_grace: Duration::from_secs(limit(
+                self,
+                "shutdown_grace_secs",
+                l.shutdown_grace_secs,
+                0,
+                3600,
+                d.shutdown_grace.as_secs(),
+            )),
+        };
+        let c = &raw.cache;
+        let dc = CacheSettings::default();
+        let secs = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_secs);
+        let cache = CacheSettings {
+            principal_ttl: secs(c.principal_ttl_secs, dc.principal_ttl),
+            owner_ttl: secs(c.owner_ttl_secs, dc.owner_ttl),
+            owner_negative_ttl: secs(c.owner_negative_ttl_secs, dc.owner_negative_ttl),
+            owner_capacity: c.owner_capacity.unwrap_or(dc.owner_capacity),
+            principal_capacity: c.principal_capacity.unwrap_or(dc.principal_capacity),
+            token_capacity: c.token_capacity.unwrap_or(dc.token_capacity),
+        };
+        if cache.principal_ttl.is_zero() || cache.principal_ttl > Duration::from_secs(3600) {
+            self.error(
+                None,
+                Some("[cache]".into()),
+                "principal_ttl_secs must be between 1 and 3600".into(),
+            );
+        }
+        let t = &raw.auth.throttle;
+        let dt = ThrottleSettings::default();
+        let throttle = ThrottleSettings {
+            failures_per_email: t.failures_per_email.unwrap_or(dt.failures_per_email),
+            failures_per_client: t.failures_per_client.unwrap_or(dt.failures_per_client),
+            window: secs(t.window_secs, dt.window),
+        };
+        if throttle.failures_per_email == 0
+            || throttle.failures_per_client == 0
+            || throttle.window.is_zero()
+        {
+            self.error(
+                None,
+                Some("[auth.throttle]".into()),
+                "failures and window must be at least 1".into(),
+            );
+        }
+        ServerConfig {
+            https,
+            http,
+            http_mode,
+            admin,
+            tls,
+            upstream,
+            upstream_ca: s.upstream_ca.as_ref().map(|p| base.join(p)),
+            hsts_max_age: s.hsts_max_age.unwrap_or(31_536_000),
+            limits,
+            cache,
+            throttle,
+            max_concurrent_logins: raw.auth.max_concurrent_logins.unwrap_or(4).max(1),
+        }
+    }
+
+    fn permissions(&mut self, declared: &[Spanned<String>]) -> Vec<String> {
+        let mut names: Vec<String> = Permission::BUILTIN.iter().map(|s| s.to_string()).collect();
+        for p in declared {
+            let line = Some(self.line_of(p.span().start));
+            let name = p.get_ref();
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                self.error(
+                    line,
+                    None,
+                    format!("permission {name:?}: use lower-case letters, digits and '-'"),
+                );
+            } else if names.contains(name) {
+                self.error(
+                    line,
+                    None,
+                    format!("permission {name:?} is declared twice or is built in"),
+                );
+            } else {
+                names.push(name.clone());
+            }
+        }
+        names
+    }
+
+    fn permission(
+        &mut self,
+        name: &str,
+        known: &[String],
+        line: Option<usize>,
+        rule: &str,
+    ) -> Option<Permission> {
+        match known.iter().position(|k| k == name) {
+            Some(i) => Some(Permission(i as u16)),
+            None => {
+                let hint = did_you_mean(name, known.iter().map(String::as_str))
+                    .map(|s| format!("did you mean {s:?}? "))
+                    .unwrap_or_default();
+                self.error(
+                    line,
+                    Some(rule.to_owned()),
+                    format!("unknown permission {name:?}; {hint}use one of {} or declare it in `permissions`", known.join(", ")),
+                );
+                None
+            }
+        }
+    }
+
+    // === [kind.*] ===
+
+    fn kinds(
+        &mut self,
+        raw: &BTreeMap<Spanned<String>, RawKind>,
+        permissions: &[String],
+    ) -> Vec<Kind> {
+        let mut kinds = Vec::new();
+        for (name, kind) in raw {
+            let line = Some(self.line_of(name.span().start));
+            let name = name.get_ref().clone();
+            let rule = format!("kind {name:?}");
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            {
+                self.error(
+                    line,
+                    Some(rule.clone()),
+                    "kind names use lower-case letters, digits, '-' and '_'".into(),
+                );
+            }
+            if let Some(k) = self.kind(&name, kind, permissions, line, &rule) {
+                kinds.push(k);
+            }
+        }
+        kinds
+    }
+
+    fn kind(
+        &mut self,
+        name: &str,
+        raw: &RawKind,
+        permissions: &[String],
+        line: Option<usize>,
+        rule: &str,
+    ) -> Option<Kind> {
+        let query = match &raw.query {
+            Some(q) => {
+                if !q.contains("$1") {
+                    self.error(line, Some(rule.into()), "query must use $1 for the id, e.g. \"SELECT account_id FROM asset WHERE id = $1\"".into());
+                }
+                if raw.columns.is_empty() {
+                    self.error(line, Some(rule.into()), "columns is empty: list the columns the query returns, in order, e.g. columns = [\"account_id\"]".into());
+                }
+                Some(Arc::<str>::from(q.as_str()))
+            }
+            None => {
+                if !raw.columns.is_empty() || raw.id.is_some() {
+                    self.error(line, Some(rule.into()), "a kind without a query is a singleton: remove columns and id, or add the query".into());
+                }
+                None
+            }
+        };
+        for (i, c) in raw.columns.iter().enumerate() {
+            if c.is_empty() || !c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                self.error(
+                    line,
+                    Some(rule.into()),
+                    format!(
+                        "column {c:?}: use letters, digits and '_' (alias it in the query with AS)"
+                    ),
+                );
+            }
+            if raw.columns[..i].contains(c) {
+                self.error(
+                    line,
+                    Some(rule.into()),
+                    format!("column {c:?} is listed twice"),
+                );
+            }
+        }
+        let id_type = match raw.id.as_deref() {
+            None | Some("integer") => IdType::Integer,
+            Some("text") => IdType::Text,
+            Some(other) => {
+                self.error(
+                    line,
+                    Some(rule.into()),
+                    format!("id = {other:?}: use \"integer\" or \"text\""),
+                );
+                IdType::Integer
+            }
+        };
+        let label = raw.label.clone().unwrap_or_else(|| capitalize(name));
+        let not_found_status = self
+            .not_found_status(raw.not_found_status, line, rule)
+            .unwrap_or(StatusCode::NOT_FOUND);
+        let not_found_message = raw
+            .not_found_message
+            .clone()
+            .unwrap_or_else(|| format!("{label} {{id}} not found"));
+        let column = |n: &str| raw.columns.iter().position(|c| c == n);
+        let acls = self.acl_set(&raw.acl, permissions, &column, line, rule);
+        let mut cases = Vec::new();
+        for case in &raw.cases {
+            let Some(col) = column(&case.column) else {
+                self.error(
+                    line,
+                    Some(rule.into()),
+                    format!(
+                        "case column {:?} is not in columns ({})",
+                        case.column,
+                        raw.columns.join(", ")
+                    ),
+                );
+                continue;
+            };
+            let condition = match (case.is_null, &case.equals) {
+                (Some(true), None) => Condition::IsNull(col),
+                (Some(false), None) => Condition::NotNull(col),
+                (None, Some(v)) => match toml_to_value(v) {
+                    Some(v) => Condition::Equals(col, v),
+                    None => {
+                        self.error(
+                            line,
+                            Some(rule.into()),
+                            "case equals must be a string, an integer or a boolean".into(),
+                        );
+                        continue;
+                    }
+                },
+                _ => {
+                    self.error(
+                        line,
+                        Some(rule.into()),
+                        "a case needs exactly one test: is_null = true|false, or equals = <value>"
+                            .into(),
+                    );
+                    continue;
+                }
+            };
+            cases.push((
+                condition,
+                self.acl_set(&case.acl, permissions, &column, line, rule),
+            ));
+        }
+        let mut hasher = DefaultHasher::new();
+        (name, &raw.query, &raw.columns, raw.id.as_deref()).hash(&mut hasher);
+        // A kind with errors is still returned, so routes naming it do not report
+        // cascading "unknown kind" errors; the errors already fail the compile.
+        Some(Kind {
+            name: name.to_owned(),
+            label,
+            query,
+            columns: raw.columns.clone(),
+            id_type,
+            not_found_status,
+            not_found_message,
+            policy: KindPolicy { acls, cases },
+            fingerprint: hasher.finish(),
+        })
+    }
+
+    fn not_found_status(
+        &mut self,
+        status: Option<u16>,
+        line: Option<usize>,
+        rule: &str,
+    ) -> Option<StatusCode> {
+        match status? {
+            404 => Some(StatusCode::NOT_FOUND),
+            422 => Some(StatusCode::UNPROCESSABLE_ENTITY),
+            other => {
+                self.error(
+                    line,
+                    Some(rule.into()),
+                    format!("not_found_status = {other}: use 404 or 422"),
+                );
+                None
+            }
+        }
+    }
+
+    fn acl_set(
+        &mut self,
+        raw: &BTreeMap<String, RawAcl>,
+        permissions: &[String],
+        column: &dyn Fn(&str) -> Option<usize>,
+        line: Option<usize>,
+        rule: &str,
+    ) -> Vec<Option<Acl>> {
+        let mut set = vec![None; permissions.len()];
+        for (perm, acl) in raw {
+            let Some(p) = self.permission(perm, permissions, line, rule) else {
+                continue;
+            };
+            let groups: Vec<Vec<String>> = match acl {
+                RawAcl::One(s) => vec![vec![s.clone()]],
+                RawAcl::Many(items) => items
+                    .iter()
+                    .map(|i| match i {
+                        RawItem::One(s) => vec![s.clone()],
+                        RawItem::All(v) => v.clone(),
+                    })
+                    .collect(),
+            };
+            let mut items = Vec::new();
+            for group in groups {
+                let mut terms = Vec::new();
+                for text in &group {
+                    match parse_term(text, column) {
+                        Ok(t) => terms.push(t),
+                        Err(e) => self.error(line, Some(format!("{rule}, acl {perm:?}")), e),
+                    }
+                }
+                if group.is_empty() {
+                    self.warn(
+                        line,
+                        Some(format!("{rule}, acl {perm:?}")),
+                        "an empty group never matches; remove it".into(),
+                    );
+                }
+                if terms.contains(&Term::EveryLoggedInUser) && terms.len() > 1 {
+                    self.warn(
+                        line,
+                        Some(format!("{rule}, acl {perm:?}")),
+                        format!("{group:?} matches every logged-in user: the other principals in the group are ignored (FlexMeasures semantics)"),
+                    );
+                }
+                items.push(Item {
+                    source: if group.len() == 1 {
+                        group[0].clone()
+                    } else {
+                        format!("({})", group.join(", "))
+                    },
+                    terms,
+                });
+            }
+            set[usize::from(p.0)] = Some(Acl { items });
+        }
+        set
+    }
+
+    // === [[route]] ===
+
+    fn routes(
+        &mut self,
+        raw: &[RawRoute],
+        kinds: &[Kind],
+        permissions: &[String],
+        admins: &AdminRoles,
+    ) -> Vec<Route> {
+        let mut routes: Vec<Route> = Vec::new();
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for r in raw {
+            let line = self.line_of(r.name.span().start);
+            let name = r.name.get_ref();
+            let rule = format!("route {name:?}");
+            if name.is_empty()
+                || name.len() > 100
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+            {
+                self.error(
+                    Some(line),
+                    Some(rule.clone()),
+                    "names use letters, digits, '-', '_', '.' and ':' (at most 100)".into(),
+                );
+            }
+            if let Some(first) = seen.insert(name.clone(), line) {
+                self.error(
+                    Some(line),
+                    Some(rule.clone()),
+                    format!("duplicate name; line {first} already uses it"),
+                );
+            }
+            if let Some(route) = self.route(r, line, &rule, kinds, permissions, admins) {
+                routes.push(route);
+            }
+        }
+        routes
+    }
+
+    fn route(
+        &mut self,
+        r: &RawRoute,
+        line: usize,
+        rule: &str,
+        kinds: &[Kind],
+        permissions: &[String],
+        admins: &AdminRoles,
+    ) -> Option<Route> {
+        let l = Some(line);
+        let methods = Methods::parse(&r.methods)
+            .map_err(|e| self.error(l, Some(rule.into()), e))
+            .ok();
+        let template = Template::parse(&r.path)
+            .map_err(|e| self.error(l, Some(rule.into()), e))
+            .ok();
+        let public = match r.auth.as_deref() {
+            None | Some("token") => false,
+            Some("public") => true,
+            Some(other) => {
+                self.error(
+                    l,
+                    Some(rule.into()),
+                    format!("auth = {other:?}: use \"token\" (default) or \"public\""),
+                );
+                false
+            }
+        };
+        let roles = RoleRequirements {
+            required: self.roles(&r.roles_required, KNOWN_ROLES, admins, l, rule),
+            accepted: self.roles(&r.roles_accepted, KNOWN_ROLES, admins, l, rule),
+            account_required: self.roles(
+                &r.account_roles_required,
+                KNOWN_ACCOUNT_ROLES,
+                admins,
+                l,
+                rule,
+            ),
+            account_accepted: self.roles(
+                &r.account_roles_accepted,
+                KNOWN_ACCOUNT_ROLES,
+                admins,
+                l,
+                rule,
+            ),
+            admin_passes_required: r.admin_bypass.unwrap_or(true),
+        };
+        if public && (!roles.is_empty() || !r.checks.is_empty()) {
+            self.error(l, Some(rule.into()), "a public route cannot have role requirements or checks; remove auth = \"public\" or them".into());
+        }
+        let template = template?;
+        let mut checks = Vec::new();
+        for (i, c) in r.checks.iter().enumerate() {
+            let first = checks.first();
+            if let Some(check) = self.check(c, i, first, &template, kinds, permissions, l, rule) {
+                checks.push(check);
+            }
+        }
+        if checks.len() != r.checks.len() {
+            return None;
+        }
+        let resolve_before_auth = r.resolve_before_auth.unwrap_or(false);
+        if resolve_before_auth && checks.is_empty() {
+            self.error(
+                l,
+                Some(rule.into()),
+                "resolve_before_auth needs at least one check".into(),
+            );
+        }
+        let needs_body = checks.iter().any(|c| match &c.target {
+            Target::Sources(s) => s.iter().any(|(_, src)| src.needs_body()),
+            Target::Singleton(_) => false,
+        });
+        Some(Route {
+            name: Arc::from(r.name.get_ref().as_str()),
+            line,
+            methods: methods?,
+            template,
+            public,
+            roles,
+            checks,
+            resolve_before_auth,
+            needs_body,
+        })
+    }
+
+    fn roles(
+        &mut self,
+        roles: &[String],
+        known: &[&str],
+        admins: &AdminRoles,
+        line: Option<usize>,
+        rule: &str,
+    ) -> Vec<String> {
+        for role in roles {
+            if let Err(e) = check_role_name(role) {
+                self.error(line, Some(rule.into()), e);
+                continue;
+            }
+            let candidates = known
+                .iter()
+                .copied()
+                .chain([admins.admin.as_str(), admins.admin_reader.as_str()]);
+            if !candidates.clone().any(|k| k == role)
+                && let Some(close) = did_you_mean(role, candidates)
+            {
+                self.warn(
+                    line,
+                    Some(rule.into()),
+                    format!("role {role:?} is not a built-in role; did you mean {close:?}?"),
+                );
+            }
+        }
+        roles.to_vec()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        &mut self,
+        c: &RawCheck,
+        index: usize,
+        first: Option<&Check>,
+        template: &Template,
+        kinds: &[Kind],
+        permissions: &[String],
+        line: Option<usize>,
+        rule: &str,
+    ) -> Option<Check> {
+        let rule = format!("{rule}, check {}", index + 1);
+        let permission = self.permission(&c.permission, permissions, line, &rule);
+        let if_absent = match c.if_absent.as_deref() {
+            None | Some("reject") => IfAbsent::Reject,
+            Some("skip") => IfAbsent::Skip,
+            Some("admins-only") => IfAbsent::AdminsOnly,
+            Some(other) => {
+                self.error(
+                    line,
+                    Some(rule.clone()),
+                    format!("if_absent = {other:?}: use \"reject\", \"skip\" or \"admins-only\""),
+                );
+                IfAbsent::Reject
+            }
+        };
+        let not_found_status = match c.not_found_status {
+            Some(s) => Some(self.not_found_status(Some(s), line, &rule)?),
+            None => None,
+        };
+        let first_kind = first.and_then(|f| match &f.target {
+            Target::Sources(s) if s.len() == 1 => kinds.get(s[0].0),
+            _ => None,
+        });
+        let target = if c.first_of.is_empty() {
+            let Some(kind_name) = &c.kind else {
+                self.error(
+                    line,
+                    Some(rule),
+                    "set kind (and where its id comes from), or first_of".into(),
+                );
+                return None;
+            };
+            let own = RawSource {
+                kind: kind_name.clone(),
+                path: c.path.clone(),
+                query: c.query.clone(),
+                header: c.header.clone(),
+                json: c.json.clone(),
+                column: c.column.clone(),
+            };
+            let (k, source) = self.source(&own, template, kinds, first_kind, line, &rule)?;
+            match source {
+                None => Target::Singleton(k),
+                Some(s) => Target::Sources(vec![(k, s)]),
+            }
+        } else {
+            if c.kind.is_some()
+                || c.path.is_some()
+                || c.query.is_some()
+                || c.header.is_some()
+                || c.json.is_some()
+                || c.column.is_some()
+            {
+                self.error(
+                    line,
+                    Some(rule),
+                    "with first_of, put kind and the id source inside each alternative".into(),
+                );
+                return None;
+            }
+            let mut alternatives = Vec::new();
+            for alt in &c.first_of {
+                match self.source(alt, template, kinds, first_kind, line, &rule)? {
+                    (k, Some(s)) => alternatives.push((k, s)),
+                    (_, None) => {
+                        self.error(line, Some(rule), "each first_of alternative needs an id source (path, query, header, json or column)".into());
+                        return None;
+                    }
+                }
+            }
+            Target::Sources(alternatives)
+        };
+        Some(Check {
+            permission: permission?,
+            target,
+            if_absent,
+            not_found_status,
+        })
+    }
+
+    fn source(
+        &mut self,
+        s: &RawSource,
+        template: &Template,
+        kinds: &[Kind],
+        first_kind: Option<&Kind>,
+        line: Option<usize>,
+        rule: &str,
+    ) -> Option<(usize, Option<Source>)> {
+        let Some(k) = kinds.iter().position(|k| k.name == s.kind) else {
+            let names: Vec<&str> = kinds.iter().map(|k| k.name.as_str()).collect();
+            let hint = did_you_mean(&s.kind, names.iter().copied())
+                .map(|n| format!(" did you mean {n:?}?"))
+                .unwrap_or_default();
+            self.error(
+                line,
+                Some(rule.into()),
+                format!(
+                    "unknown kind {:?};{hint} declare it as [kind.{}] (known: {})",
+                    s.kind,
+                    s.kind,
+                    names.join(", ")
+                ),
+            );
+            return None;
+        };
+        let kind = &kinds[k];
+        let given = [
+            s.path.is_some(),
+            s.query.is_some(),
+            s.header.is_some(),
+            s.json.is_some(),
+            s.column.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if given > 1 {
+            self.error(
+                line,
+                Some(rule.into()),
+                "give one id source: path, query, header, json or column".into(),
+            );
+            return None;
+        }
+        if kind.is_singleton() {
+            if given > 0 {
+                self.error(
+                    line,
+                    Some(rule.into()),
+                    format!(
+                        "kind {:?} has no query (a singleton), so it takes no id source",
+                        kind.name
+                    ),
+                );
+                return None;
+            }
+            return Some((k, None));
+        }
+        if given == 0 {
+            self.error(
+                line,
+                Some(rule.into()),
+                format!(
+                    "kind {:?} needs an id: add path = \"<param>\", query, header, json or column",
+                    kind.name
+                ),
+            );
+            return None;
+        }
+        let source = if let Some(p) = &s.path {
+            match template.params.iter().position(|n| n == p) {
+                Some(index) => Source::Path {
+                    index,
+                    name: p.clone(),
+                },
+                None => {
+                    self.error(
+                        line,
+                        Some(rule.into()),
+                        format!(
+                            "path parameter {p:?} is not in the template {:?} (it has: {})",
+                            template.text,
+                            template.params.join(", ")
+                        ),
+                    );
+                    return None;
+                }
+            }
+        } else if let Some(q) = &s.query {
+            let names = q.clone().into_vec();
+            if names.is_empty() || names.iter().any(|n| n.is_empty()) {
+                self.error(
+                    line,
+                    Some(rule.into()),
+                    "query names must not be empty".into(),
+                );
+                return None;
+            }
+            Source::Query(names)
+        } else if let Some(h) = &s.header {
+            match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(name) => Source::Header(name),
+                Err(_) => {
+                    self.error(
+                        line,
+                        Some(rule.into()),
+                        format!("header {h:?} is not a valid header name"),
+                    );
+                    return None;
+                }
+            }
+        } else if let Some(j) = &s.json {
+            match JsonPointer::parse(j) {
+                Ok(p) => Source::Json(p),
+                Err(e) => {
+                    self.error(line, Some(rule.into()), e);
+                    return None;
+                }
+            }
+        } else if let Some(col) = &s.column {
+            let Some(first) = first_kind else {
+                self.error(line, Some(rule.into()), "column takes the id from the route's first check's resource; the first check must name one resource (not first_of, not a singleton), and a column source cannot be in the first check".into());
+                return None;
+            };
+            match first.columns.iter().position(|c| c == col) {
+                Some(index) => Source::Column {
+                    index,
+                    name: col.clone(),
+                },
+                None => {
+                    self.error(
+                        line,
+                        Some(rule.into()),
+                        format!(
+                            "column {col:?} is not a column of kind {:?} ({})",
+                            first.name,
+                            first.columns.join(", ")
+                        ),
+                    );
+                    return None;
+                }
+            }
+        } else {
+            unreachable!("exactly one source was counted above")
+        };
+        Some((k, Some(source)))
+    }
+
+    /// Two routes of the same shape sharing a method: the later one can never match.
+    fn overlaps(&mut self, routes: &[Route], case_insensitive: bool) {
+        for (j, later) in routes.iter().enumerate() {
+            if let Some(earlier) = routes[..j].iter().find(|e| {
+                e.template.same_shape(&later.template, case_insensitive)
+                    && e.methods.overlaps(&later.methods)
+            }) {
+                self.error(
+                    Some(later.line),
+                    Some(format!("route {:?}", &*later.name)),
+                    format!(
+                        "can never match: route {:?} (line {}) has the same path shape ({}) and shares a method; merge them or split the methods",
+                        &*earlier.name, earlier.line, earlier.template.text
+                    ),
+                );
+            }
+        }
+    }
+
+    fn identity(&mut self, prefix: &str) -> Option<IdentityHeaders> {
+        let valid = !prefix.is_empty()
+            && prefix.ends_with('-')
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !valid {
+            self.error(None, Some("[identity]".into()), format!("header_prefix {prefix:?} must be letters, digits and '-', ending in '-', e.g. \"X-Flexgate-\""));
+            return None;
+        }
+        let name = |suffix: &str| {
+            HeaderName::from_bytes(format!("{prefix}{suffix}").to_ascii_lowercase().as_bytes()).ok()
+        };
+        Some(IdentityHeaders {
+            prefix: prefix.to_ascii_lowercase(),
+            user_id: name("User-Id")?,
+            email: name("User-Email")?,
+            account_id: name("Account-Id")?,
+            roles: name("User-Roles")?,
+            account_roles: name("Account-Roles")?,
+            timestamp: name("Timestamp")?,
+            signature: name("Signature")?,
+        })
+    }
+}
+
+/// Role names as the store accepts them.
+fn check_role_name(role: &str) -> Result<(), String> {
+    crate::store::validate_role_name(role).map_err(|e| e.to_string())
+}
+
+fn toml_to_value(v: &toml::Value) -> Option<Value> {
+    match v {
+        toml::Value::String(s) => Some(Value::Text(s.as_str().into())),
+        toml::Value::Integer(i) => Some(Value::Int(*i)),
+        toml::Value::Boolean(b) => Some(Value::Bool(*b)),
+        _ => None,
+    }
+}
+
+fn capitalize(name: &str) -> String {
+    let mut chars = name.chars();
+    match chars.next() {
+        Some(c) => c.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// The closest candidate within two edits, if any.
+pub(crate) fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl Iterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, _)| *d > 0 && *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests;

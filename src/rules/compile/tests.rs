@@ -1,0 +1,323 @@
+//! Compiler tests: a valid file compiles to what it says; every mistake is reported,
+//! all at once, with its line, its rule and a fix.
+
+use std::path::Path;
+
+use super::compile_text;
+use crate::policy::{Permission, Value};
+use crate::rules::{IfAbsent, Target};
+
+const VALID: &str = r#"
+permissions = ["export"]
+
+[paths]
+unmatched_status = 403
+
+[kind.asset]
+query = "SELECT account_id, consultancy_account_id FROM asset WHERE id = $1"
+columns = ["account_id", "consultancy_account_id"]
+not_found_message = "No asset found with ID {id}."
+
+[kind.asset.acl]
+read = ["account:{account_id}", ["account:{consultancy_account_id}", "role:consultant"]]
+export = "role:exporter"
+
+[[kind.asset.case]]
+column = "account_id"
+is_null = true
+acl = { read = "every-logged-in-user" }
+
+[kind.platform.acl]
+create-children = ["role:admin", ["role:consultant", "account-role:Consultancy"]]
+
+[[route]]
+name = "health"
+methods = ["GET"]
+path = "/health"
+auth = "public"
+
+[[route]]
+name = "asset-read"
+methods = ["GET"]
+path = "/assets/{id}"
+
+  [[route.check]]
+  permission = "read"
+  kind = "asset"
+  path = "id"
+
+[[route]]
+name = "asset-create"
+methods = ["POST"]
+path = "/assets"
+
+  [[route.check]]
+  permission = "create-children"
+  first_of = [{ kind = "asset", json = "/parent_asset_id" }, { kind = "asset", query = ["parent", "parent_id"] }]
+  if_absent = "admins-only"
+
+[[route]]
+name = "accounts-create"
+methods = ["POST"]
+path = "/accounts"
+roles_accepted = ["admin", "consultant"]
+
+  [[route.check]]
+  permission = "create-children"
+  kind = "platform"
+"#;
+
+#[test]
+fn a_valid_file_compiles_to_what_it_says() {
+    let config = compile_text(VALID, Path::new("rules.toml")).unwrap_or_else(|d| panic!("{d}"));
+    assert!(config.warnings.errors.is_empty());
+    let rules = &config.rules;
+    assert_eq!(
+        rules.permissions,
+        ["create-children", "read", "update", "delete", "export"]
+    );
+    assert_eq!(rules.unmatched_status, 403);
+    let asset = rules.kinds.iter().find(|k| k.name == "asset").unwrap();
+    assert_eq!(asset.label, "Asset");
+    assert_eq!(asset.not_found_message, "No asset found with ID {id}.");
+    assert_eq!(asset.policy.cases.len(), 1);
+    let (acl, case) = asset
+        .policy
+        .acl_for(Permission::READ, &[Value::Null, Value::Null]);
+    assert_eq!(case, Some(0));
+    assert_eq!(acl.unwrap().items[0].source, "every-logged-in-user");
+    assert!(
+        asset
+            .policy
+            .acl_for(Permission(4), &[Value::Int(1), Value::Null])
+            .0
+            .is_some()
+    );
+    let platform = rules.kinds.iter().find(|k| k.name == "platform").unwrap();
+    assert!(platform.is_singleton());
+
+    let create = rules
+        .routes
+        .iter()
+        .find(|r| &*r.name == "asset-create")
+        .unwrap();
+    assert!(create.needs_body);
+    assert_eq!(create.checks[0].if_absent, IfAbsent::AdminsOnly);
+    assert!(matches!(&create.checks[0].target, Target::Sources(s) if s.len() == 2));
+    let health = rules.routes.iter().find(|r| &*r.name == "health").unwrap();
+    assert!(health.public);
+    assert_eq!(health.line, 25);
+}
+
+fn errors_of(text: &str) -> String {
+    match compile_text(text, Path::new("rules.toml")) {
+        Ok(_) => panic!("expected errors"),
+        Err(d) => d.to_string(),
+    }
+}
+
+#[test]
+fn every_mistake_is_reported_with_line_rule_and_fix() {
+    let text = r#"
+[kind.asset]
+query = "SELECT account_id FROM asset WHERE id = 1"
+columns = ["account_id"]
+acl = { reed = ["account:{owner}"] }
+
+[[route]]
+name = "a"
+methods = ["GET"]
+path = "/assets/{id}"
+roles_required = [""]
+
+  [[route.check]]
+  permission = "read"
+  kind = "aset"
+  path = "id"
+
+[[route]]
+name = "a"
+methods = ["get"]
+path = "/x//y"
+
+[[route]]
+name = "b"
+methods = ["GET"]
+path = "/things/{id}"
+
+  [[route.check]]
+  permission = "read"
+  kind = "asset"
+  path = "thing_id"
+"#;
+    let report = errors_of(text);
+    let expected = [
+        "rules.toml:2: error: kind \"asset\": query must use $1",
+        "rules.toml:2: error: kind \"asset\": unknown permission \"reed\"; did you mean \"read\"?",
+        "rules.toml:8: error: route \"a\": role name must not be empty",
+        "rules.toml:8: error: route \"a\", check 1: unknown kind \"aset\"; did you mean \"asset\"?",
+        "rules.toml:19: error: route \"a\": duplicate name; line 8 already uses it",
+        "rules.toml:19: error: route \"a\": method \"get\" must be an upper-case HTTP method",
+        "rules.toml:19: error: route \"a\": path \"/x//y\" has an empty segment",
+        "rules.toml:24: error: route \"b\", check 1: path parameter \"thing_id\" is not in the template",
+    ];
+    for line in expected {
+        assert!(report.contains(line), "missing {line:?} in:\n{report}");
+    }
+}
+
+#[test]
+fn unresolvable_placeholders_name_the_column() {
+    let report = errors_of(
+        r#"
+[kind.asset]
+query = "SELECT account_id FROM asset WHERE id = $1"
+columns = ["account_id"]
+acl = { read = ["account:{owner_id}"] }
+"#,
+    );
+    assert!(
+        report.contains("uses {owner_id}, which the kind's query does not return"),
+        "{report}"
+    );
+}
+
+#[test]
+fn overlapping_routes_are_refused() {
+    let report = errors_of(
+        r#"
+[[route]]
+name = "one"
+methods = ["GET", "POST"]
+path = "/a/{x}"
+auth = "public"
+
+[[route]]
+name = "two"
+methods = ["POST"]
+path = "/a/{y}"
+auth = "public"
+"#,
+    );
+    assert!(
+        report.contains(
+            "rules.toml:9: error: route \"two\": can never match: route \"one\" (line 3)"
+        ),
+        "{report}"
+    );
+}
+
+#[test]
+fn syntax_errors_point_at_the_line() {
+    let report = errors_of("[[route]]\nname = \"x\"\nmethods = [\"GET\"\npath = \"/\"\n");
+    assert!(report.starts_with("rules.toml:"), "{report}");
+    let report = errors_of(
+        "[[route]]\nname = \"x\"\nmethods = [\"GET\"]\npath = \"/\"\nauht = \"public\"\n",
+    );
+    assert!(
+        report.contains("rules.toml:5:") && report.contains("unknown field `auht`"),
+        "{report}"
+    );
+}
+
+#[test]
+fn structural_mistakes_in_checks() {
+    let base = r#"
+[kind.asset]
+query = "SELECT account_id FROM asset WHERE id = $1"
+columns = ["account_id", "parent_id"]
+acl = { read = "account:{account_id}" }
+
+[kind.platform]
+acl = { create-children = "role:admin" }
+"#;
+    let cases = [
+        ("kind = \"asset\"", "needs an id"),
+        ("kind = \"platform\"\npath = \"id\"", "takes no id source"),
+        (
+            "kind = \"asset\"\npath = \"id\"\nquery = \"x\"",
+            "give one id source",
+        ),
+        (
+            "kind = \"asset\"\ncolumn = \"parent_id\"",
+            "the first check must name one resource",
+        ),
+        ("kind = \"asset\"\njson = \"parent\"", "must start with '/'"),
+        (
+            "kind = \"asset\"\npath = \"id\"\nif_absent = \"ignore\"",
+            "use \"reject\", \"skip\" or \"admins-only\"",
+        ),
+        (
+            "first_of = [{ kind = \"asset\", path = \"id\" }]\nkind = \"asset\"",
+            "inside each alternative",
+        ),
+        (
+            "kind = \"asset\"\npath = \"id\"\nnot_found_status = 500",
+            "use 404 or 422",
+        ),
+    ];
+    for (check, needle) in cases {
+        let text = format!(
+            "{base}\n[[route]]\nname = \"r\"\nmethods = [\"GET\"]\npath = \"/assets/{{id}}\"\n[[route.check]]\npermission = \"read\"\n{check}\n"
+        );
+        let report = errors_of(&text);
+        assert!(report.contains(needle), "{check}: {report}");
+    }
+}
+
+#[test]
+fn suspicious_but_valid_things_are_warnings() {
+    let config = compile_text(
+        r#"
+[kind.doc]
+query = "SELECT owner FROM doc WHERE id = $1"
+columns = ["owner"]
+acl = { read = [["every-logged-in-user", "account:{owner}"], []] }
+
+[[route]]
+name = "r"
+methods = ["GET"]
+path = "/docs/{id}"
+roles_required = ["admn"]
+"#,
+        Path::new("rules.toml"),
+    )
+    .unwrap();
+    let warnings = config.warnings.to_string();
+    assert!(
+        warnings.contains("matches every logged-in user"),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains("an empty group never matches"),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains("role \"admn\" is not a built-in role; did you mean \"admin\"?"),
+        "{warnings}"
+    );
+}
+
+#[test]
+fn server_settings_are_checked() {
+    let report = errors_of(
+        r#"
+[server]
+https = "0.0.0.0:99999"
+http = "0.0.0.0:8080"
+upstream = "ftp://x/y"
+tls_cert = "c.pem"
+
+[server.limits]
+max_header_bytes = 10
+"#,
+    );
+    for needle in [
+        "https = \"0.0.0.0:99999\" is not an address",
+        "set both tls_cert and tls_key",
+        "upstream = \"ftp://x/y\"",
+        "max_header_bytes = 10 is outside",
+    ] {
+        assert!(report.contains(needle), "{needle}: {report}");
+    }
+}

@@ -1,0 +1,382 @@
+//! Route rules: which requests are allowed, for whom, on which resources.
+//!
+//! The operator's TOML file is parsed into [`raw`] structs, then compiled into a
+//! [`RuleSet`] (templates parsed, principals resolved to columns, permissions interned,
+//! header names built) that requests read through an `Arc` snapshot. Compilation
+//! reports every problem with file, line, rule and fix ([`Diagnostics`]); a file with
+//! errors never replaces a working rule set. [`matcher`] finds the route, [`extract`]
+//! reads resource ids, and `crate::policy` decides.
+
+pub mod compile;
+pub mod extract;
+pub mod matcher;
+pub mod raw;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, StatusCode};
+
+use crate::policy::{AdminRoles, KindPolicy, Permission, RoleRequirements};
+use extract::{IdType, Source};
+use matcher::{Matcher, Methods, Template};
+
+/// One problem found in a rule file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// The rule it concerns (`route "asset-read"`, `kind "asset"`), when any.
+    pub rule: Option<String>,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+/// Every problem found in one file, errors and warnings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Diagnostics {
+    /// The file, as named by the operator.
+    pub file: PathBuf,
+    /// Problems that make the file unusable.
+    pub errors: Vec<Diagnostic>,
+    /// Suspicious but valid (e.g. a role that looks like a typo).
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl Diagnostics {
+    fn render(&self, f: &mut fmt::Formatter<'_>, level: &str, list: &[Diagnostic]) -> fmt::Result {
+        for d in list {
+            write!(f, "{}", self.file.display())?;
+            if let Some(line) = d.line {
+                write!(f, ":{line}")?;
+            }
+            write!(f, ": {level}: ")?;
+            if let Some(rule) = &d.rule {
+                write!(f, "{rule}: ")?;
+            }
+            writeln!(f, "{}", d.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.render(f, "error", &self.errors)?;
+        self.render(f, "warning", &self.warnings)
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+/// Whether plain HTTP redirects or is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMode {
+    /// 308 to the same path on HTTPS (the default).
+    Redirect,
+    /// Serve the proxy over plain HTTP: only when TLS terminates in front of flexgate.
+    Proxy,
+}
+
+/// Connection and size limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request head.
+    pub max_header_bytes: usize,
+    /// Time allowed for the request head.
+    pub header_read_timeout: Duration,
+    /// Idle keep-alive connections are closed after this.
+    pub idle_timeout: Duration,
+    /// Concurrent connections per listener.
+    pub max_connections: usize,
+    /// Largest buffered JSON body.
+    pub max_json_body_bytes: usize,
+    /// Upstream connect timeout.
+    pub upstream_connect_timeout: Duration,
+    /// Upstream response-head timeout.
+    pub upstream_timeout: Duration,
+    /// Drain deadline at shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 16 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_json_body_bytes: 1024 * 1024,
+            upstream_connect_timeout: Duration::from_secs(5),
+            upstream_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Cache sizes and lifetimes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// Longest a principal is trusted without hearing from the change feed.
+    pub principal_ttl: Duration,
+    /// Longest an owner row is reused.
+    pub owner_ttl: Duration,
+    /// Longest "not found" is remembered.
+    pub owner_negative_ttl: Duration,
+    /// Owner entries kept.
+    pub owner_capacity: u64,
+    /// Principal entries kept.
+    pub principal_capacity: u64,
+    /// Verified-token entries kept.
+    pub token_capacity: u64,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            principal_ttl: Duration::from_secs(60),
+            owner_ttl: Duration::from_secs(30),
+            owner_negative_ttl: Duration::from_secs(5),
+            owner_capacity: 200_000,
+            principal_capacity: 100_000,
+            token_capacity: 200_000,
+        }
+    }
+}
+
+/// Login throttling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThrottleSettings {
+    /// Failures per email within the window before 429.
+    pub failures_per_email: u32,
+    /// Failures per client address within the window before 429.
+    pub failures_per_client: u32,
+    /// Window length.
+    pub window: Duration,
+}
+
+impl Default for ThrottleSettings {
+    fn default() -> Self {
+        ThrottleSettings {
+            failures_per_email: 5,
+            failures_per_client: 20,
+            window: Duration::from_secs(900),
+        }
+    }
+}
+
+/// The parts of the file read once at start (a reload that changes them logs that a
+/// restart is needed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// HTTPS listener.
+    pub https: Option<SocketAddr>,
+    /// Plain-HTTP listener.
+    pub http: Option<SocketAddr>,
+    /// What the plain-HTTP listener does.
+    pub http_mode: HttpMode,
+    /// Admin listener (metrics, health).
+    pub admin: Option<SocketAddr>,
+    /// Certificate chain and key (PEM), resolved against the config file's directory.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Upstream base URI.
+    pub upstream: Option<http::Uri>,
+    /// Extra trusted CAs for an https upstream.
+    pub upstream_ca: Option<PathBuf>,
+    /// HSTS max-age (0 = no header).
+    pub hsts_max_age: u64,
+    /// Connection and size limits.
+    pub limits: Limits,
+    /// Cache sizes and lifetimes.
+    pub cache: CacheSettings,
+    /// Login throttling.
+    pub throttle: ThrottleSettings,
+    /// Concurrent bcrypt verifications.
+    pub max_concurrent_logins: usize,
+}
+
+/// Path normalisation switches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PathOptions {
+    /// Accept `;`.
+    pub allow_semicolons: bool,
+    /// Accept `//`.
+    pub allow_empty_segments: bool,
+    /// Match static segments case-insensitively.
+    pub case_insensitive: bool,
+}
+
+/// Names of the identity headers, built once from the configured prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityHeaders {
+    /// The prefix, lower-cased; any client header starting with it (or its `_` variant)
+    /// is removed.
+    pub prefix: String,
+    /// `<prefix>User-Id`.
+    pub user_id: HeaderName,
+    /// `<prefix>User-Email`.
+    pub email: HeaderName,
+    /// `<prefix>Account-Id`.
+    pub account_id: HeaderName,
+    /// `<prefix>User-Roles` (comma separated).
+    pub roles: HeaderName,
+    /// `<prefix>Account-Roles` (comma separated).
+    pub account_roles: HeaderName,
+    /// `<prefix>Timestamp` (Unix seconds of the signature).
+    pub timestamp: HeaderName,
+    /// `<prefix>Signature` (`v1=<hex HMAC-SHA256>`).
+    pub signature: HeaderName,
+}
+
+/// A kind of resource: how to find its owner and who may do what.
+#[derive(Debug, Clone)]
+pub struct Kind {
+    /// Name used in rules.
+    pub name: String,
+    /// Name used in "not found" messages.
+    pub label: String,
+    /// Owner query with `$1` = id; `None` for a singleton.
+    pub query: Option<Arc<str>>,
+    /// Columns of the owner row, in order.
+    pub columns: Vec<String>,
+    /// Shape of ids.
+    pub id_type: IdType,
+    /// Status for an unknown id.
+    pub not_found_status: StatusCode,
+    /// Message for an unknown id (`{id}` replaced).
+    pub not_found_message: String,
+    /// The ACLs.
+    pub policy: KindPolicy,
+    /// Changes whenever the query or columns change; part of owner-cache keys, so a
+    /// reload never serves rows of an older query.
+    pub fingerprint: u64,
+}
+
+impl Kind {
+    /// Whether the kind has no ids (e.g. "the platform").
+    pub fn is_singleton(&self) -> bool {
+        self.query.is_none()
+    }
+}
+
+/// What a check does when the request names no id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfAbsent {
+    /// 422, naming the missing field.
+    Reject,
+    /// The check does not apply.
+    Skip,
+    /// Only admins may proceed (FlexMeasures' `POST /assets` without an owner).
+    AdminsOnly,
+}
+
+/// Where a check's resource comes from.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A kind without ids (index into [`RuleSet::kinds`]).
+    Singleton(usize),
+    /// `(kind index, source)` alternatives; the first with a value decides.
+    Sources(Vec<(usize, Source)>),
+}
+
+/// A permission check of a route.
+#[derive(Debug, Clone)]
+pub struct Check {
+    /// The permission.
+    pub permission: Permission,
+    /// The resource.
+    pub target: Target,
+    /// When the request names no id.
+    pub if_absent: IfAbsent,
+    /// Status for an unknown id, overriding the kind's.
+    pub not_found_status: Option<StatusCode>,
+}
+
+/// A compiled route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Unique name (metrics label).
+    pub name: Arc<str>,
+    /// Line in the file.
+    pub line: usize,
+    /// Methods answered.
+    pub methods: Methods,
+    /// Path template.
+    pub template: Template,
+    /// No authentication at all.
+    pub public: bool,
+    /// Role requirements.
+    pub roles: RoleRequirements,
+    /// Permission checks (all must pass).
+    pub checks: Vec<Check>,
+    /// Answer unknown ids before authentication.
+    pub resolve_before_auth: bool,
+    /// Some check reads the JSON body.
+    pub needs_body: bool,
+}
+
+/// Everything a request is decided with; swapped whole on reload.
+#[derive(Debug, Clone)]
+pub struct RuleSet {
+    /// The file it came from.
+    pub file: PathBuf,
+    /// Admin role names.
+    pub admins: AdminRoles,
+    /// Token endpoint path.
+    pub token_endpoint: String,
+    /// Accept `?auth_token=`.
+    pub query_token: bool,
+    /// Largest login body.
+    pub max_login_body_bytes: usize,
+    /// Path normalisation switches.
+    pub paths: PathOptions,
+    /// Status for unmatched requests.
+    pub unmatched_status: StatusCode,
+    /// Identity header names.
+    pub identity: IdentityHeaders,
+    /// Permission names by id.
+    pub permissions: Vec<String>,
+    /// Resource kinds.
+    pub kinds: Vec<Kind>,
+    /// Routes in file order.
+    pub routes: Vec<Route>,
+    /// Routes in precedence order.
+    pub matcher: Matcher,
+}
+
+impl RuleSet {
+    /// The name of a permission id.
+    pub fn permission_name(&self, p: Permission) -> &str {
+        self.permissions
+            .get(usize::from(p.0))
+            .map_or("unknown", String::as_str)
+    }
+}
+
+/// A loaded file: start-only settings and the hot-swappable rules.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Read at start.
+    pub server: ServerConfig,
+    /// Swapped on reload.
+    pub rules: Arc<RuleSet>,
+    /// Warnings worth logging.
+    pub warnings: Diagnostics,
+}
+
+/// Read, parse and compile a rule file.
+pub fn load(path: &Path) -> Result<Config, Diagnostics> {
+    let text = std::fs::read_to_string(path).map_err(|e| Diagnostics {
+        file: path.to_owned(),
+        errors: vec![Diagnostic {
+            line: None,
+            rule: None,
+            message: format!("cannot read the file: {e}"),
+        }],
+        warnings: Vec::new(),
+    })?;
+    compile::compile_text(&text, path)
+}

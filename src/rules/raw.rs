@@ -1,0 +1,321 @@
+//! The route-rule file exactly as an operator writes it: serde structs over TOML, with
+//! spans on names so diagnostics can point at a line. Nothing here is validated beyond
+//! types and unknown keys (a typo in a key is an error, never silently ignored); the
+//! meaning is checked by `compile`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Listeners, TLS and upstream; read at start only.
+    #[serde(default)]
+    pub server: RawServer,
+    /// Token endpoint, admin role names, login throttling.
+    #[serde(default)]
+    pub auth: RawAuth,
+    /// Path normalisation switches and the answer for unmatched routes.
+    #[serde(default)]
+    pub paths: RawPaths,
+    /// Identity headers sent upstream.
+    #[serde(default)]
+    pub identity: RawIdentity,
+    /// Cache lifetimes and sizes.
+    #[serde(default)]
+    pub cache: RawCache,
+    /// Permissions beyond create-children, read, update and delete.
+    #[serde(default)]
+    pub permissions: Vec<Spanned<String>>,
+    /// Resource kinds by name.
+    #[serde(default, rename = "kind")]
+    pub kinds: BTreeMap<Spanned<String>, RawKind>,
+    /// Routes in file order.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RawRoute>,
+}
+
+/// `[server]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// HTTPS listener address, e.g. `0.0.0.0:8443`.
+    pub https: Option<String>,
+    /// Plain-HTTP listener address.
+    pub http: Option<String>,
+    /// `redirect` (default: 308 to HTTPS) or `proxy` (only when TLS ends before flexgate).
+    pub http_mode: Option<String>,
+    /// Admin listener (metrics, health).
+    pub admin: Option<String>,
+    /// PEM certificate chain, relative to the config file.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key, relative to the config file.
+    pub tls_key: Option<PathBuf>,
+    /// Upstream base URL, `http://` or `https://`.
+    pub upstream: Option<String>,
+    /// Extra CA certificates (PEM) trusted for an `https://` upstream.
+    pub upstream_ca: Option<PathBuf>,
+    /// `Strict-Transport-Security` max-age in seconds on HTTPS responses (0 = off).
+    pub hsts_max_age: Option<u64>,
+    /// Connection and size limits.
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+/// `[server.limits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Largest request head (request line plus headers), bytes.
+    pub max_header_bytes: Option<usize>,
+    /// Time allowed to send the request head (slowloris), milliseconds.
+    pub header_read_timeout_ms: Option<u64>,
+    /// Idle keep-alive connections are closed after this many seconds.
+    pub idle_timeout_secs: Option<u64>,
+    /// Concurrent client connections per listener.
+    pub max_connections: Option<usize>,
+    /// Largest JSON body buffered for body-extracted ids, bytes.
+    pub max_json_body_bytes: Option<usize>,
+    /// Upstream connect timeout, milliseconds.
+    pub upstream_connect_timeout_ms: Option<u64>,
+    /// Time to wait for the upstream's response head, seconds.
+    pub upstream_timeout_secs: Option<u64>,
+    /// How long shutdown waits for in-flight requests, seconds.
+    pub shutdown_grace_secs: Option<u64>,
+}
+
+/// `[auth]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    /// Path of the token endpoint flexgate serves itself.
+    pub token_endpoint: Option<String>,
+    /// Also accept `?auth_token=` (off by default: query strings end up in logs).
+    pub query_token: Option<bool>,
+    /// The role that passes everything.
+    pub admin_role: Option<String>,
+    /// The role that passes every `read`.
+    pub admin_reader_role: Option<String>,
+    /// Largest login body, bytes.
+    pub max_login_body_bytes: Option<usize>,
+    /// Concurrent bcrypt verifications.
+    pub max_concurrent_logins: Option<usize>,
+    /// Login failure throttling.
+    #[serde(default)]
+    pub throttle: RawThrottle,
+}
+
+/// `[auth.throttle]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawThrottle {
+    /// Failed logins per email within the window before 429.
+    pub failures_per_email: Option<u32>,
+    /// Failed logins per client address within the window before 429.
+    pub failures_per_client: Option<u32>,
+    /// Window length, seconds.
+    pub window_secs: Option<u64>,
+}
+
+/// `[paths]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPaths {
+    /// Accept `;` in paths (refused by default: some servers treat it as a parameter).
+    pub allow_semicolons: Option<bool>,
+    /// Accept empty segments (`//`).
+    pub allow_empty_segments: Option<bool>,
+    /// Match static segments without regard to ASCII case (for case-insensitive upstreams).
+    pub case_insensitive: Option<bool>,
+    /// Status for requests no route matches: 403 or 404.
+    pub unmatched_status: Option<u16>,
+}
+
+/// `[identity]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    /// Prefix of identity headers; client-sent ones are always removed.
+    pub header_prefix: Option<String>,
+}
+
+/// `[cache]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// How long a loaded principal is trusted without the change feed, seconds.
+    pub principal_ttl_secs: Option<u64>,
+    /// How long a resolved owner is reused, seconds.
+    pub owner_ttl_secs: Option<u64>,
+    /// How long "no such resource" is remembered, seconds.
+    pub owner_negative_ttl_secs: Option<u64>,
+    /// Most owners kept.
+    pub owner_capacity: Option<u64>,
+    /// Most principals kept.
+    pub principal_capacity: Option<u64>,
+    /// Most verified tokens kept.
+    pub token_capacity: Option<u64>,
+}
+
+/// `[kind.<name>]`: a kind of resource and who may do what to it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKind {
+    /// SQL returning the owner row for `$1` (the id); absent for a singleton such as
+    /// "the platform".
+    pub query: Option<String>,
+    /// Names of the columns the query returns, in order; templates refer to them.
+    #[serde(default)]
+    pub columns: Vec<String>,
+    /// `integer` (default) or `text`.
+    pub id: Option<String>,
+    /// Display name in "not found" messages (default: the kind name, capitalised).
+    pub label: Option<String>,
+    /// Status for an unknown id: 404 (default) or 422.
+    pub not_found_status: Option<u16>,
+    /// Message for an unknown id; `{id}` is replaced by the id.
+    pub not_found_message: Option<String>,
+    /// ACL per permission.
+    #[serde(default)]
+    pub acl: BTreeMap<String, RawAcl>,
+    /// Alternative ACLs chosen by a column's value.
+    #[serde(default, rename = "case")]
+    pub cases: Vec<RawCase>,
+}
+
+/// `[[kind.<name>.case]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCase {
+    /// The column tested.
+    pub column: String,
+    /// `is_null = true` (or `false` for "not null").
+    pub is_null: Option<bool>,
+    /// The column equals this value.
+    pub equals: Option<toml::Value>,
+    /// The ACL set used when the test holds (replaces the kind's whole set).
+    #[serde(default)]
+    pub acl: BTreeMap<String, RawAcl>,
+}
+
+/// An ACL: a list of items, or a single item written bare.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawAcl {
+    /// `read = "every-logged-in-user"`.
+    One(String),
+    /// `read = ["account:{account_id}", ["account:{consultancy_account_id}", "role:consultant"]]`.
+    Many(Vec<RawItem>),
+}
+
+/// One ACL item: a principal, or a group that must all match.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum RawItem {
+    /// A single principal.
+    One(String),
+    /// All of these.
+    All(Vec<String>),
+}
+
+/// `[[route]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Unique name; metrics and logs use it.
+    pub name: Spanned<String>,
+    /// HTTP methods (HEAD is implied by GET).
+    pub methods: Vec<String>,
+    /// Path template, e.g. `/api/v3_0/assets/{id}/sensors`; `{*rest}` matches the rest.
+    pub path: String,
+    /// `token` (default) or `public`.
+    pub auth: Option<String>,
+    /// The user must have every one of these roles.
+    #[serde(default)]
+    pub roles_required: Vec<String>,
+    /// The user must have at least one of these roles.
+    #[serde(default)]
+    pub roles_accepted: Vec<String>,
+    /// The user's account must have every one of these roles.
+    #[serde(default)]
+    pub account_roles_required: Vec<String>,
+    /// The user's account must have at least one of these roles.
+    #[serde(default)]
+    pub account_roles_accepted: Vec<String>,
+    /// Whether `admin` passes `roles_required` (default true).
+    pub admin_bypass: Option<bool>,
+    /// Answer an unknown id before asking for authentication (FlexMeasures `/api/dev`).
+    pub resolve_before_auth: Option<bool>,
+    /// Permission checks, all of which must pass.
+    #[serde(default, rename = "check")]
+    pub checks: Vec<RawCheck>,
+}
+
+/// `[[route.check]]`: a permission on a resource named by the request.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCheck {
+    /// `read`, `update`, `create-children`, `delete` or a declared permission.
+    pub permission: String,
+    /// The kind of resource (with one source below, or alone for a singleton kind).
+    pub kind: Option<String>,
+    /// Take the id from this path parameter.
+    pub path: Option<String>,
+    /// Take the id from this query parameter (or the first present of several names).
+    pub query: Option<OneOrMany>,
+    /// Take the id from this header.
+    pub header: Option<String>,
+    /// Take the id(s) from the JSON body at this pointer (`*` and `**` wildcards).
+    pub json: Option<String>,
+    /// Take the id from this column of the route's first check's resource.
+    pub column: Option<String>,
+    /// Alternatives: the first source with a value decides the kind.
+    #[serde(default)]
+    pub first_of: Vec<RawSource>,
+    /// When no id is present: `reject` (default, 422), `skip`, or `admins-only`.
+    pub if_absent: Option<String>,
+    /// Status for an unknown id, overriding the kind's (404 or 422).
+    pub not_found_status: Option<u16>,
+}
+
+/// One alternative of `first_of`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    /// The kind this alternative checks.
+    pub kind: String,
+    /// Path parameter.
+    pub path: Option<String>,
+    /// Query parameter(s).
+    pub query: Option<OneOrMany>,
+    /// Header.
+    pub header: Option<String>,
+    /// JSON pointer.
+    pub json: Option<String>,
+    /// Column of the first check's resource.
+    pub column: Option<String>,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// One name.
+    One(String),
+    /// Several names; the first present wins, two present is ambiguous.
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The names as a list.
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
