@@ -7,6 +7,7 @@
 //! * [`store`]: the database (PostgreSQL or SQLite): identity tables, change feed,
 //!   migrations.
 //! * [`auth`]: passwords (bcrypt, off the async runtime).
+//! * [`rules`]: the route-rule file: raw TOML, compiler with diagnostics, matcher, id extraction.
 //! * [`policy`]: the pure decision engine (ACLs, roles, the FlexMeasures order of checks).
 //! * [`cli`]: the `flexgate` command line; `main.rs` only parses and runs it.
 #![forbid(unsafe_code)]
@@ -14,7 +15,10 @@
 
 pub mod auth;
 pub mod cli;
+pub mod demo;
+pub mod metrics;
 pub mod policy;
+pub mod proxy;
 pub mod rules;
 pub mod settings;
 pub mod store;

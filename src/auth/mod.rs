@@ -1,13 +1,33 @@
 //! Authentication: who is calling. Passwords ([`password`]) are checked only at the token
-//! endpoint; every other request carries a signed access token ([`token`]) that is
-//! verified without a database round trip once its principal is cached.
+//! endpoint; every other request carries a signed access token ([`token`]).
 //!
+//! [`Authenticator`] turns a token into an [`Identity`] without a database round trip in
+//! the common case: the signature is checked (HMAC, microseconds), the principal comes
+//! from a cache that the change feed invalidates, and the expensive sha256_crypt binding
+//! check runs once per token per process, its result cached until the token expires.
 //! Authorization (what the caller may do) is not here; see [`crate::policy`].
 
 pub mod password;
+pub mod throttle;
 pub mod token;
 
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderValue;
+use moka::Expiry;
+use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
+
 pub use password::PasswordHasher;
+use throttle::Throttle;
+use token::{TokenError, TokenKey};
+
+use crate::policy::Principal;
+use crate::rules::{CacheSettings, ThrottleSettings};
+use crate::store::{self, PrincipalRecord, Store};
 
 /// Why an authentication operation failed (not why a request was denied: that is a
 /// `DenyReason` in the proxy).
@@ -28,6 +48,392 @@ pub fn random_hex(bytes: usize) -> String {
     // and continuing with predictable bytes would be worse.
     getrandom::fill(&mut buf).expect("the operating system's random source failed");
     buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// An authenticated user with everything decisions and identity headers need, built
+/// once per principal load and shared by every request of that user.
+pub struct Identity {
+    /// What the ACLs see.
+    pub principal: Principal,
+    /// Login email.
+    pub email: String,
+    /// The account's consultancy account, if any.
+    pub consultancy_account_id: Option<i64>,
+    /// Identity header values, encoded once.
+    pub headers: IdentityValues,
+    active: bool,
+    uniquifier: String,
+    password_hash: String,
+    credential_version: u64,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("principal", &self.principal)
+            .field("email", &self.email)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Identity header values for the upstream.
+#[derive(Debug, Clone)]
+pub struct IdentityValues {
+    /// User id.
+    pub user_id: HeaderValue,
+    /// Email.
+    pub email: HeaderValue,
+    /// Account id.
+    pub account_id: HeaderValue,
+    /// User roles, comma separated.
+    pub roles: HeaderValue,
+    /// Account roles, comma separated.
+    pub account_roles: HeaderValue,
+}
+
+impl Identity {
+    /// Build from a store record (header values encoded here, once).
+    pub fn from_record(r: PrincipalRecord) -> Identity {
+        let mut hasher = DefaultHasher::new();
+        (&r.uniquifier, &r.password_hash).hash(&mut hasher);
+        let value =
+            |s: String| HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static(""));
+        Identity {
+            headers: IdentityValues {
+                user_id: HeaderValue::from(r.user_id),
+                email: value(r.email.clone()),
+                account_id: HeaderValue::from(r.account_id),
+                roles: value(r.roles.join(",")),
+                account_roles: value(r.account_roles.join(",")),
+            },
+            principal: Principal {
+                user_id: r.user_id,
+                account_id: r.account_id,
+                roles: r.roles,
+                account_roles: r.account_roles,
+            },
+            email: r.email,
+            consultancy_account_id: r.consultancy_account_id,
+            active: r.active,
+            uniquifier: r.uniquifier,
+            password_hash: r.password_hash,
+            credential_version: hasher.finish(),
+        }
+    }
+}
+
+/// Why a token did not authenticate. Every variant is a 401 except `Unavailable`
+/// (503: fail closed when the database cannot answer).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuthError {
+    /// The token itself is bad (shape, signature, age).
+    #[error("token rejected: {0}")]
+    Token(#[from] TokenError),
+    /// The user no longer exists.
+    #[error("unknown user")]
+    UnknownUser,
+    /// The user is deactivated.
+    #[error("inactive user")]
+    Inactive,
+    /// The uniquifier rotated (password change, deactivation, explicit revocation).
+    #[error("token revoked")]
+    Revoked,
+    /// The password hash changed since the token was issued.
+    #[error("password changed")]
+    PasswordChanged,
+    /// The database could not be asked.
+    #[error("identity store unavailable: {0}")]
+    Unavailable(Arc<store::Error>),
+}
+
+impl AuthError {
+    /// A stable label for metrics and logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AuthError::Token(e) => e.as_str(),
+            AuthError::UnknownUser => "unknown_user",
+            AuthError::Inactive => "inactive",
+            AuthError::Revoked => "revoked",
+            AuthError::PasswordChanged => "password_changed",
+            AuthError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+/// Why a login failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    /// Wrong password, unknown email or inactive user: one answer for all three.
+    #[error("bad credentials")]
+    BadCredentials,
+    /// Too many failures for this email or address.
+    #[error("throttled; retry after {0:?}")]
+    Throttled(Duration),
+    /// The database or the hasher could not run.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A freshly issued token.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    /// The token to send as `Authorization`.
+    pub token: String,
+    /// Whose it is.
+    pub user_id: i64,
+}
+
+/// What the token-binding cache remembers about a token that passed every check.
+#[derive(Debug, Clone)]
+struct Verified {
+    user_id: i64,
+    issued_at: u64,
+    credential_version: u64,
+    ttl: Duration,
+}
+
+struct UntilTokenExpiry;
+
+impl Expiry<[u8; 32], Verified> for UntilTokenExpiry {
+    fn expire_after_create(
+        &self,
+        _: &[u8; 32],
+        v: &Verified,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(v.ttl)
+    }
+}
+
+/// Checks tokens and passwords; owns the principal and token caches.
+pub struct Authenticator {
+    store: Store,
+    key: TokenKey,
+    max_age: u64,
+    principals: moka::future::Cache<i64, Arc<Identity>>,
+    verified: moka::sync::Cache<[u8; 32], Verified>,
+    crypt_permits: Semaphore,
+    hasher: PasswordHasher,
+    throttle: Throttle,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("max_age", &self.max_age)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How to build an [`Authenticator`].
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// Token lifetime.
+    pub max_age: Duration,
+    /// bcrypt cost of new hashes.
+    pub bcrypt_cost: u32,
+    /// Concurrent bcrypt verifications.
+    pub max_concurrent_logins: usize,
+    /// Cache sizes and lifetimes.
+    pub cache: CacheSettings,
+    /// Login throttling.
+    pub throttle: ThrottleSettings,
+}
+
+impl Authenticator {
+    /// An authenticator over `store`, signing with a key derived from `secret`.
+    pub fn new(
+        store: Store,
+        secret: &crate::settings::Secret,
+        s: &AuthSettings,
+    ) -> Result<Self, Error> {
+        Ok(Authenticator {
+            store,
+            key: TokenKey::derive(secret),
+            max_age: s.max_age.as_secs(),
+            principals: moka::future::Cache::builder()
+                .name("principals")
+                .max_capacity(s.cache.principal_capacity)
+                .time_to_live(s.cache.principal_ttl)
+                .build(),
+            verified: moka::sync::Cache::builder()
+                .name("tokens")
+                .max_capacity(s.cache.token_capacity)
+                .expire_after(UntilTokenExpiry)
+                .build(),
+            crypt_permits: Semaphore::new(s.max_concurrent_logins.max(1)),
+            hasher: PasswordHasher::new(s.bcrypt_cost, s.max_concurrent_logins)?,
+            throttle: Throttle::new(s.throttle.clone()),
+        })
+    }
+
+    /// The store this authenticator reads.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Check a token and return who it belongs to.
+    pub async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
+        let now = unix_now();
+        let signed = token::verify(&self.key, token)?;
+        if let Some(hit) = self.verified.get(&signed.tag) {
+            token::check_age(hit.issued_at, now, self.max_age)?;
+            let identity = self.identity(hit.user_id).await?;
+            if !identity.active {
+                return Err(AuthError::Inactive);
+            }
+            if identity.credential_version == hit.credential_version {
+                return Ok(identity);
+            }
+            // The user's credentials changed since: check from scratch.
+            self.verified.invalidate(&signed.tag);
+        }
+        let claims = signed.claims(now, self.max_age)?;
+        let identity = self.identity(claims.user_id).await?;
+        if !identity.active {
+            return Err(AuthError::Inactive);
+        }
+        if !bool::from(
+            identity
+                .uniquifier
+                .as_bytes()
+                .ct_eq(claims.uniquifier.as_bytes()),
+        ) {
+            return Err(AuthError::Revoked);
+        }
+        let bound = self
+            .off_runtime({
+                let hash = identity.password_hash.clone();
+                move || token::check_binding(&hash, &claims.password_binding)
+            })
+            .await
+            .map_err(|e| AuthError::Unavailable(Arc::new(store::Error::Invalid(e.to_string()))))?;
+        if !bound {
+            return Err(AuthError::PasswordChanged);
+        }
+        self.verified.insert(
+            signed.tag,
+            Verified {
+                user_id: claims.user_id,
+                issued_at: claims.issued_at,
+                credential_version: identity.credential_version,
+                ttl: Duration::from_secs(claims.expires_at.saturating_sub(now).max(1)),
+            },
+        );
+        Ok(identity)
+    }
+
+    /// The cached identity of a user, loading it once under concurrent misses.
+    pub async fn identity(&self, user_id: i64) -> Result<Arc<Identity>, AuthError> {
+        let store = self.store.clone();
+        self.principals
+            .try_get_with(user_id, async move {
+                match store.principal(user_id).await {
+                    Ok(Some(record)) => Ok(Arc::new(Identity::from_record(record))),
+                    Ok(None) => Err(None),
+                    Err(e) => Err(Some(Arc::new(e))),
+                }
+            })
+            .await
+            .map_err(|e| match &*e {
+                None => AuthError::UnknownUser,
+                Some(err) => AuthError::Unavailable(Arc::clone(err)),
+            })
+    }
+
+    /// Check email and password (throttled, constant work for unknown emails) and issue
+    /// a token.
+    pub async fn login(
+        &self,
+        email: &str,
+        password: String,
+        client: IpAddr,
+    ) -> Result<IssuedToken, LoginError> {
+        let email = store::normalize_email(email);
+        self.throttle
+            .check(&email, client)
+            .map_err(LoginError::Throttled)?;
+        let credentials = self
+            .store
+            .credentials(&email)
+            .await
+            .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+        let hash = credentials.as_ref().map(|c| c.password_hash.clone());
+        let matched = self
+            .hasher
+            .verify(password, hash)
+            .await
+            .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+        match credentials {
+            Some(c) if matched && c.active => {
+                self.throttle.success(&email);
+                self.issue(c.user_id).await.map_err(|e| match e {
+                    AuthError::UnknownUser | AuthError::Inactive => LoginError::BadCredentials,
+                    other => LoginError::Unavailable(other.to_string()),
+                })
+            }
+            _ => {
+                self.throttle.failure(&email, client);
+                Err(LoginError::BadCredentials)
+            }
+        }
+    }
+
+    /// Issue a token for an active user, bound to their current password and uniquifier.
+    pub async fn issue(&self, user_id: i64) -> Result<IssuedToken, AuthError> {
+        let record = self
+            .store
+            .principal(user_id)
+            .await
+            .map_err(|e| AuthError::Unavailable(Arc::new(e)))?
+            .ok_or(AuthError::UnknownUser)?;
+        if !record.active {
+            return Err(AuthError::Inactive);
+        }
+        let hash = record.password_hash.clone();
+        let binding = self
+            .off_runtime(move || token::bind_password(&hash))
+            .await
+            .map_err(|e| AuthError::Unavailable(Arc::new(store::Error::Invalid(e.to_string()))))?;
+        let token = token::encode(&self.key, user_id, &binding, &record.uniquifier, unix_now());
+        Ok(IssuedToken { token, user_id })
+    }
+
+    /// Forget one user's cached principal (their next request reloads it).
+    pub async fn invalidate_user(&self, user_id: i64) {
+        self.principals.invalidate(&user_id).await;
+    }
+
+    /// Forget every cached principal (an account's roles or consultancy changed).
+    pub fn invalidate_all(&self) {
+        self.principals.invalidate_all();
+    }
+
+    /// Entry counts of the principal and token caches, for metrics.
+    pub fn cache_sizes(&self) -> (u64, u64) {
+        (self.principals.entry_count(), self.verified.entry_count())
+    }
+
+    async fn off_runtime<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Error> {
+        let _permit = self
+            .crypt_permits
+            .acquire()
+            .await
+            .map_err(|_| Error::Hash("shut down".into()))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| Error::Hash(e.to_string()))
+    }
 }
 
 #[cfg(test)]

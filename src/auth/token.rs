@@ -143,6 +143,20 @@ pub fn encode(
 /// Verify a token's signature and age at Unix time `now`, then read its claims.
 /// Nothing but the signature is decoded before the signature checks out.
 pub fn decode(key: &TokenKey, token: &str, now: u64, max_age: u64) -> Result<Claims, TokenError> {
+    verify(key, token)?.claims(now, max_age)
+}
+
+/// A token whose signature checked out; its other parts are still undecoded.
+#[derive(Debug, Clone, Copy)]
+pub struct Signed<'t> {
+    payload: &'t str,
+    stamp: &'t str,
+    /// The signature: unique per token, so it keys caches of this token's checks.
+    pub tag: [u8; 32],
+}
+
+/// Check the shape and the signature (constant-time), decoding nothing else.
+pub fn verify<'t>(key: &TokenKey, token: &'t str) -> Result<Signed<'t>, TokenError> {
     if token.is_empty() || token.len() > MAX_TOKEN_LEN {
         return Err(TokenError::Malformed);
     }
@@ -160,20 +174,53 @@ pub fn decode(key: &TokenKey, token: &str, now: u64, max_age: u64) -> Result<Cla
     let signed_len = payload.len() + 1 + stamp.len();
     let mut mac = key.mac.clone();
     mac.update(&token.as_bytes()[..signed_len]);
-    // Constant-time comparison of the signature.
     mac.verify_slice(&tag)
         .map_err(|_| TokenError::BadSignature)?;
+    Ok(Signed {
+        payload,
+        stamp,
+        tag,
+    })
+}
 
-    let mut stamp_bytes = [0u8; 8];
-    let since_2011 = match URL_SAFE_NO_PAD.decode_slice(stamp, &mut stamp_bytes) {
-        Ok(n @ 1..=8) => stamp_bytes[..n]
-            .iter()
-            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)),
-        _ => return Err(TokenError::BadPayload),
-    };
-    let issued_at = since_2011
-        .checked_add(EPOCH_2011)
-        .ok_or(TokenError::FutureDated)?;
+impl Signed<'_> {
+    /// The issue time, Unix seconds.
+    pub fn issued_at(&self) -> Result<u64, TokenError> {
+        let mut bytes = [0u8; 8];
+        let since_2011 = match URL_SAFE_NO_PAD.decode_slice(self.stamp, &mut bytes) {
+            Ok(n @ 1..=8) => bytes[..n]
+                .iter()
+                .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)),
+            _ => return Err(TokenError::BadPayload),
+        };
+        since_2011
+            .checked_add(EPOCH_2011)
+            .ok_or(TokenError::FutureDated)
+    }
+
+    /// Check the age and read the payload.
+    pub fn claims(&self, now: u64, max_age: u64) -> Result<Claims, TokenError> {
+        let issued_at = self.issued_at()?;
+        let expires_at = check_age(issued_at, now, max_age)?;
+        let payload = URL_SAFE_NO_PAD
+            .decode(self.payload)
+            .map_err(|_| TokenError::BadPayload)?;
+        let (user_id, password_binding, uniquifier): (i64, String, String) =
+            serde_json::from_slice(&payload).map_err(|_| TokenError::BadPayload)?;
+        Ok(Claims {
+            user_id,
+            password_binding,
+            uniquifier,
+            issued_at,
+            expires_at,
+            tag: self.tag,
+        })
+    }
+}
+
+/// Refuse a token issued beyond the clock skew in the future or older than `max_age`;
+/// otherwise its expiry time.
+pub fn check_age(issued_at: u64, now: u64, max_age: u64) -> Result<u64, TokenError> {
     if issued_at > now.saturating_add(MAX_CLOCK_SKEW_SECS) {
         return Err(TokenError::FutureDated);
     }
@@ -181,20 +228,7 @@ pub fn decode(key: &TokenKey, token: &str, now: u64, max_age: u64) -> Result<Cla
     if now > expires_at {
         return Err(TokenError::Expired);
     }
-
-    let payload = URL_SAFE_NO_PAD
-        .decode(payload)
-        .map_err(|_| TokenError::BadPayload)?;
-    let (user_id, password_binding, uniquifier): (i64, String, String) =
-        serde_json::from_slice(&payload).map_err(|_| TokenError::BadPayload)?;
-    Ok(Claims {
-        user_id,
-        password_binding,
-        uniquifier,
-        issued_at,
-        expires_at,
-        tag,
-    })
+    Ok(expires_at)
 }
 
 /// sha256_crypt of a password hash, with a fresh salt: what a token carries so that a

@@ -24,6 +24,9 @@ pub(crate) enum AddCommand {
         /// Unique account name.
         #[arg(long)]
         name: String,
+        /// Use this id (to mirror the upstream's account ids, e.g. FlexMeasures').
+        #[arg(long)]
+        id: Option<i64>,
         /// Id of the account that consults for this one.
         #[arg(long)]
         consultancy: Option<i64>,
@@ -38,6 +41,9 @@ pub(crate) enum AddCommand {
         /// Login email (stored lower-cased).
         #[arg(long)]
         email: String,
+        /// Use this id (to mirror the upstream's user ids).
+        #[arg(long)]
+        id: Option<i64>,
         /// Id of the user's account.
         #[arg(long)]
         account: i64,
@@ -145,6 +151,7 @@ impl AddCommand {
         match self {
             AddCommand::Account {
                 name,
+                id,
                 consultancy,
                 roles,
                 output,
@@ -152,6 +159,7 @@ impl AddCommand {
                 let store = open_store(settings).await?;
                 let account = store
                     .add_account(&NewAccount {
+                        id,
                         name,
                         consultancy_account_id: consultancy,
                         roles: clean(roles),
@@ -161,6 +169,7 @@ impl AddCommand {
             }
             AddCommand::User {
                 email,
+                id,
                 account,
                 roles,
                 password_stdin,
@@ -172,6 +181,7 @@ impl AddCommand {
                 let store = open_store(settings).await?;
                 let user = store
                     .add_user(&NewUser {
+                        id,
                         email,
                         password_hash,
                         account_id: account,

@@ -5,8 +5,13 @@
 //! Whoever can run the CLI on the server is an admin: it talks to the database directly
 //! and needs no token.
 
+mod config;
 mod db;
+mod demo;
+mod explain;
 mod identity;
+mod serve;
+mod token;
 
 use std::process::ExitCode;
 
@@ -26,6 +31,18 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the proxy with a rule file.
+    Serve(serve::ServeArgs),
+    /// Run everything on the embedded default: demo data, demo upstream, self-signed TLS.
+    Demo(demo::DemoArgs),
+    /// Check a rule file.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
+    /// Explain why a request would be allowed or denied.
+    Explain(explain::ExplainArgs),
+    /// Issue or revoke access tokens.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Database maintenance.
     #[command(subcommand)]
     Db(db::DbCommand),
@@ -75,6 +92,11 @@ impl Cli {
 impl Command {
     async fn run(self, settings: Settings) -> anyhow::Result<ExitCode> {
         match self {
+            Command::Serve(args) => args.run(&settings).await,
+            Command::Demo(args) => args.run(settings).await,
+            Command::Config(cmd) => cmd.run(&settings).await,
+            Command::Explain(args) => args.run(&settings).await,
+            Command::Token(cmd) => cmd.run(&settings).await,
             Command::Db(cmd) => cmd.run(&settings).await,
             Command::Add(cmd) => cmd.run(&settings).await,
             Command::List(cmd) => cmd.run(&settings).await,

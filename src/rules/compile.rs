@@ -389,6 +389,8 @@ impl Compiler<'_> {
             cache,
             throttle,
             max_concurrent_logins: raw.auth.max_concurrent_logins.unwrap_or(4).max(1),
+            forward_authorization: raw.identity.forward_authorization.unwrap_or(false),
+            audit_allows: raw.audit.log_allows.unwrap_or(false),
         }
     }
 
@@ -1144,10 +1146,7 @@ fn capitalize(name: &str) -> String {
 }
 
 /// The closest candidate within two edits, if any.
-pub(crate) fn did_you_mean<'a>(
-    word: &str,
-    candidates: impl Iterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub fn did_you_mean<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     candidates
         .map(|c| (edit_distance(word, c), c))
         .filter(|(d, _)| *d > 0 && *d <= 2)

@@ -196,6 +196,10 @@ pub struct ServerConfig {
     pub throttle: ThrottleSettings,
     /// Concurrent bcrypt verifications.
     pub max_concurrent_logins: usize,
+    /// Pass the client's `Authorization` header upstream.
+    pub forward_authorization: bool,
+    /// Log allowed requests too.
+    pub audit_allows: bool,
 }
 
 /// Path normalisation switches.

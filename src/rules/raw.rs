@@ -28,6 +28,9 @@ pub struct RawConfig {
     /// Cache lifetimes and sizes.
     #[serde(default)]
     pub cache: RawCache,
+    /// Audit log switches.
+    #[serde(default)]
+    pub audit: RawAudit,
     /// Permissions beyond create-children, read, update and delete.
     #[serde(default)]
     pub permissions: Vec<Spanned<String>>,
@@ -141,6 +144,17 @@ pub struct RawPaths {
 pub struct RawIdentity {
     /// Prefix of identity headers; client-sent ones are always removed.
     pub header_prefix: Option<String>,
+    /// Pass the client's `Authorization` header upstream (default false: the upstream
+    /// trusts the signed identity headers instead).
+    pub forward_authorization: Option<bool>,
+}
+
+/// `[audit]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// Also log allowed requests (denies are always logged).
+    pub log_allows: Option<bool>,
 }
 
 /// `[cache]`.

@@ -44,6 +44,8 @@ pub struct User {
 /// What `add account` needs.
 #[derive(Debug, Clone, Default)]
 pub struct NewAccount {
+    /// Explicit id (to mirror an upstream's account ids); `None` = next free id.
+    pub id: Option<i64>,
     /// Unique name.
     pub name: String,
     /// Optional consultancy account id (must exist).
@@ -55,6 +57,8 @@ pub struct NewAccount {
 /// What `add user` needs; the password arrives already hashed.
 #[derive(Debug, Clone)]
 pub struct NewUser {
+    /// Explicit id (to mirror an upstream's user ids); `None` = next free id.
+    pub id: Option<i64>,
     /// Login email (normalised to lower case).
     pub email: String,
     /// bcrypt hash of the password.
@@ -304,11 +308,17 @@ impl Store {
                     return Err(Error::NotFound { what: "consultancy account", key: c.to_string() });
                 }
             }
+            if let Some(id) = new.id
+                && sqlx::query(SELECT_ACCOUNT).bind(id).fetch_optional(&mut *tx).await?.is_some() {
+                    return Err(Error::Conflict(format!("account {id} already exists")));
+                }
             let id: i64 = sqlx::query_scalar(
-                "INSERT INTO flexgate_account (name, consultancy_account_id) VALUES ($1, $2) RETURNING id",
+                "INSERT INTO flexgate_account (id, name, consultancy_account_id) \
+                 VALUES (COALESCE($3, (SELECT COALESCE(MAX(id), 0) + 1 FROM flexgate_account)), $1, $2) RETURNING id",
             )
             .bind(name)
             .bind(new.consultancy_account_id)
+            .bind(new.id)
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| conflict_or(e, || format!("an account named {name:?} already exists")))?;
@@ -334,15 +344,20 @@ impl Store {
             if found.is_none() {
                 return Err(Error::NotFound { what: "account", key: new.account_id.to_string() });
             }
+            if let Some(id) = new.id
+                && sqlx::query(SELECT_USER_BY_ID).bind(id).fetch_optional(&mut *tx).await?.is_some() {
+                    return Err(Error::Conflict(format!("user {id} already exists")));
+                }
             let id: i64 = sqlx::query_scalar(
-                "INSERT INTO flexgate_user (email, password_hash, active, uniquifier, account_id) \
-                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                "INSERT INTO flexgate_user (id, email, password_hash, active, uniquifier, account_id) \
+                 VALUES (COALESCE($6, (SELECT COALESCE(MAX(id), 0) + 1 FROM flexgate_user)), $1, $2, $3, $4, $5) RETURNING id",
             )
             .bind(&email)
             .bind(&new.password_hash)
             .bind(true)
             .bind(&uniquifier)
             .bind(new.account_id)
+            .bind(new.id)
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| conflict_or(e, || format!("a user with email {email:?} already exists")))?;
@@ -618,6 +633,16 @@ impl Store {
                 roles,
                 account_roles,
             }))
+        })
+    }
+
+    /// Every user role and account role name that exists, sorted.
+    pub async fn role_names(&self) -> Result<(Vec<String>, Vec<String>), Error> {
+        dispatch!(&self.pool, p => {
+            let users: Vec<String> = sqlx::query_scalar("SELECT name FROM flexgate_role ORDER BY name").fetch_all(p).await?;
+            let accounts: Vec<String> =
+                sqlx::query_scalar("SELECT name FROM flexgate_account_role ORDER BY name").fetch_all(p).await?;
+            Ok((users, accounts))
         })
     }
 

@@ -8,6 +8,7 @@
 //! Migrations for both databases live in `migrations/` and are compiled into the binary.
 
 mod identity;
+pub mod owner;
 
 use std::borrow::Cow;
 use std::str::FromStr;
@@ -19,7 +20,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
 pub use identity::{
     Account, Change, Credentials, NewAccount, NewUser, PrincipalRecord, User, UserRef,
-    validate_role_name,
+    normalize_email, validate_role_name,
 };
 
 /// Why a store operation failed.

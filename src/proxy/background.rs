@@ -1,0 +1,131 @@
+//! Work a serving process does beside requests:
+//! - following the identity change feed, so a revocation, deactivation, password or role
+//!   change made by any replica (or the CLI) empties the affected cache entries here
+//!   within one poll interval;
+//! - reloading the rule file on SIGHUP or when its content changes: the new file is
+//!   compiled first and swapped in whole; a file with errors keeps the old rules.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::Gateway;
+use crate::rules::{self, Diagnostics};
+
+/// How often the change feed is polled by default.
+pub const CHANGE_POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the rule file is checked for changes by default.
+pub const RULES_POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Poll the change feed until shutdown.
+pub async fn follow_changes(
+    gw: Arc<Gateway>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let store = gw.store().clone();
+    let mut last = loop {
+        match store.latest_change().await {
+            Ok(id) => break id,
+            Err(e) => {
+                gw.metrics.change_feed_error();
+                tracing::warn!(error = %e, "cannot read the change feed yet; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+        match store.changes_since(last, 1000).await {
+            Ok(changes) => {
+                for change in changes {
+                    if change.account_id.is_some() {
+                        gw.auth.invalidate_all();
+                    }
+                    if let Some(user) = change.user_id {
+                        gw.auth.invalidate_user(user).await;
+                    }
+                    last = change.id;
+                }
+            }
+            Err(e) => {
+                gw.metrics.change_feed_error();
+                tracing::warn!(error = %e, "change feed poll failed; cached principals expire on their own");
+            }
+        }
+    }
+}
+
+/// Reload the rule file on SIGHUP or content change until shutdown.
+pub async fn watch_rules(
+    gw: Arc<Gateway>,
+    path: PathBuf,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut seen = fingerprint(&path);
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let hup = async {
+            match hangup.as_mut() {
+                Some(s) => s.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup = std::future::pending::<Option<()>>();
+        let forced = tokio::select! {
+            _ = tokio::time::sleep(interval) => false,
+            _ = hup => true,
+            _ = shutdown.changed() => return,
+        };
+        let now = fingerprint(&path);
+        if !forced && now == seen {
+            continue;
+        }
+        seen = now;
+        let _ = reload(&gw, &path);
+    }
+}
+
+/// Compile `path` and swap it in, or keep the current rules and say why.
+pub fn reload(gw: &Gateway, path: &Path) -> Result<(), Diagnostics> {
+    match rules::load(path) {
+        Ok(config) => {
+            if config.server != *gw.server() {
+                tracing::warn!(file = %path.display(), "[server], [cache] and [auth.throttle] changes take effect after a restart");
+            }
+            if !config.warnings.warnings.is_empty() {
+                tracing::warn!(file = %path.display(), "rule file warnings:\n{}", config.warnings);
+            }
+            let routes = config.rules.routes.len();
+            gw.install(config.rules);
+            tracing::info!(file = %path.display(), routes, "rules reloaded");
+            Ok(())
+        }
+        Err(diagnostics) => {
+            gw.metrics.reload(false, 0, crate::auth::unix_now());
+            tracing::error!(file = %path.display(), "rule file has errors; keeping the previous rules:\n{diagnostics}");
+            Err(diagnostics)
+        }
+    }
+}
+
+/// The file's content hash (`None` when unreadable).
+fn fingerprint(path: &Path) -> Option<u64> {
+    let bytes = std::fs::read(path).ok()?;
+    let mut hasher = DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    Some(hasher.finish())
+}

@@ -1,0 +1,202 @@
+//! Forwarding to the upstream: a pooled hyper-util client (http or https), bodies
+//! streamed both ways, hop-by-hop headers removed from responses, timeouts mapped to
+//! 502/504, and protocol upgrades passed through only when the upstream answers 101
+//! (a 200 is never taken as an upgrade).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Response, StatusCode, Uri};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use super::deny::Deny;
+use super::headers;
+use super::pipeline::Permit;
+use super::{Error, ProxyBody};
+use crate::metrics::Metrics;
+
+/// Request bodies sent upstream: streamed as received, or the buffered JSON body.
+pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// The upstream service and a connection pool to it.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<Connector, UpstreamBody>,
+    scheme: Scheme,
+    authority: Authority,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Upstream({}://{})", self.scheme, self.authority)
+    }
+}
+
+impl Upstream {
+    /// A client for `base` (scheme and authority only), trusting the system's CAs plus
+    /// `extra_ca` for https.
+    pub fn new(
+        base: &Uri,
+        extra_ca: Option<&Path>,
+        connect_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<Self, Error> {
+        let (Some(scheme), Some(authority)) = (base.scheme().cloned(), base.authority().cloned())
+        else {
+            return Err(Error::Config(format!(
+                "upstream {base} needs a scheme and a host"
+            )));
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+        if let Some(path) = extra_ca {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .map_err(|e| Error::Config(format!("upstream_ca {}: {e}", path.display())))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| Error::Config(format!("upstream_ca {}: {e}", path.display())))?;
+            if certs.is_empty() {
+                return Err(Error::Config(format!(
+                    "upstream_ca {} holds no certificate",
+                    path.display()
+                )));
+            }
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| Error::Config(format!("upstream_ca {}: {e}", path.display())))?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_nodelay(true);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Ok(Upstream {
+            client,
+            scheme,
+            authority,
+            timeout,
+        })
+    }
+
+    /// Send an allowed request upstream and stream the answer back.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn forward(
+        &self,
+        permit: Permit,
+        mut parts: Parts,
+        body: UpstreamBody,
+        path: &str,
+        query: Option<&str>,
+        client_upgrade: Option<OnUpgrade>,
+        metrics: &Metrics,
+    ) -> Result<Response<ProxyBody>, Deny> {
+        let path_and_query = match query {
+            Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
+            None => PathAndQuery::try_from(path),
+        }
+        .map_err(|_| Deny::Ambiguous("The request URI cannot be forwarded.".into()))?;
+        parts.uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| Deny::Ambiguous("The request URI cannot be forwarded.".into()))?;
+        // The upstream always speaks HTTP/1.1 to us, whatever the client used.
+        parts.version = http::Version::HTTP_11;
+        let request = http::Request::from_parts(parts, body);
+
+        let started = Instant::now();
+        let result = tokio::time::timeout(self.timeout, self.client.request(request)).await;
+        metrics.upstream(permit.route(), started.elapsed());
+        let mut response = match result {
+            Err(_) => return Err(Deny::GatewayTimeout),
+            Ok(Err(e)) => {
+                tracing::warn!(route = permit.route(), error = %error_chain(&e), "upstream request failed");
+                return Err(if is_timeout(&e) {
+                    Deny::GatewayTimeout
+                } else {
+                    Deny::BadGateway
+                });
+            }
+            Ok(Ok(response)) => response,
+        };
+
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        match (switching, client_upgrade) {
+            (true, Some(client_side)) => {
+                let upstream_side = hyper::upgrade::on(&mut response);
+                tokio::spawn(async move {
+                    match tokio::try_join!(client_side, upstream_side) {
+                        Ok((client, upstream)) => {
+                            let mut client = TokioIo::new(client);
+                            let mut upstream = TokioIo::new(upstream);
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
+                    }
+                });
+                headers::strip_hop_by_hop(response.headers_mut(), true);
+            }
+            (true, None) => {
+                // 101 to a request that did not ask to switch: refuse it.
+                return Err(Deny::BadGateway);
+            }
+            (false, _) => headers::strip_hop_by_hop(response.headers_mut(), false),
+        }
+        drop(permit);
+        Ok(response.map(Either::Left))
+    }
+}
+
+fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::TimedOut
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

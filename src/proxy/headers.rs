@@ -1,0 +1,374 @@
+//! Header rewriting between client and upstream, in the order that keeps it safe:
+//! 1. remove hop-by-hop headers, including any the client named in `Connection`;
+//! 2. remove every client-sent identity header (the configured prefix, in any case,
+//!    with `-` or `_`) and every header a backend might trust for routing or client
+//!    identity (`Forwarded`, `X-Forwarded-*`, `X-Original-URL`, `X-Real-IP`, ...);
+//! 3. only then set `X-Forwarded-For/-Proto/-Host` and, for an authenticated request, the
+//!    identity headers and their HMAC signature.
+//!
+//! Signature (header `<prefix>Signature: v1=<hex>`): HMAC-SHA256 keyed with
+//! `FLEXGATE_UPSTREAM_SECRET` over these lines joined by `\n`:
+//! `v1`, timestamp (Unix seconds, also sent as `<prefix>Timestamp`), method, path (as
+//! forwarded, without the query), user id, email, account id, user roles, account roles
+//! (roles comma separated, sorted, as in their headers).
+
+use std::net::IpAddr;
+
+use hmac::{Hmac, KeyInit, Mac};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+use sha2::Sha256;
+
+use crate::auth::Identity;
+use crate::rules::IdentityHeaders;
+use crate::settings::Secret;
+
+/// Always hop-by-hop (RFC 9110 7.6.1, plus the legacy ones).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+/// Headers a backend may trust for the original URL or the client's address; a client
+/// must never set them. Compared after mapping `_` to `-`.
+const SPOOFABLE_PREFIXES: [&str; 8] = [
+    "forwarded",
+    "x-forwarded-",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-real-ip",
+    "x-client-ip",
+    "x-envoy-",
+];
+
+/// Whether the request asks to switch protocols (WebSocket and friends).
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// Remove hop-by-hop headers (step 1). With `keep_upgrade`, `Upgrade` survives and
+/// `Connection: upgrade` is set again, for a protocol switch.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            headers.remove(&name);
+        }
+    }
+    let upgrade = keep_upgrade
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten();
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if let Some(protocol) = upgrade {
+        headers.insert(header::UPGRADE, protocol);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Remove client-sent identity and spoofable routing headers (step 2). `prefix` is
+/// lower-case, e.g. `x-flexgate-`.
+pub fn strip_client_identity(headers: &mut HeaderMap, prefix: &str) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str().as_bytes();
+            starts_with_dashed(name, prefix.as_bytes())
+                || SPOOFABLE_PREFIXES
+                    .iter()
+                    .any(|p| starts_with_dashed(name, p.as_bytes()))
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// `name` starts with `prefix` when `_` in `name` counts as `-` (names are lower-case).
+fn starts_with_dashed(name: &[u8], prefix: &[u8]) -> bool {
+    name.len() >= prefix.len()
+        && name
+            .iter()
+            .zip(prefix)
+            .all(|(n, p)| *n == *p || (*n == b'_' && *p == b'-'))
+}
+
+/// Set the forwarding headers (step 3).
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    tls: bool,
+    host: Option<HeaderValue>,
+) {
+    headers.insert(
+        "x-forwarded-for",
+        HeaderValue::from_str(&client.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+    );
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
+    if let Some(host) = host {
+        headers.insert("x-forwarded-host", host);
+    }
+}
+
+/// Signs identity headers for the upstream.
+#[derive(Clone)]
+pub struct UpstreamSigner {
+    mac: Hmac<Sha256>,
+}
+
+impl std::fmt::Debug for UpstreamSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UpstreamSigner(<redacted>)")
+    }
+}
+
+impl UpstreamSigner {
+    /// A signer keyed with `FLEXGATE_UPSTREAM_SECRET`.
+    pub fn new(secret: &Secret) -> Self {
+        UpstreamSigner {
+            mac: Hmac::new_from_slice(secret.expose()).expect("HMAC accepts keys of any length"),
+        }
+    }
+
+    /// `v1=<hex>` over the canonical lines (see the module doc).
+    pub fn sign(&self, timestamp: u64, method: &Method, path: &str, id: &Identity) -> HeaderValue {
+        let ts = timestamp.to_string();
+        let digest = canonical_mac(
+            self.mac.clone(),
+            &[
+                ts.as_bytes(),
+                method.as_str().as_bytes(),
+                path.as_bytes(),
+                id.headers.user_id.as_bytes(),
+                id.headers.email.as_bytes(),
+                id.headers.account_id.as_bytes(),
+                id.headers.roles.as_bytes(),
+                id.headers.account_roles.as_bytes(),
+            ],
+        );
+        let mut out = [0u8; 3 + 64];
+        out[..3].copy_from_slice(b"v1=");
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for (i, b) in digest.iter().enumerate() {
+            out[3 + 2 * i] = HEX[usize::from(b >> 4)];
+            out[4 + 2 * i] = HEX[usize::from(b & 0xf)];
+        }
+        HeaderValue::from_bytes(&out).expect("hex is a valid header value")
+    }
+}
+
+/// HMAC over `v1` and the fields, joined by newlines.
+fn canonical_mac(mut mac: Hmac<Sha256>, fields: &[&[u8]; 8]) -> [u8; 32] {
+    mac.update(b"v1");
+    for field in fields {
+        mac.update(b"\n");
+        mac.update(field);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// Why an upstream should refuse a request's identity headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    /// A signed header is missing or not text.
+    #[error("identity or signature header missing")]
+    Missing,
+    /// The timestamp is further from now than allowed.
+    #[error("signature timestamp too old or in the future")]
+    Stale,
+    /// The signature does not match the headers.
+    #[error("signature mismatch")]
+    Mismatch,
+}
+
+/// What an upstream does with a request: check that its identity headers were signed by
+/// flexgate for this method and path within `max_skew` seconds of `now`. `prefix` is the
+/// configured header prefix (any case).
+pub fn verify_signature(
+    secret: &Secret,
+    headers: &HeaderMap,
+    prefix: &str,
+    method: &Method,
+    path: &str,
+    now: u64,
+    max_skew: u64,
+) -> Result<(), SignatureError> {
+    let prefix = prefix.to_ascii_lowercase();
+    let get = |suffix: &str| -> Result<&[u8], SignatureError> {
+        let mut values = headers.get_all(format!("{prefix}{suffix}")).iter();
+        match (values.next(), values.next()) {
+            (Some(v), None) => Ok(v.as_bytes()),
+            _ => Err(SignatureError::Missing),
+        }
+    };
+    let ts = get("timestamp")?;
+    let signed_at: u64 = std::str::from_utf8(ts)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .ok_or(SignatureError::Missing)?;
+    if signed_at.abs_diff(now) > max_skew {
+        return Err(SignatureError::Stale);
+    }
+    let given = get("signature")?
+        .strip_prefix(b"v1=")
+        .ok_or(SignatureError::Mismatch)?;
+    let mac =
+        Hmac::<Sha256>::new_from_slice(secret.expose()).expect("HMAC accepts keys of any length");
+    let expected = canonical_mac(
+        mac,
+        &[
+            ts,
+            method.as_str().as_bytes(),
+            path.as_bytes(),
+            get("user-id")?,
+            get("user-email")?,
+            get("account-id")?,
+            get("user-roles")?,
+            get("account-roles")?,
+        ],
+    );
+    let mut hex = [0u8; 64];
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in expected.iter().enumerate() {
+        hex[2 * i] = HEX[usize::from(b >> 4)];
+        hex[2 * i + 1] = HEX[usize::from(b & 0xf)];
+    }
+    use subtle::ConstantTimeEq;
+    if bool::from(hex[..].ct_eq(given)) {
+        Ok(())
+    } else {
+        Err(SignatureError::Mismatch)
+    }
+}
+
+/// Set the identity headers and their signature (step 3, authenticated requests).
+pub fn inject_identity(
+    headers: &mut HeaderMap,
+    names: &IdentityHeaders,
+    id: &Identity,
+    signer: &UpstreamSigner,
+    method: &Method,
+    path: &str,
+    now: u64,
+) {
+    headers.insert(names.user_id.clone(), id.headers.user_id.clone());
+    headers.insert(names.email.clone(), id.headers.email.clone());
+    headers.insert(names.account_id.clone(), id.headers.account_id.clone());
+    headers.insert(names.roles.clone(), id.headers.roles.clone());
+    headers.insert(
+        names.account_roles.clone(),
+        id.headers.account_roles.clone(),
+    );
+    headers.insert(names.timestamp.clone(), HeaderValue::from(now));
+    headers.insert(names.signature.clone(), signer.sign(now, method, path, id));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn client_identity_headers_are_removed_in_every_spelling() {
+        let mut h = map(&[
+            ("X-Flexgate-User-Id", "1"),
+            ("x-flexgate-user-id", "2"),
+            ("X_Flexgate_User_Id", "3"),
+            ("x-FLEXGATE_roles", "admin"),
+            ("X-Flexgate-Signature", "v1=00"),
+            ("X-Forwarded-For", "1.2.3.4"),
+            ("X_Forwarded_User", "admin"),
+            ("X-Forwarded-Uri", "/public"),
+            ("X-Original-URL", "/admin"),
+            ("Forwarded", "for=1.2.3.4"),
+            ("X-Real-IP", "1.2.3.4"),
+            ("X-Flexgatex", "kept"),
+            ("Accept", "application/json"),
+        ]);
+        strip_client_identity(&mut h, "x-flexgate-");
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["accept", "x-flexgatex"]);
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed_before_forwarding_headers_are_set() {
+        let mut h = map(&[
+            ("Connection", "keep-alive, X-Forwarded-For, x-custom"),
+            ("Keep-Alive", "timeout=5"),
+            ("X-Custom", "secret"),
+            ("Transfer-Encoding", "chunked"),
+            ("TE", "trailers"),
+            ("Upgrade", "websocket"),
+            ("Accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        set_forwarded(
+            &mut h,
+            "10.1.2.3".parse().unwrap(),
+            true,
+            Some(HeaderValue::from_static("example.org")),
+        );
+        assert!(h.get("x-custom").is_none());
+        assert!(h.get("upgrade").is_none());
+        assert!(h.get("transfer-encoding").is_none());
+        assert_eq!(
+            h["x-forwarded-for"], "10.1.2.3",
+            "set after Connection-named removal"
+        );
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "example.org");
+        assert_eq!(h["accept"], "*/*");
+    }
+
+    #[test]
+    fn upgrades_keep_their_protocol() {
+        let mut h = map(&[
+            ("Connection", "Upgrade"),
+            ("Upgrade", "websocket"),
+            ("Sec-WebSocket-Key", "k"),
+        ]);
+        assert!(is_upgrade_request(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["sec-websocket-key"], "k");
+        assert!(!is_upgrade_request(&map(&[("Upgrade", "websocket")])));
+    }
+}

@@ -1,0 +1,255 @@
+//! Accepting connections: the HTTPS listener (rustls, TLS 1.2+, HTTP/1.1 and HTTP/2 by
+//! ALPN), the plain-HTTP listener (308 to HTTPS, or proxying when TLS ends in front of
+//! flexgate), and the admin listener. Each accept loop holds a semaphore permit per
+//! connection (the connection limit), applies the head-read timeout (slowloris) and
+//! the header-size limit, and on shutdown stops accepting and lets in-flight requests
+//! finish until the grace period ends.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+use super::deny::json_response;
+use super::pipeline::ConnInfo;
+use super::{Error, Gateway, ProxyBody, admin, pipeline};
+use crate::rules::Limits;
+
+/// Build the rustls server config from PEM files: TLS 1.2 and 1.3 only, ALPN h2 and
+/// http/1.1.
+pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Error> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| Error::Tls(format!("{}: {e}", cert.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| Error::Tls(format!("{}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(Error::Tls(format!(
+            "{}: no certificate found",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| Error::Tls(format!("{}: {e}", key.display())))?;
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| Error::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| Error::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// What a listener does with each request.
+#[derive(Clone)]
+pub enum Role {
+    /// The proxy pipeline, over TLS.
+    Https(TlsAcceptor),
+    /// The proxy pipeline over plain HTTP (TLS ends in front of flexgate).
+    PlainProxy,
+    /// 308 to HTTPS on this port.
+    Redirect(u16),
+    /// Metrics and health.
+    Admin,
+}
+
+fn builder(limits: &Limits) -> Builder<TokioExecutor> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(limits.idle_timeout))
+        .keep_alive_timeout(limits.header_read_timeout);
+    builder
+}
+
+/// Accept connections until `shutdown` flips, then drain for the grace period.
+pub async fn run(
+    listener: TcpListener,
+    role: Role,
+    gw: Arc<Gateway>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limits = gw.limits().clone();
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let builder = builder(&limits);
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = shutdown.changed() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let gw = Arc::clone(&gw);
+        let builder = builder.clone();
+        let role = role.clone();
+        let watcher = graceful.watcher();
+        let handshake_timeout = limits.header_read_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            match role {
+                Role::Https(acceptor) => {
+                    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = ConnInfo { peer, tls: true };
+                    serve(&builder, tls, watcher, proxy_service(gw, conn)).await;
+                }
+                Role::PlainProxy => {
+                    let conn = ConnInfo { peer, tls: false };
+                    serve(&builder, stream, watcher, proxy_service(gw, conn)).await;
+                }
+                Role::Redirect(port) => {
+                    let service = service_fn(move |req: Request<Incoming>| async move {
+                        Ok::<_, Infallible>(redirect(&req, port))
+                    });
+                    serve(&builder, stream, watcher, service).await;
+                }
+                Role::Admin => {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let gw = Arc::clone(&gw);
+                        async move { Ok::<_, Infallible>(admin::handle(&gw, req).await) }
+                    });
+                    serve(&builder, stream, watcher, service).await;
+                }
+            }
+        });
+    }
+    drop(listener);
+    let grace = limits.shutdown_grace;
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "shutdown grace period ended with requests still in flight"
+        );
+    }
+}
+
+fn proxy_service(
+    gw: Arc<Gateway>,
+    conn: ConnInfo,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<ProxyBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send,
+> + Clone
++ Send {
+    service_fn(move |req: Request<Incoming>| {
+        let gw = Arc::clone(&gw);
+        async move { Ok::<_, Infallible>(pipeline::handle(&gw, conn, req).await) }
+    })
+}
+
+async fn serve<I, S>(
+    builder: &Builder<TokioExecutor>,
+    io: I,
+    watcher: hyper_util::server::graceful::Watcher,
+    service: S,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<ProxyBody>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// 308 to the same path and query on HTTPS.
+fn redirect(req: &Request<Incoming>, https_port: u16) -> Response<ProxyBody> {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .map(|a| a.host().to_owned());
+    let Some(host) = host else {
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"message": "A valid Host header is required.", "status": 400}),
+        );
+    };
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = if https_port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{https_port}{path}")
+    };
+    let mut response = json_response(
+        StatusCode::PERMANENT_REDIRECT,
+        &serde_json::json!({"message": "Use HTTPS.", "location": location, "status": 308}),
+    );
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+/// Bind a TCP listener, naming the address in the error.
+pub async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Bind(format!("{what} listener on {addr}: {e}")))
+}

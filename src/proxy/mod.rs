@@ -1,0 +1,357 @@
+//! The proxy: listeners, the request pipeline, forwarding.
+//!
+//! Every request on a public listener walks [`pipeline::handle`], one stage per line:
+//! 1. [`normalize::normalize`]: the one path used to match and to forward (400 if ambiguous);
+//! 2. [`login::handle`] if it is the token endpoint;
+//! 3. [`pipeline::match_rule`]: method + template, deny by default;
+//! 4. [`pipeline::authenticate`]: exactly one token, checked ([`crate::auth`]);
+//! 5. [`pipeline::check_roles`]: `roles_required` / `roles_accepted` / account roles;
+//! 6. [`pipeline::read_body`]: only for routes that read ids from a JSON body;
+//! 7. [`pipeline::authorize`]: ids extracted, owners resolved (cache, then SQL), ACLs decided;
+//! 8. headers rewritten ([`headers`]): hop-by-hop and client identity out, ours in, signed;
+//! 9. [`forward::Upstream::forward`]: streamed to the upstream with a `Permit`.
+//!
+//! A deny at any stage becomes a response in [`deny`], the only place that maps reasons
+//! to statuses and bodies. [`listener`] accepts connections; [`admin`] serves metrics
+//! and health; [`background`] reloads rules and follows the identity change feed.
+
+pub mod admin;
+pub mod background;
+pub mod deny;
+pub mod forward;
+pub mod headers;
+pub mod listener;
+pub mod login;
+pub mod normalize;
+pub mod pipeline;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderValue, Method};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::auth::{AuthSettings, Authenticator};
+use crate::metrics::Metrics;
+use crate::rules::{Config, HttpMode, Limits, RuleSet, ServerConfig};
+use crate::settings::Settings;
+use crate::store::Store;
+use crate::store::owner::OwnerResolver;
+use forward::Upstream;
+use headers::UpstreamSigner;
+use pipeline::ConnInfo;
+
+/// Response bodies: streamed from the upstream, or generated here.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Certificate or key problems.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// A listener could not bind.
+    #[error("cannot bind {0}")]
+    Bind(String),
+    /// The configuration cannot be served.
+    #[error("{0}")]
+    Config(String),
+    /// Settings (secrets) are missing.
+    #[error(transparent)]
+    Settings(#[from] crate::settings::Error),
+    /// The authenticator could not be built.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::Error),
+}
+
+/// Everything requests share: the current rules, caches, the upstream client, metrics.
+pub struct Gateway {
+    rules: ArcSwap<RuleSet>,
+    server: ServerConfig,
+    /// Tokens and principals.
+    pub auth: Arc<Authenticator>,
+    /// Resource owners.
+    pub owners: OwnerResolver,
+    upstream: Upstream,
+    signer: UpstreamSigner,
+    hsts: Option<HeaderValue>,
+    forward_authorization: bool,
+    audit_allows: bool,
+    store: Store,
+    /// This gateway's metrics.
+    pub metrics: Metrics,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Assemble a gateway for `config` over `store`.
+    pub fn new(config: &Config, store: Store, settings: &Settings) -> Result<Arc<Gateway>, Error> {
+        let server = &config.server;
+        let upstream_uri = server.upstream.as_ref().ok_or_else(|| {
+            Error::Config(format!(
+                "{}: [server] upstream is not set",
+                config.rules.file.display()
+            ))
+        })?;
+        let upstream = Upstream::new(
+            upstream_uri,
+            server.upstream_ca.as_deref(),
+            server.limits.upstream_connect_timeout,
+            server.limits.upstream_timeout,
+        )?;
+        let auth = Authenticator::new(
+            store.clone(),
+            settings.secret_key()?,
+            &AuthSettings {
+                max_age: settings.token_max_age,
+                bcrypt_cost: settings.bcrypt_cost,
+                max_concurrent_logins: server.max_concurrent_logins,
+                cache: server.cache.clone(),
+                throttle: server.throttle.clone(),
+            },
+        )?;
+        let metrics = Metrics::new();
+        metrics.reload(true, config.rules.routes.len(), crate::auth::unix_now());
+        Ok(Arc::new(Gateway {
+            rules: ArcSwap::new(Arc::clone(&config.rules)),
+            owners: OwnerResolver::new(store.clone(), &server.cache),
+            auth: Arc::new(auth),
+            upstream,
+            signer: UpstreamSigner::new(settings.upstream_secret()?),
+            hsts: (server.hsts_max_age > 0)
+                .then(|| {
+                    HeaderValue::from_str(&format!(
+                        "max-age={}; includeSubDomains",
+                        server.hsts_max_age
+                    ))
+                    .ok()
+                })
+                .flatten(),
+            forward_authorization: server.forward_authorization,
+            audit_allows: server.audit_allows,
+            server: server.clone(),
+            store,
+            metrics,
+        }))
+    }
+
+    /// The current rules (an `Arc` snapshot: a reload never changes a running request's).
+    pub fn rules(&self) -> Arc<RuleSet> {
+        self.rules.load_full()
+    }
+
+    /// Swap in new rules atomically.
+    pub fn install(&self, rules: Arc<RuleSet>) {
+        self.metrics
+            .reload(true, rules.routes.len(), crate::auth::unix_now());
+        self.rules.store(rules);
+    }
+
+    /// Start-only settings.
+    pub fn server(&self) -> &ServerConfig {
+        &self.server
+    }
+
+    /// Connection and size limits.
+    pub fn limits(&self) -> &Limits {
+        &self.server.limits
+    }
+
+    /// The database.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    fn signer(&self) -> &UpstreamSigner {
+        &self.signer
+    }
+
+    fn hsts(&self) -> Option<&HeaderValue> {
+        self.hsts.as_ref()
+    }
+
+    fn forwards_authorization(&self) -> bool {
+        self.forward_authorization
+    }
+
+    /// Refresh gauges that are read at scrape time.
+    pub fn update_gauges(&self) {
+        let (principals, tokens) = self.auth.cache_sizes();
+        self.metrics.cache_entries("principals", principals);
+        self.metrics.cache_entries("tokens", tokens);
+        self.metrics
+            .cache_entries("owners", self.owners.entry_count());
+    }
+
+    /// The audit line of one request: always for denies, for allows when asked.
+    #[allow(clippy::too_many_arguments)]
+    fn audit(
+        &self,
+        conn: ConnInfo,
+        route: &str,
+        method: &Method,
+        decision: &str,
+        reason: &str,
+        status: u16,
+        user_id: Option<i64>,
+        elapsed: Duration,
+    ) {
+        if decision == "allow" && !self.audit_allows {
+            return;
+        }
+        tracing::info!(
+            target: "flexgate::audit",
+            decision,
+            reason,
+            client.address = %conn.peer.ip(),
+            rule.name = route,
+            http.method = %method,
+            http.status = status,
+            user.id = user_id,
+            duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            "request"
+        );
+    }
+
+    fn audit_login(&self, conn: ConnInfo, result: &Result<http::Response<ProxyBody>, deny::Deny>) {
+        let (decision, reason) = match result {
+            Ok(_) => ("allow", "token_issued"),
+            Err(d) => (d.decision(), d.reason()),
+        };
+        tracing::info!(
+            target: "flexgate::audit",
+            decision,
+            reason,
+            client.address = %conn.peer.ip(),
+            rule.name = crate::metrics::TOKEN_ENDPOINT,
+            "login"
+        );
+    }
+}
+
+/// A running proxy: its bound addresses and the means to stop it.
+pub struct Running {
+    /// The HTTPS listener's address.
+    pub https: Option<SocketAddr>,
+    /// The plain-HTTP listener's address.
+    pub http: Option<SocketAddr>,
+    /// The admin listener's address.
+    pub admin: Option<SocketAddr>,
+    /// The shared state (for tests and the reload task).
+    pub gateway: Arc<Gateway>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("https", &self.https)
+            .field("http", &self.http)
+            .field("admin", &self.admin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Running {
+    /// A receiver that flips to `true` at shutdown, for background tasks.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Keep a background task with the listeners, so shutdown waits for it.
+    pub fn attach(&mut self, task: JoinHandle<()>) {
+        self.tasks.push(task);
+    }
+
+    /// Stop accepting, drain in-flight requests (up to the grace period), return.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Bind the configured listeners and start accepting.
+pub async fn start(gateway: Arc<Gateway>) -> Result<Running, Error> {
+    let server = gateway.server().clone();
+    let (shutdown, signal) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let mut running = Running {
+        https: None,
+        http: None,
+        admin: None,
+        gateway: Arc::clone(&gateway),
+        shutdown,
+        tasks: Vec::new(),
+    };
+    if let Some(addr) = server.https {
+        let (cert, key) = server
+            .tls
+            .as_ref()
+            .ok_or_else(|| Error::Config("https is set without tls_cert and tls_key".into()))?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(listener::tls_config(cert, key)?);
+        let l = listener::bind(addr, "https").await?;
+        running.https = Some(l.local_addr().map_err(|e| Error::Bind(e.to_string()))?);
+        tasks.push(tokio::spawn(listener::run(
+            l,
+            listener::Role::Https(acceptor),
+            Arc::clone(&gateway),
+            signal.clone(),
+        )));
+    }
+    if let Some(addr) = server.http {
+        let role = match (server.http_mode, running.https) {
+            (HttpMode::Proxy, _) => listener::Role::PlainProxy,
+            (HttpMode::Redirect, Some(https)) => listener::Role::Redirect(https.port()),
+            (HttpMode::Redirect, None) => {
+                return Err(Error::Config(
+                    "http_mode = \"redirect\" needs an https listener".into(),
+                ));
+            }
+        };
+        let l = listener::bind(addr, "http").await?;
+        running.http = Some(l.local_addr().map_err(|e| Error::Bind(e.to_string()))?);
+        tasks.push(tokio::spawn(listener::run(
+            l,
+            role,
+            Arc::clone(&gateway),
+            signal.clone(),
+        )));
+    }
+    if let Some(addr) = server.admin {
+        let l = listener::bind(addr, "admin").await?;
+        running.admin = Some(l.local_addr().map_err(|e| Error::Bind(e.to_string()))?);
+        tasks.push(tokio::spawn(listener::run(
+            l,
+            listener::Role::Admin,
+            Arc::clone(&gateway),
+            signal.clone(),
+        )));
+    }
+    if running.https.is_none() && running.http.is_none() {
+        return Err(Error::Config(
+            "no listener configured: set [server] https (and http)".into(),
+        ));
+    }
+    running.tasks = tasks;
+    Ok(running)
+}

@@ -1,0 +1,683 @@
+//! The single walk every request takes, one named stage after another:
+//! `normalize` -> `match_rule` -> `authenticate` -> `check_roles` -> `read_body` ->
+//! `authorize` (extract ids, `resolve_owner`, `decide`) -> `rewrite_headers` -> `forward`.
+//!
+//! A stage either hands on or ends the request with a [`Deny`]; only the end of the allow
+//! path creates the [`Permit`] that `forward` requires, so forwarding without a decision
+//! cannot be written. `flexgate explain` runs the same `authorize` with a [`Trace`] that
+//! records each step; the request path uses `()`, which records nothing and costs nothing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, request::Parts};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::Value as Json;
+
+use super::deny::Deny;
+use super::normalize::normalize;
+use super::{Gateway, ProxyBody, headers, login};
+use crate::auth::token::token_from_authorization;
+use crate::auth::{AuthError, Identity, unix_now};
+use crate::metrics;
+use crate::policy::{self, Decision, Refused, Value};
+use crate::rules::extract::{self, ExtractError, IdParse, IdType, ResourceId, Source};
+use crate::rules::matcher::{Found, Params};
+use crate::rules::{Check, IfAbsent, Kind, Route, RuleSet, Target};
+use crate::store::owner::OwnerResolver;
+
+/// What the listener knows about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// Proof that a request passed every check. Only this module can make one, and only on
+/// the allow path; `Upstream::forward` takes it by value.
+#[derive(Debug)]
+pub struct Permit {
+    route: Arc<str>,
+    identity: Option<Arc<Identity>>,
+}
+
+impl Permit {
+    fn new(route: &Route, identity: Option<Arc<Identity>>) -> Permit {
+        Permit {
+            route: Arc::clone(&route.name),
+            identity,
+        }
+    }
+
+    /// The route that allowed the request.
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// Who is calling (`None` on public routes).
+    pub fn identity(&self) -> Option<&Arc<Identity>> {
+        self.identity.as_ref()
+    }
+}
+
+/// Receives explanations of each step; `()` ignores them at no cost.
+pub trait Trace {
+    /// Whether notes are wanted (so callers skip formatting them).
+    fn enabled(&self) -> bool;
+    /// Record one line.
+    fn note(&mut self, line: String);
+}
+
+impl Trace for () {
+    #[inline]
+    fn enabled(&self) -> bool {
+        false
+    }
+    #[inline]
+    fn note(&mut self, _: String) {}
+}
+
+impl Trace for Vec<String> {
+    fn enabled(&self) -> bool {
+        true
+    }
+    fn note(&mut self, line: String) {
+        self.push(line);
+    }
+}
+
+/// The parts of a request that ids are read from.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    /// Template parameters of the matched route.
+    pub params: Params<'a>,
+    /// The raw query string.
+    pub query: Option<&'a str>,
+    /// Request headers.
+    pub headers: &'a HeaderMap,
+    /// The parsed JSON body, when the route reads one and it was given.
+    pub body: Option<&'a Json>,
+}
+
+/// What one request did, for the metrics and the log line.
+#[derive(Debug, Default)]
+struct Outcome {
+    route: Option<Arc<str>>,
+    user_id: Option<i64>,
+    deny: Option<(&'static str, &'static str)>,
+}
+
+/// Handle one request from start to finish; never fails (a failure is a response).
+pub async fn handle(
+    gw: &Gateway,
+    conn: ConnInfo,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    gw.metrics.in_flight().inc();
+    let rules = gw.rules();
+    let method = req.method().clone();
+    let upgrade = headers::is_upgrade_request(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let mut outcome = Outcome::default();
+    let mut response = match serve(gw, &rules, conn, req, upgrade, &mut outcome).await {
+        Ok(response) => response,
+        Err(deny) => {
+            outcome.deny = Some((deny.decision(), deny.reason()));
+            deny.into_response()
+        }
+    };
+    if conn.tls
+        && let Some(hsts) = gw.hsts()
+    {
+        response
+            .headers_mut()
+            .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
+    let route = outcome.route.as_deref().unwrap_or(metrics::NO_ROUTE);
+    let (decision, reason) = outcome.deny.unwrap_or(("allow", "allowed"));
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    gw.metrics
+        .request(route, &method, decision, status, elapsed);
+    gw.metrics.in_flight().dec();
+    gw.audit(
+        conn,
+        route,
+        &method,
+        decision,
+        reason,
+        status,
+        outcome.user_id,
+        elapsed,
+    );
+    response
+}
+
+async fn serve(
+    gw: &Gateway,
+    rules: &RuleSet,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+    upgrade: Option<hyper::upgrade::OnUpgrade>,
+    outcome: &mut Outcome,
+) -> Result<Response<ProxyBody>, Deny> {
+    let (mut parts, body) = req.into_parts();
+    let path = normalize(parts.uri.path(), &rules.paths)
+        .map_err(Deny::BadPath)?
+        .into_owned();
+    if path == rules.token_endpoint {
+        outcome.route = Some(Arc::from(metrics::TOKEN_ENDPOINT));
+        return login::handle(gw, rules, conn, &parts, body).await;
+    }
+    let (route, params) = match_rule(rules, &parts.method, &path)?;
+    outcome.route = Some(Arc::clone(&route.name));
+    let query = parts.uri.query().map(str::to_owned);
+
+    let (permit, body) = if route.public {
+        (Permit::new(route, None), Either::Left(body))
+    } else {
+        let facts = Facts {
+            params,
+            query: query.as_deref(),
+            headers: &parts.headers,
+            body: None,
+        };
+        if route.resolve_before_auth {
+            preresolve(&gw.owners, rules, route, &facts).await?;
+        }
+        let identity = authenticate(gw, rules, &parts.headers, query.as_deref()).await?;
+        outcome.user_id = Some(identity.principal.user_id);
+        check_roles(rules, route, &identity)?;
+        let (forward_body, json) = if route.needs_body {
+            let (bytes, json) =
+                read_body(&parts.headers, body, gw.limits().max_json_body_bytes).await?;
+            (Either::Right(Full::new(bytes)), json)
+        } else {
+            (Either::Left(body), None)
+        };
+        let facts = Facts {
+            body: json.as_ref(),
+            ..facts
+        };
+        authorize(&gw.owners, rules, route, &facts, &identity, &mut ()).await?;
+        (Permit::new(route, Some(identity)), forward_body)
+    };
+
+    rewrite_headers(
+        gw,
+        rules,
+        conn,
+        &mut parts,
+        &permit,
+        &path,
+        upgrade.is_some(),
+    );
+    gw.upstream()
+        .forward(
+            permit,
+            parts,
+            body,
+            &path,
+            query.as_deref(),
+            upgrade,
+            &gw.metrics,
+        )
+        .await
+}
+
+/// Stage: find the route for the method and the normalised path (deny by default).
+pub fn match_rule<'r, 'p>(
+    rules: &'r RuleSet,
+    method: &http::Method,
+    path: &'p str,
+) -> Result<(&'r Route, Params<'p>), Deny> {
+    match rules.matcher.find(method, path) {
+        Found::Route(i, params) => rules
+            .routes
+            .get(i)
+            .map(|r| (r, params))
+            .ok_or(Deny::NoRoute(rules.unmatched_status)),
+        Found::MethodNotAllowed => Err(Deny::MethodNotAllowed(rules.unmatched_status)),
+        Found::NoRoute => Err(Deny::NoRoute(rules.unmatched_status)),
+    }
+}
+
+/// Stage: find exactly one token (header, or query when enabled) and check it.
+pub async fn authenticate(
+    gw: &Gateway,
+    rules: &RuleSet,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Arc<Identity>, Deny> {
+    let result = async {
+        let mut values = headers.get_all(AUTHORIZATION).iter();
+        let from_header = match (values.next(), values.next()) {
+            (None, _) => None,
+            (Some(v), None) => Some(
+                token_from_authorization(v.as_bytes())
+                    .ok_or(Deny::Unauthenticated("malformed_authorization"))?,
+            ),
+            (Some(_), Some(_)) => {
+                return Err(Deny::Unauthenticated("several_authorization_headers"));
+            }
+        };
+        let from_query = match (rules.query_token, query) {
+            (true, Some(q)) => extract::query_value(q, &["auth_token".to_owned()])
+                .map_err(|_| Deny::Unauthenticated("several_query_tokens"))?,
+            _ => None,
+        };
+        let token: &str = match (&from_header, &from_query) {
+            (Some(t), None) => t,
+            (None, Some(t)) => t,
+            (None, None) => return Err(Deny::Unauthenticated("no_token")),
+            (Some(_), Some(_)) => return Err(Deny::Unauthenticated("token_in_header_and_query")),
+        };
+        gw.auth.authenticate(token).await.map_err(|e| match e {
+            AuthError::Unavailable(_) => Deny::Unavailable("identity_store"),
+            other => Deny::Unauthenticated(other.as_str()),
+        })
+    }
+    .await;
+    gw.metrics.token_validation(match &result {
+        Ok(_) => "valid",
+        Err(d) => d.reason(),
+    });
+    result
+}
+
+/// Stage: the route's role requirements (FlexMeasures decorator semantics).
+pub fn check_roles(rules: &RuleSet, route: &Route, who: &Identity) -> Result<(), Deny> {
+    use policy::RoleRefused::*;
+    policy::check_roles(&who.principal, &route.roles, &rules.admins).map_err(
+        |refused| match refused {
+            Required => Deny::RoleForbidden {
+                reason: "roles_required",
+                suffix: policy::role_message_suffix(&route.roles.required),
+            },
+            Accepted => Deny::RoleForbidden {
+                reason: "roles_accepted",
+                suffix: policy::role_message_suffix(&route.roles.accepted),
+            },
+            AccountRequired => Deny::Forbidden("account_roles_required"),
+            AccountAccepted => Deny::Forbidden("account_roles_accepted"),
+        },
+    )
+}
+
+/// Stage: buffer a JSON body (only for routes that read ids from it), up to `limit`.
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+) -> Result<(Bytes, Option<Json>), Deny> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(Deny::BodyTooLarge);
+    }
+    let bytes = Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Deny::BodyTooLarge
+            } else {
+                Deny::Ambiguous("The request body could not be read.".into())
+            }
+        })?
+        .to_bytes();
+    if bytes.is_empty() {
+        return Ok((bytes, None));
+    }
+    if !is_json(headers.get(CONTENT_TYPE)) {
+        // The upstream might parse it as JSON anyway; the ids in it were not checked.
+        return Err(Deny::Invalid {
+            location: "json",
+            field: "_schema".into(),
+            message: "Invalid input type: send the body as application/json.".into(),
+        });
+    }
+    let json = extract::parse_json_strict(&bytes).map_err(|e| {
+        if e.contains("duplicate key") {
+            Deny::Ambiguous("The JSON body has a duplicate key.".into())
+        } else {
+            Deny::MalformedJson
+        }
+    })?;
+    Ok((bytes, Some(json)))
+}
+
+/// Whether a Content-Type is JSON (`application/json`, `application/*+json`).
+pub fn is_json(content_type: Option<&HeaderValue>) -> bool {
+    let Some(ct) = content_type.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// FlexMeasures `/api/dev`: answer an unknown or malformed path id before asking for
+/// credentials.
+async fn preresolve(
+    owners: &OwnerResolver,
+    rules: &RuleSet,
+    route: &Route,
+    facts: &Facts<'_>,
+) -> Result<(), Deny> {
+    for check in &route.checks {
+        let Target::Sources(alternatives) = &check.target else {
+            continue;
+        };
+        for (k, source) in alternatives {
+            if let Source::Path { .. } = source {
+                let kind = &rules.kinds[*k];
+                for parsed in read_ids(source, kind, facts, None)? {
+                    resolve_owner(owners, kind, check, source, parsed).await?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Stage: every permission check of the route, in order. Each id is parsed, its owner
+/// resolved (a missing resource answers before the ACL, even for admins, as in
+/// FlexMeasures), and the ACL decided.
+pub async fn authorize<T: Trace>(
+    owners: &OwnerResolver,
+    rules: &RuleSet,
+    route: &Route,
+    facts: &Facts<'_>,
+    who: &Identity,
+    trace: &mut T,
+) -> Result<(), Deny> {
+    let mut subject: Option<Arc<[Value]>> = None;
+    for (n, check) in route.checks.iter().enumerate() {
+        let permission = rules.permission_name(check.permission);
+        match &check.target {
+            Target::Singleton(k) => {
+                let kind = &rules.kinds[*k];
+                if trace.enabled() {
+                    trace.note(format!(
+                        "check {}: {permission} on {} (no id)",
+                        n + 1,
+                        kind.name
+                    ));
+                }
+                decide(rules, kind, check, who, &[], trace)?;
+            }
+            Target::Sources(alternatives) => {
+                let mut chosen = None;
+                for (k, source) in alternatives {
+                    let ids = read_ids(source, &rules.kinds[*k], facts, subject.as_deref())?;
+                    if !ids.is_empty() {
+                        chosen = Some((*k, source, ids));
+                        break;
+                    }
+                }
+                let Some((k, source, ids)) = chosen else {
+                    let (_, first) = &alternatives[0];
+                    if trace.enabled() {
+                        trace.note(format!(
+                            "check {}: {permission}: no id given ({} {})",
+                            n + 1,
+                            first.location(),
+                            first.field()
+                        ));
+                    }
+                    match check.if_absent {
+                        IfAbsent::Skip => continue,
+                        IfAbsent::AdminsOnly if who.principal.has_role(&rules.admins.admin) => {
+                            continue;
+                        }
+                        IfAbsent::AdminsOnly => {
+                            return Err(Deny::Forbidden("admins_only_without_id"));
+                        }
+                        IfAbsent::Reject => {
+                            return Err(Deny::Invalid {
+                                location: first.location(),
+                                field: first.field(),
+                                message: "Missing data for required field.".into(),
+                            });
+                        }
+                    }
+                };
+                let kind = &rules.kinds[k];
+                for parsed in ids {
+                    let (id, row) = resolve_owner(owners, kind, check, source, parsed).await?;
+                    if trace.enabled() {
+                        trace.note(format!(
+                            "check {}: {permission} on {} {id} ({} {}): owner row {}",
+                            n + 1,
+                            kind.name,
+                            source.location(),
+                            source.field(),
+                            render_row(kind, &row)
+                        ));
+                    }
+                    decide(rules, kind, check, who, &row, trace)?;
+                    if n == 0 && subject.is_none() {
+                        subject = Some(row);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Stage: parse one id and find its owner row (a missing one is a 404 or 422).
+async fn resolve_owner(
+    owners: &OwnerResolver,
+    kind: &Kind,
+    check: &Check,
+    source: &Source,
+    parsed: IdParse,
+) -> Result<(ResourceId, Arc<[Value]>), Deny> {
+    let not_found = |id: &dyn std::fmt::Display| Deny::NotFound {
+        status: check.not_found_status.unwrap_or(kind.not_found_status),
+        message: kind.not_found_message.replace("{id}", &id.to_string()),
+        location: source.location(),
+        field: source.field(),
+    };
+    let id = match parsed {
+        IdParse::Id(id) => id,
+        IdParse::OutOfRange(text) => return Err(not_found(&text)),
+        IdParse::Invalid(message) => {
+            return Err(Deny::Invalid {
+                location: source.location(),
+                field: source.field(),
+                message: message.into(),
+            });
+        }
+    };
+    match owners.resolve(kind, &id).await {
+        Ok((Some(row), _)) => Ok((id, row)),
+        Ok((None, _)) => Err(not_found(&id)),
+        Err(_) => Err(Deny::Unavailable("owner_lookup")),
+    }
+}
+
+/// Stage: the pure policy decision for one resource.
+fn decide<T: Trace>(
+    rules: &RuleSet,
+    kind: &Kind,
+    check: &Check,
+    who: &Identity,
+    row: &[Value],
+    trace: &mut T,
+) -> Result<(), Deny> {
+    let decision = policy::check_access(
+        Some(&who.principal),
+        check.permission,
+        Some((&kind.policy, row)),
+        &rules.admins,
+    );
+    if trace.enabled() {
+        let (acl, case) = kind.policy.acl_for(check.permission, row);
+        if let Some(case) = case {
+            trace.note(format!("  case {} of kind {} applies", case + 1, kind.name));
+        }
+        match acl {
+            None => trace.note(format!(
+                "  {} is not in the ACL of {}: admins only",
+                rules.permission_name(check.permission),
+                kind.name
+            )),
+            Some(acl) => {
+                for item in &acl.items {
+                    let mark = if item.matches(&who.principal, row) {
+                        "matches"
+                    } else {
+                        "no match"
+                    };
+                    trace.note(format!("  ACL item {}: {mark}", item.source));
+                }
+            }
+        }
+        trace.note(format!("  decision: {decision:?}"));
+    }
+    match decision {
+        Decision::Allow(_) => Ok(()),
+        Decision::Deny(Refused::NotInAcl) => Err(Deny::Forbidden("permission_not_in_acl")),
+        Decision::Deny(Refused::NoItemMatched) => Err(Deny::Forbidden("no_acl_item_matched")),
+        Decision::Deny(Refused::NoContext) => Err(Deny::Forbidden("no_context")),
+        Decision::Deny(Refused::Anonymous) => Err(Deny::Unauthenticated("anonymous")),
+    }
+}
+
+fn render_row(kind: &Kind, row: &[Value]) -> String {
+    let fields: Vec<String> = kind
+        .columns
+        .iter()
+        .zip(row)
+        .map(|(c, v)| format!("{c}={v}"))
+        .collect();
+    format!("{{{}}}", fields.join(", "))
+}
+
+/// Read the ids a source names in this request (empty = absent).
+pub fn read_ids(
+    source: &Source,
+    kind: &Kind,
+    facts: &Facts<'_>,
+    subject: Option<&[Value]>,
+) -> Result<Vec<IdParse>, Deny> {
+    let one = |text: &str| vec![extract::parse_text_id(text, kind.id_type)];
+    Ok(match source {
+        Source::Path { index, .. } => match facts.params.get(*index) {
+            Some(segment) => match percent_decode(segment) {
+                Some(text) => one(&text),
+                None => vec![IdParse::Invalid("Not a valid identifier.")],
+            },
+            None => Vec::new(),
+        },
+        Source::Query(names) => match facts.query {
+            Some(q) => match extract::query_value(q, names) {
+                Ok(Some(v)) => one(&v),
+                Ok(None) => Vec::new(),
+                Err(ExtractError::Ambiguous(why)) => return Err(Deny::Ambiguous(why)),
+            },
+            None => Vec::new(),
+        },
+        Source::Header(name) => {
+            let mut values = facts.headers.get_all(name).iter();
+            match (values.next(), values.next()) {
+                (None, _) => Vec::new(),
+                (Some(v), None) => match v.to_str() {
+                    Ok(text) => one(text.trim()),
+                    Err(_) => vec![IdParse::Invalid("Not a valid identifier.")],
+                },
+                (Some(_), Some(_)) => {
+                    return Err(Deny::Ambiguous(format!(
+                        "header {name} is given more than once"
+                    )));
+                }
+            }
+        }
+        Source::Json(pointer) => match facts.body {
+            Some(body) => extract::json_ids(body, pointer, kind.id_type),
+            None => Vec::new(),
+        },
+        Source::Column { index, .. } => match subject.and_then(|row| row.get(*index)) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Int(i)) => match kind.id_type {
+                IdType::Integer => vec![IdParse::Id(ResourceId::Int(*i))],
+                IdType::Text => one(&i.to_string()),
+            },
+            Some(Value::Text(s)) => one(s),
+            Some(Value::Bool(_)) => vec![IdParse::Invalid("Not a valid identifier.")],
+        },
+    })
+}
+
+/// Decode the escapes the normaliser left (reserved and non-ASCII characters).
+fn percent_decode(segment: &str) -> Option<std::borrow::Cow<'_, str>> {
+    if !segment.contains('%') {
+        return Some(std::borrow::Cow::Borrowed(segment));
+    }
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = segment.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok().map(std::borrow::Cow::Owned)
+}
+
+/// Stage: prepare the headers the upstream sees (see `headers` for the order).
+fn rewrite_headers(
+    gw: &Gateway,
+    rules: &RuleSet,
+    conn: ConnInfo,
+    parts: &mut Parts,
+    permit: &Permit,
+    path: &str,
+    upgrade: bool,
+) {
+    let h = &mut parts.headers;
+    headers::strip_hop_by_hop(h, upgrade);
+    headers::strip_client_identity(h, &rules.identity.prefix);
+    if !gw.forwards_authorization() {
+        h.remove(AUTHORIZATION);
+    }
+    let host = h.remove(HOST);
+    headers::set_forwarded(h, conn.peer.ip(), conn.tls, host);
+    if let Some(identity) = permit.identity() {
+        headers::inject_identity(
+            h,
+            &rules.identity,
+            identity,
+            gw.signer(),
+            &parts.method,
+            path,
+            unix_now(),
+        );
+    }
+}
+
+/// 200 OK with a JSON body (token endpoint, admin endpoints).
+pub fn ok_json(body: &Json) -> Response<ProxyBody> {
+    super::deny::json_response(StatusCode::OK, body)
+}
