@@ -2,9 +2,7 @@
 //! consultancy and roles, users with roles, role edits, activation, passwords, and every
 //! bad input (exit code, message, and the database left unchanged).
 
-mod common;
-
-use common::{TestDb, run};
+use crate::common::{self, TestDb, run};
 use serde_json::{Value, json};
 
 /// Everything the CLI can observe, plus what it cannot (uniquifiers, hashes, the change

@@ -25,6 +25,7 @@ pub use password::PasswordHasher;
 use throttle::Throttle;
 use token::{TokenError, TokenKey};
 
+use crate::metrics::Metrics;
 use crate::policy::Principal;
 use crate::rules::{CacheSettings, ThrottleSettings};
 use crate::store::{self, PrincipalRecord, Store};
@@ -222,6 +223,7 @@ pub struct Authenticator {
     crypt_permits: Semaphore,
     hasher: PasswordHasher,
     throttle: Throttle,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -253,7 +255,9 @@ impl Authenticator {
         store: Store,
         secret: &crate::settings::Secret,
         s: &AuthSettings,
+        metrics: Metrics,
     ) -> Result<Self, Error> {
+        let (principal_evictions, token_evictions) = (metrics.clone(), metrics.clone());
         Ok(Authenticator {
             store,
             key: TokenKey::derive(secret),
@@ -262,15 +266,26 @@ impl Authenticator {
                 .name("principals")
                 .max_capacity(s.cache.principal_capacity)
                 .time_to_live(s.cache.principal_ttl)
+                .eviction_listener(move |_, _, cause| {
+                    if cause.was_evicted() {
+                        principal_evictions.cache_eviction("principals");
+                    }
+                })
                 .build(),
             verified: moka::sync::Cache::builder()
                 .name("tokens")
                 .max_capacity(s.cache.token_capacity)
                 .expire_after(UntilTokenExpiry)
+                .eviction_listener(move |_, _, cause| {
+                    if cause.was_evicted() {
+                        token_evictions.cache_eviction("tokens");
+                    }
+                })
                 .build(),
             crypt_permits: Semaphore::new(s.max_concurrent_logins.max(1)),
             hasher: PasswordHasher::new(s.bcrypt_cost, s.max_concurrent_logins)?,
             throttle: Throttle::new(s.throttle.clone()),
+            metrics,
         })
     }
 
@@ -283,7 +298,9 @@ impl Authenticator {
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
         let now = unix_now();
         let signed = token::verify(&self.key, token)?;
-        if let Some(hit) = self.verified.get(&signed.tag) {
+        let hit = self.verified.get(&signed.tag);
+        self.metrics.cache_lookup("tokens", hit.is_some());
+        if let Some(hit) = hit {
             token::check_age(hit.issued_at, now, self.max_age)?;
             let identity = self.identity(hit.user_id).await?;
             if !identity.active {
@@ -332,6 +349,11 @@ impl Authenticator {
 
     /// The cached identity of a user, loading it once under concurrent misses.
     pub async fn identity(&self, user_id: i64) -> Result<Arc<Identity>, AuthError> {
+        if let Some(hit) = self.principals.get(&user_id).await {
+            self.metrics.cache_lookup("principals", true);
+            return Ok(hit);
+        }
+        self.metrics.cache_lookup("principals", false);
         let store = self.store.clone();
         self.principals
             .try_get_with(user_id, async move {

@@ -185,7 +185,8 @@ impl ExplainArgs {
         if route.checks.is_empty() {
             trace.push("checks: none (any authenticated user)".into());
         }
-        let owners = OwnerResolver::new(store, &config.server.cache);
+        let owners =
+            OwnerResolver::new(store, &config.server.cache, crate::metrics::Metrics::new());
         Ok(pipeline::authorize(&owners, rules, route, &facts, &identity, trace).await)
     }
 
@@ -205,6 +206,7 @@ impl ExplainArgs {
                     cache: Default::default(),
                     throttle: Default::default(),
                 },
+                crate::metrics::Metrics::new(),
             )?;
             return Ok(auth
                 .authenticate(token)

@@ -49,6 +49,7 @@ impl TokenCommand {
                         cache: CacheSettings::default(),
                         throttle: ThrottleSettings::default(),
                     },
+                    crate::metrics::Metrics::new(),
                 )?;
                 let issued = auth
                     .issue(user.id)

@@ -112,6 +112,7 @@ impl Gateway {
             server.limits.upstream_connect_timeout,
             server.limits.upstream_timeout,
         )?;
+        let metrics = Metrics::new();
         let auth = Authenticator::new(
             store.clone(),
             settings.secret_key()?,
@@ -122,12 +123,12 @@ impl Gateway {
                 cache: server.cache.clone(),
                 throttle: server.throttle.clone(),
             },
+            metrics.clone(),
         )?;
-        let metrics = Metrics::new();
         metrics.reload(true, config.rules.routes.len(), crate::auth::unix_now());
         Ok(Arc::new(Gateway {
             rules: ArcSwap::new(Arc::clone(&config.rules)),
-            owners: OwnerResolver::new(store.clone(), &server.cache),
+            owners: OwnerResolver::new(store.clone(), &server.cache, metrics.clone()),
             auth: Arc::new(auth),
             upstream,
             signer: UpstreamSigner::new(settings.upstream_secret()?),

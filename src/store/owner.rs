@@ -13,6 +13,7 @@ use moka::Expiry;
 use sqlx::{Column, Row, TypeInfo, ValueRef};
 
 use super::{Error, Store, dispatch};
+use crate::metrics::Metrics;
 use crate::policy::Value;
 use crate::rules::extract::ResourceId;
 use crate::rules::{CacheSettings, Kind};
@@ -45,6 +46,7 @@ impl Expiry<OwnerKey, Owner> for OwnerExpiry {
 pub struct OwnerResolver {
     store: Store,
     cache: moka::future::Cache<OwnerKey, Owner>,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for OwnerResolver {
@@ -55,7 +57,8 @@ impl std::fmt::Debug for OwnerResolver {
 
 impl OwnerResolver {
     /// A resolver over `store` with the configured cache sizes and lifetimes.
-    pub fn new(store: Store, settings: &CacheSettings) -> Self {
+    pub fn new(store: Store, settings: &CacheSettings, metrics: Metrics) -> Self {
+        let evictions = metrics.clone();
         OwnerResolver {
             store,
             cache: moka::future::Cache::builder()
@@ -65,7 +68,13 @@ impl OwnerResolver {
                     found: settings.owner_ttl,
                     missing: settings.owner_negative_ttl,
                 })
+                .eviction_listener(move |_, _, cause| {
+                    if cause.was_evicted() {
+                        evictions.cache_eviction("owners");
+                    }
+                })
                 .build(),
+            metrics,
         }
     }
 
@@ -77,19 +86,29 @@ impl OwnerResolver {
             id: id.clone(),
         };
         if let Some(hit) = self.cache.get(&key).await {
+            self.metrics.cache_lookup("owners", true);
             return Ok((hit, true));
         }
+        self.metrics.cache_lookup("owners", false);
         let store = self.store.clone();
         let query = kind.query.clone();
         let columns = kind.columns.clone();
         let id = id.clone();
+        let metrics = self.metrics.clone();
+        let name = kind.name.clone();
         let row = self
             .cache
             .try_get_with(key, async move {
                 let Some(query) = query else {
                     return Err(Error::Invalid("singleton kinds have no owner query".into()));
                 };
-                fetch_owner(&store, &query, &columns, &id).await
+                let started = Instant::now();
+                let result = fetch_owner(&store, &query, &columns, &id).await;
+                metrics.owner_query(&name, started.elapsed(), result.is_ok());
+                if let Err(e) = &result {
+                    tracing::warn!(kind = %name, error = %e, "owner query failed; failing closed");
+                }
+                result
             })
             .await?;
         Ok((row, false))

@@ -1,16 +1,19 @@
 //! Test harness shared by the integration tests: real databases (a temporary SQLite file,
-//! or a fresh PostgreSQL database per test under `DATABASE_URL`) and a runner for the real
-//! `flexgate` binary.
+//! or a fresh PostgreSQL database per test under `DATABASE_URL`), a runner for the real
+//! `flexgate` binary, and (in `net`) a test CA, a recording upstream, an in-process
+//! gateway and clients.
 //!
 //! PostgreSQL tests need `DATABASE_URL`. Without it they are skipped with a message,
 //! except under `CI=true`, where a missing database fails the test loudly.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sqlx::Connection;
+
+pub mod net;
+pub use net::*;
 
 /// Which database a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +186,37 @@ macro_rules! both_backends {
             fn postgres() {
                 if let Some(db) = $crate::common::TestDb::postgres() {
                     body(&db);
+                }
+            }
+        }
+    };
+}
+
+/// Like `both_backends!`, for async bodies: `async fn name(db) { ... }` runs on a
+/// two-worker runtime once per backend.
+#[macro_export]
+macro_rules! both_backends_async {
+    ($(#[$meta:meta])* async fn $name:ident($db:ident) $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            async fn body($db: &$crate::common::TestDb) $body
+            fn run(db: $crate::common::TestDb) {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("runtime")
+                    .block_on(body(&db));
+            }
+            #[test]
+            fn sqlite() {
+                run($crate::common::TestDb::sqlite());
+            }
+            #[test]
+            fn postgres() {
+                if let Some(db) = $crate::common::TestDb::postgres() {
+                    run(db);
                 }
             }
         }

@@ -1,0 +1,10 @@
+//! Integration tests, one binary with a module per concern (as ripgrep does), so the
+//! harness and the dependencies are linked once. Every test runs the real proxy or the
+//! real binary against real databases, a real upstream and real TLS on loopback.
+#![allow(dead_code)]
+
+#[macro_use]
+mod common;
+
+mod cli;
+mod proxy;
