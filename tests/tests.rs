@@ -7,4 +7,5 @@
 mod common;
 
 mod cli;
+mod operations;
 mod proxy;

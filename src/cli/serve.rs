@@ -116,7 +116,7 @@ pub(crate) async fn serve(
         running.attach(tokio::spawn(background::watch_rules(
             Arc::clone(&gateway),
             path,
-            background::RULES_POLL_INTERVAL,
+            gateway.server().rules_poll,
             running.shutdown_signal(),
         )));
     }

@@ -17,9 +17,6 @@ use crate::rules::{self, Diagnostics};
 
 /// How often the change feed is polled by default.
 pub const CHANGE_POLL_INTERVAL: Duration = Duration::from_secs(1);
-/// How often the rule file is checked for changes by default.
-pub const RULES_POLL_INTERVAL: Duration = Duration::from_secs(2);
-
 /// Poll the change feed until shutdown.
 pub async fn follow_changes(
     gw: Arc<Gateway>,
@@ -65,11 +62,12 @@ pub async fn follow_changes(
     }
 }
 
-/// Reload the rule file on SIGHUP or content change until shutdown.
+/// Reload the rule file on SIGHUP, or when its content changes (checked every
+/// `interval`; `None` = SIGHUP only), until shutdown.
 pub async fn watch_rules(
     gw: Arc<Gateway>,
     path: PathBuf,
-    interval: Duration,
+    interval: Option<Duration>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut seen = fingerprint(&path);
@@ -85,8 +83,14 @@ pub async fn watch_rules(
         };
         #[cfg(not(unix))]
         let hup = std::future::pending::<Option<()>>();
+        let tick = async {
+            match interval {
+                Some(every) => tokio::time::sleep(every).await,
+                None => std::future::pending().await,
+            }
+        };
         let forced = tokio::select! {
-            _ = tokio::time::sleep(interval) => false,
+            _ = tick => false,
             _ = hup => true,
             _ = shutdown.changed() => return,
         };

@@ -217,6 +217,7 @@ async fn serve(
         &permit,
         &path,
         upgrade.is_some(),
+        route.forward_authorization,
     );
     gw.upstream()
         .forward(
@@ -647,6 +648,7 @@ fn percent_decode(segment: &str) -> Option<std::borrow::Cow<'_, str>> {
 }
 
 /// Stage: prepare the headers the upstream sees (see `headers` for the order).
+#[allow(clippy::too_many_arguments)]
 fn rewrite_headers(
     gw: &Gateway,
     rules: &RuleSet,
@@ -655,11 +657,12 @@ fn rewrite_headers(
     permit: &Permit,
     path: &str,
     upgrade: bool,
+    keep_authorization: bool,
 ) {
     let h = &mut parts.headers;
     headers::strip_hop_by_hop(h, upgrade);
     headers::strip_client_identity(h, &rules.identity.prefix);
-    if !gw.forwards_authorization() {
+    if !gw.forwards_authorization() && !keep_authorization {
         h.remove(AUTHORIZATION);
     }
     let host = h.remove(HOST);

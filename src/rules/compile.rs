@@ -385,6 +385,10 @@ impl Compiler<'_> {
             upstream,
             upstream_ca: s.upstream_ca.as_ref().map(|p| base.join(p)),
             hsts_max_age: s.hsts_max_age.unwrap_or(31_536_000),
+            rules_poll: match s.rules_poll_secs.unwrap_or(2) {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
             limits,
             cache,
             throttle,
@@ -804,6 +808,7 @@ impl Compiler<'_> {
             checks,
             resolve_before_auth,
             needs_body,
+            forward_authorization: r.forward_authorization.unwrap_or(false),
         })
     }
 

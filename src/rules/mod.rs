@@ -188,6 +188,8 @@ pub struct ServerConfig {
     pub upstream_ca: Option<PathBuf>,
     /// HSTS max-age (0 = no header).
     pub hsts_max_age: u64,
+    /// Rule-file poll interval (`None` = only on SIGHUP).
+    pub rules_poll: Option<Duration>,
     /// Connection and size limits.
     pub limits: Limits,
     /// Cache sizes and lifetimes.
@@ -320,6 +322,8 @@ pub struct Route {
     pub resolve_before_auth: bool,
     /// Some check reads the JSON body.
     pub needs_body: bool,
+    /// Pass the client's `Authorization` header upstream on this route.
+    pub forward_authorization: bool,
 }
 
 /// Everything a request is decided with; swapped whole on reload.

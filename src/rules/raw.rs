@@ -64,6 +64,8 @@ pub struct RawServer {
     pub upstream_ca: Option<PathBuf>,
     /// `Strict-Transport-Security` max-age in seconds on HTTPS responses (0 = off).
     pub hsts_max_age: Option<u64>,
+    /// How often the rule file is checked for changes, seconds (0 = only on SIGHUP).
+    pub rules_poll_secs: Option<u64>,
     /// Connection and size limits.
     #[serde(default)]
     pub limits: RawLimits,
@@ -264,6 +266,9 @@ pub struct RawRoute {
     pub admin_bypass: Option<bool>,
     /// Answer an unknown id before asking for authentication (FlexMeasures `/api/dev`).
     pub resolve_before_auth: Option<bool>,
+    /// Pass the client's `Authorization` header to the upstream on this route (for
+    /// upstream-checked secrets such as FlexMeasures' task-check token).
+    pub forward_authorization: Option<bool>,
     /// Permission checks, all of which must pass.
     #[serde(default, rename = "check")]
     pub checks: Vec<RawCheck>,

@@ -196,20 +196,15 @@ async fn upstream_answer(
             .unwrap());
     }
     if path == "/count" {
-        let (parts, mut body) = req.into_parts();
+        // Recorded when the head arrives, before the body: tests see streaming start.
+        seen.lock().unwrap().push(record(Bytes::new(), &req));
+        let mut body = req.into_body();
         let mut total = 0usize;
         while let Some(frame) = body.frame().await {
             if let Ok(data) = frame.map(|f| f.into_data()) {
                 total += data.map(|d| d.len()).unwrap_or(0);
             }
         }
-        seen.lock().unwrap().push(Seen {
-            method: parts.method.clone(),
-            path: parts.uri.path().to_owned(),
-            query: None,
-            headers: parts.headers.clone(),
-            body: Bytes::new(),
-        });
         return Ok(Response::new(full(format!("{{\"bytes\":{total}}}"))));
     }
     let (parts, body) = req.into_parts();
@@ -317,6 +312,12 @@ pub struct GatewayBuilder<'a> {
 }
 
 impl<'a> GatewayBuilder<'a> {
+    /// Point at another upstream address (e.g. a closed port).
+    pub fn upstream_addr(mut self, addr: SocketAddr) -> Self {
+        self.upstream = addr;
+        self
+    }
+
     pub fn new(db: &'a TestDb, upstream: &Upstream) -> Self {
         GatewayBuilder {
             db,
@@ -400,7 +401,7 @@ impl<'a> GatewayBuilder<'a> {
         running.attach(tokio::spawn(proxy::background::watch_rules(
             Arc::clone(&gateway),
             rules_path.clone(),
-            Duration::from_millis(200),
+            config.server.rules_poll.map(|_| Duration::from_millis(200)),
             running.shutdown_signal(),
         )));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
@@ -573,6 +574,47 @@ impl TestGateway {
         if let Some(running) = self.running.take() {
             running.shutdown().await;
         }
+    }
+}
+
+/// A request body fed from a channel, to prove bodies stream.
+pub struct ChannelBody(pub tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+impl TestGateway {
+    /// Open an HTTP/1.1 connection over TLS for requests with any body type.
+    pub async fn connect<B>(&self) -> hyper::client::conn::http1::SendRequest<B>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let connector = tokio_rustls::TlsConnector::from(Arc::clone(&self.tls.client));
+        let tcp = TcpStream::connect(self.https).await.unwrap();
+        let tls = connector
+            .connect(
+                rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn.with_upgrades());
+        sender
     }
 }
 
