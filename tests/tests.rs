@@ -9,4 +9,5 @@ mod common;
 mod cli;
 mod operations;
 mod proxy;
+mod serve;
 mod tokens;
