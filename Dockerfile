@@ -8,7 +8,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY migrations ./migrations
-COPY benches ./benches
+COPY tests ./tests
 COPY config ./config
 RUN cargo build --release --locked --bin flexgate
 
@@ -23,5 +23,8 @@ USER flexgate
 WORKDIR /var/lib/flexgate
 ENV DATABASE_URL=sqlite:///var/lib/flexgate/flexgate.db \
     FLEXGATE_CONFIG=/etc/flexgate/config/flexmeasures.toml
+EXPOSE 8443 8080 9090
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["/usr/local/bin/flexgate", "probe", "http://127.0.0.1:9090/readyz"]
 ENTRYPOINT ["/usr/local/bin/flexgate"]
 CMD ["serve"]

@@ -10,6 +10,7 @@ mod db;
 mod demo;
 mod explain;
 mod identity;
+mod probe;
 mod serve;
 mod token;
 
@@ -46,6 +47,8 @@ enum Command {
     /// Database maintenance.
     #[command(subcommand)]
     Db(db::DbCommand),
+    /// GET a URL and exit 0 on 2xx (container health checks).
+    Probe(probe::ProbeArgs),
     /// Create an account or a user.
     #[command(subcommand)]
     Add(identity::AddCommand),
@@ -98,6 +101,7 @@ impl Command {
             Command::Explain(args) => args.run(&settings).await,
             Command::Token(cmd) => cmd.run(&settings).await,
             Command::Db(cmd) => cmd.run(&settings).await,
+            Command::Probe(args) => args.run().await,
             Command::Add(cmd) => cmd.run(&settings).await,
             Command::List(cmd) => cmd.run(&settings).await,
             Command::Roles(cmd) => cmd.run(&settings).await,
