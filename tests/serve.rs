@@ -53,17 +53,23 @@ fn spawn(db: &TestDb, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Proces
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let child = cmd.spawn().unwrap();
+    let mut process = Process {
+        child: cmd.spawn().unwrap(),
+        https: String::new(),
+        admin: String::new(),
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(text) = std::fs::read_to_string(&ready) {
-            if let Ok(v) = serde_json::from_str::<Value>(&text) {
-                return Process {
-                    child,
-                    https: v["https"].as_str().unwrap_or_default().to_owned(),
-                    admin: v["admin"].as_str().unwrap_or_default().to_owned(),
-                };
-            }
+        let ready = std::fs::read_to_string(&ready)
+            .ok()
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok());
+        if let Some(v) = ready {
+            process.https = v["https"].as_str().unwrap_or_default().to_owned();
+            process.admin = v["admin"].as_str().unwrap_or_default().to_owned();
+            return process;
+        }
+        if let Ok(Some(status)) = process.child.try_wait() {
+            panic!("flexgate exited with {status} before it was ready");
         }
         assert!(Instant::now() < deadline, "flexgate did not become ready");
         std::thread::sleep(Duration::from_millis(50));
