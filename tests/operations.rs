@@ -100,7 +100,7 @@ async fn request_bodies_stream_to_the_upstream_without_buffering() {
 async fn upgrades_pass_through_only_on_101() {
     let db = TestDb::sqlite();
     let upstream = Upstream::start().await;
-    let gw = ops_gateway(&db, &upstream, "").await;
+    let gw = ops_gateway(&db, &upstream, "[server.limits]\nidle_timeout_secs = 1").await;
     let connector = tokio_rustls::TlsConnector::from(Arc::clone(&gw.tls.client));
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let tcp = tokio::net::TcpStream::connect(gw.https).await.unwrap();
@@ -123,6 +123,18 @@ async fn upgrades_pass_through_only_on_101() {
         .unwrap()
         .unwrap();
     assert_eq!(&echo[..n], b"ping through the tunnel");
+    // A tunnel without traffic for idle_timeout_secs is closed.
+    let started = Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut echo))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "idle tunnel still open");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
 
     // An upgrade request answered 200 is an ordinary response: the connection stays
     // HTTP and the next request on it is parsed as one.
@@ -321,7 +333,25 @@ async fn slow_clients_big_headers_and_too_many_connections_are_cut_off() {
     );
     drop(slow);
 
+    // A keep-alive connection that sends no next request is closed after the same timeout.
+    let tcp = tokio::net::TcpStream::connect(gw.https).await.unwrap();
+    let mut idle = connector.connect(name.clone(), tcp).await.unwrap();
+    idle.write_all(b"GET /status/200 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 1024];
+    let n = idle.read(&mut first).await.unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut rest)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "idle keep-alive connection held open"
+    );
+
     // Oversized headers are refused before any routing.
+    let before = upstream.count();
     let big = format!(
         "GET /status/200 HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
         "a".repeat(20_000)
@@ -333,7 +363,7 @@ async fn slow_clients_big_headers_and_too_many_connections_are_cut_off() {
             || answer.starts_with("HTTP/1.1 400"),
         "{answer}"
     );
-    assert_eq!(upstream.count(), 0);
+    assert_eq!(upstream.count(), before);
 
     // Two connections are the limit: a third is not served until one closes.
     let mut held = Vec::new();

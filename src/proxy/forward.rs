@@ -37,6 +37,7 @@ pub struct Upstream {
     scheme: Scheme,
     authority: Authority,
     timeout: Duration,
+    tunnel_idle: Duration,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -53,6 +54,7 @@ impl Upstream {
         extra_ca: Option<&Path>,
         connect_timeout: Duration,
         timeout: Duration,
+        tunnel_idle: Duration,
     ) -> Result<Self, Error> {
         let (Some(scheme), Some(authority)) = (base.scheme().cloned(), base.authority().cloned())
         else {
@@ -104,6 +106,7 @@ impl Upstream {
             scheme,
             authority,
             timeout,
+            tunnel_idle,
         })
     }
 
@@ -154,12 +157,11 @@ impl Upstream {
         match (switching, client_upgrade) {
             (true, Some(client_side)) => {
                 let upstream_side = hyper::upgrade::on(&mut response);
+                let idle = self.tunnel_idle;
                 tokio::spawn(async move {
                     match tokio::try_join!(client_side, upstream_side) {
                         Ok((client, upstream)) => {
-                            let mut client = TokioIo::new(client);
-                            let mut upstream = TokioIo::new(upstream);
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                            tunnel(TokioIo::new(client), TokioIo::new(upstream), idle).await
                         }
                         Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
                     }
@@ -175,6 +177,37 @@ impl Upstream {
         drop(permit);
         Ok(response.map(Either::Left))
     }
+}
+
+/// Copy bytes both ways until either side closes or nothing moves for `idle`.
+async fn tunnel<A, B>(mut a: A, mut b: B, idle: Duration)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut from_a, mut from_b) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    loop {
+        let moved = tokio::select! {
+            n = a.read(&mut from_a) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => b.write_all(&from_a[..n]).await.is_ok(),
+            },
+            n = b.read(&mut from_b) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => a.write_all(&from_b[..n]).await.is_ok(),
+            },
+            _ = tokio::time::sleep(idle) => {
+                tracing::debug!(?idle, "closing an idle tunnel");
+                break;
+            }
+        };
+        if !moved {
+            break;
+        }
+    }
+    let _ = a.shutdown().await;
+    let _ = b.shutdown().await;
 }
 
 fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {

@@ -111,6 +111,7 @@ impl Gateway {
             server.upstream_ca.as_deref(),
             server.limits.upstream_connect_timeout,
             server.limits.upstream_timeout,
+            server.limits.idle_timeout,
         )?;
         let metrics = Metrics::new();
         let auth = Authenticator::new(

@@ -86,9 +86,9 @@ pub enum HttpMode {
 pub struct Limits {
     /// Largest request head.
     pub max_header_bytes: usize,
-    /// Time allowed for the request head.
+    /// Time allowed for a request head; also bounds idle HTTP/1.1 keep-alive waits.
     pub header_read_timeout: Duration,
-    /// Idle keep-alive connections are closed after this.
+    /// HTTP/2 ping interval and the idle limit of upgraded tunnels.
     pub idle_timeout: Duration,
     /// Concurrent connections per listener.
     pub max_connections: usize,

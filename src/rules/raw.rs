@@ -77,9 +77,12 @@ pub struct RawServer {
 pub struct RawLimits {
     /// Largest request head (request line plus headers), bytes.
     pub max_header_bytes: Option<usize>,
-    /// Time allowed to send the request head (slowloris), milliseconds.
+    /// Time allowed to send a request head (slowloris), milliseconds. On HTTP/1.1 the
+    /// clock also runs while a keep-alive connection waits for its next request, so it
+    /// bounds idle HTTP/1.1 connections too.
     pub header_read_timeout_ms: Option<u64>,
-    /// Idle keep-alive connections are closed after this many seconds.
+    /// HTTP/2 connections are pinged this often and closed when a ping goes unanswered;
+    /// upgraded tunnels (WebSocket) close after this long without traffic. Seconds.
     pub idle_timeout_secs: Option<u64>,
     /// Concurrent client connections per listener.
     pub max_connections: Option<usize>,
