@@ -25,8 +25,42 @@ use super::pipeline::Permit;
 use super::{Error, ProxyBody};
 use crate::metrics::Metrics;
 
-/// Request bodies sent upstream: streamed as received, or the buffered JSON body.
-pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+/// Request bodies sent upstream: streamed as received (without trailers), or the
+/// buffered JSON body.
+pub type UpstreamBody = Either<WithoutTrailers<Incoming>, Full<Bytes>>;
+
+/// A request body with its trailers dropped: a client must not be able to send headers
+/// (identity headers above all) that an upstream merges after flexgate's checks.
+#[derive(Debug)]
+pub struct WithoutTrailers<B>(pub B);
+
+impl<B> hyper::body::Body for WithoutTrailers<B>
+where
+    B: hyper::body::Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        loop {
+            match std::pin::Pin::new(&mut self.0).poll_frame(cx) {
+                std::task::Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.0.size_hint()
+    }
+}
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 

@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use serde_json::Value as Json;
 
 use super::deny::Deny;
+use super::forward::WithoutTrailers;
 use super::normalize::normalize;
 use super::{Gateway, ProxyBody, headers, login};
 use crate::auth::token::token_from_authorization;
@@ -180,7 +181,10 @@ async fn serve(
     let query = parts.uri.query().map(str::to_owned);
 
     let (permit, body) = if route.public {
-        (Permit::new(route, None), Either::Left(body))
+        (
+            Permit::new(route, None),
+            Either::Left(WithoutTrailers(body)),
+        )
     } else {
         let facts = Facts {
             params,
@@ -199,7 +203,7 @@ async fn serve(
                 read_body(&parts.headers, body, gw.limits().max_json_body_bytes).await?;
             (Either::Right(Full::new(bytes)), json)
         } else {
-            (Either::Left(body), None)
+            (Either::Left(WithoutTrailers(body)), None)
         };
         let facts = Facts {
             body: json.as_ref(),
@@ -665,6 +669,10 @@ fn rewrite_headers(
     if !gw.forwards_authorization() && !keep_authorization {
         h.remove(AUTHORIZATION);
     }
+    // Framing is re-derived by the upstream client from the body actually sent, so a
+    // client's Content-Length (alone, doubled, or beside Transfer-Encoding) never
+    // reaches the upstream.
+    h.remove(CONTENT_LENGTH);
     let host = h.remove(HOST);
     headers::set_forwarded(h, conn.peer.ip(), conn.tls, host);
     if let Some(identity) = permit.identity() {
