@@ -49,7 +49,7 @@ fn spawn(db: &TestDb, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Proces
         .env("FLEXGATE_UPSTREAM_SECRET", UPSTREAM_SECRET)
         .env("FLEXGATE_LOG", "info")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(std::fs::File::create(ready.with_extension("log")).unwrap());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -311,7 +311,7 @@ async fn revocation_reaches_two_replicas_sharing_postgresql() {
     let b = spawn(&db, &["serve", "--config", config], &[], dir.path());
     let token = login(&a.https, "prosumer@flexgate.demo").await;
     for replica in [&a, &b] {
-        let (status, _) = call(
+        let (status, body) = call(
             &replica.https,
             "GET",
             "/api/v3_0/assets/1",
@@ -319,7 +319,21 @@ async fn revocation_reaches_two_replicas_sharing_postgresql() {
             "",
         )
         .await;
-        assert_eq!(status, 200, "a token from one replica works on the other");
+        if status != 200 {
+            for log in std::fs::read_dir(dir.path()).unwrap().flatten() {
+                if log.path().extension().is_some_and(|e| e == "log") {
+                    eprintln!(
+                        "== {}\n{}",
+                        log.path().display(),
+                        std::fs::read_to_string(log.path()).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            status, 200,
+            "a token from one replica works on the other: {body}"
+        );
     }
     let revoked = run(
         &db,

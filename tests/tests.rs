@@ -11,5 +11,6 @@ mod authorization;
 mod cli;
 mod operations;
 mod proxy;
+mod regression;
 mod serve;
 mod tokens;

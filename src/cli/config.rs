@@ -48,6 +48,7 @@ impl ConfigCommand {
                                 &store,
                                 query,
                                 &kind.columns,
+                                kind.id_type,
                             )
                             .await
                         {

@@ -76,7 +76,8 @@ pub(crate) async fn check_queries(store: &Store, config: &Config) -> anyhow::Res
     for kind in &config.rules.kinds {
         if let Some(query) = &kind.query
             && let Err(e) =
-                crate::store::owner::describe_owner_query(store, query, &kind.columns).await
+                crate::store::owner::describe_owner_query(store, query, &kind.columns, kind.id_type)
+                    .await
         {
             problems.push(format!(
                 "{}: kind {:?}: {e}",

@@ -15,7 +15,7 @@ use sqlx::{Column, Row, TypeInfo, ValueRef};
 use super::{Error, Store, dispatch};
 use crate::metrics::Metrics;
 use crate::policy::Value;
-use crate::rules::extract::ResourceId;
+use crate::rules::extract::{IdType, ResourceId};
 use crate::rules::{CacheSettings, Kind};
 
 /// An owner row, or `None` when the id does not exist.
@@ -152,17 +152,44 @@ pub async fn fetch_owner(
 
 /// Check a kind's query against the live database without running it: it must prepare,
 /// and return every declared column with a type flexgate can read.
+///
+/// The statement is prepared with `$1` typed exactly as [`fetch_owner`] binds it
+/// (`bigint` or `text`): the connection caches prepared statements by their SQL, and a
+/// statement whose parameter PostgreSQL had inferred as `integer` would later refuse the
+/// 8-byte id a request binds.
 pub async fn describe_owner_query(
     store: &Store,
     query: &str,
     columns: &[String],
+    id_type: IdType,
 ) -> Result<(), String> {
-    let sql = sqlx::AssertSqlSafe(query.to_owned());
-    let found: Vec<(String, String)> = dispatch!(store.pool(), p => {
-        use sqlx::{Executor, Statement};
-        let prepared = p.prepare(sqlx::SqlSafeStr::into_sql_str(sql)).await.map_err(|e| e.to_string())?;
-        prepared.columns().iter().map(|c| (c.name().to_owned(), c.type_info().name().to_owned())).collect()
-    });
+    use sqlx::{Executor, Statement, Type};
+    let sql = sqlx::SqlSafeStr::into_sql_str(sqlx::AssertSqlSafe(query.to_owned()));
+    let found: Vec<(String, String)> = match store.pool() {
+        super::Pool::Postgres(p) => {
+            let param = match id_type {
+                IdType::Integer => <i64 as Type<sqlx::Postgres>>::type_info(),
+                IdType::Text => <String as Type<sqlx::Postgres>>::type_info(),
+            };
+            let prepared = p
+                .prepare_with(sql, &[param])
+                .await
+                .map_err(|e| e.to_string())?;
+            prepared
+                .columns()
+                .iter()
+                .map(|c| (c.name().to_owned(), c.type_info().name().to_owned()))
+                .collect()
+        }
+        super::Pool::Sqlite(p) => {
+            let prepared = p.prepare(sql).await.map_err(|e| e.to_string())?;
+            prepared
+                .columns()
+                .iter()
+                .map(|c| (c.name().to_owned(), c.type_info().name().to_owned()))
+                .collect()
+        }
+    };
     for name in columns {
         match found.iter().find(|(n, _)| n == name) {
             None => {
