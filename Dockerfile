@@ -9,6 +9,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY migrations ./migrations
 COPY tests ./tests
+COPY benches ./benches
 COPY config ./config
 RUN cargo build --release --locked --bin flexgate
 

@@ -3,6 +3,7 @@
 //! names from the rule file, method class, decision, status class, cache name, kind
 //! name, outcome labels defined in code. Never a path, id, email or token.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus::{
@@ -20,6 +21,20 @@ const LATENCY_BUCKETS: &[f64] = &[
 pub const NO_ROUTE: &str = "-";
 /// Route label for the token endpoint.
 pub const TOKEN_ENDPOINT: &str = "token_endpoint";
+
+const METHOD_CLASSES: [&str; 2] = ["read", "write"];
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Metric handles of one route, so allowed requests skip the label lookup (a hash and
+/// a lock) on the hot path.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    name: String,
+    duration: OnceLock<Histogram>,
+    upstream: OnceLock<Histogram>,
+    /// Allowed requests by method class (read, write) x status class (1xx..5xx).
+    allowed: [OnceLock<IntCounter>; 10],
+}
 
 /// All metrics of one gateway.
 #[derive(Clone)]
@@ -42,6 +57,7 @@ pub struct Metrics {
     last_reload: Gauge,
     rules_loaded: IntGauge,
     change_feed_errors: IntCounter,
+    connections_refused: IntCounter,
     ready: GaugeVec,
 }
 
@@ -132,6 +148,13 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(change_feed_errors.clone()))
             .expect("unique metric");
+        let connections_refused = IntCounter::new(
+            "flexgate_connections_refused_total",
+            "Connections closed at once because max_connections was reached.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(connections_refused.clone()))
+            .expect("unique metric");
         let ready = GaugeVec::new(
             Opts::new(
                 "flexgate_ready",
@@ -215,33 +238,64 @@ impl Metrics {
             last_reload,
             rules_loaded,
             change_feed_errors,
+            connections_refused,
             ready,
         }
     }
 
-    /// Count a finished request.
+    /// Handles for one route, resolved lazily (a series appears on first use).
+    pub fn route(&self, name: &str) -> RouteMetrics {
+        RouteMetrics {
+            name: name.to_owned(),
+            duration: OnceLock::new(),
+            upstream: OnceLock::new(),
+            allowed: Default::default(),
+        }
+    }
+
+    /// Count a finished request. Allowed requests of a matched route use its cached
+    /// handles; everything else looks its labels up.
     pub fn request(
         &self,
+        handles: Option<&RouteMetrics>,
         route: &str,
         method: &http::Method,
         decision: &str,
         status: u16,
         elapsed: Duration,
     ) {
-        let method = if method.is_safe() { "read" } else { "write" };
-        let class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        self.requests
-            .with_label_values(&[route, method, decision, class])
-            .inc();
-        self.request_duration
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
+        let write = usize::from(!method.is_safe());
+        let class = usize::from((status / 100).clamp(1, 5) - 1);
+        match handles {
+            Some(h) if decision == "allow" => {
+                h.allowed[write * 5 + class]
+                    .get_or_init(|| {
+                        self.requests.with_label_values(&[
+                            route,
+                            METHOD_CLASSES[write],
+                            decision,
+                            STATUS_CLASSES[class],
+                        ])
+                    })
+                    .inc();
+                h.duration
+                    .get_or_init(|| self.request_duration.with_label_values(&[route]))
+                    .observe(elapsed.as_secs_f64());
+            }
+            _ => {
+                self.requests
+                    .with_label_values(&[
+                        route,
+                        METHOD_CLASSES[write],
+                        decision,
+                        STATUS_CLASSES[class],
+                    ])
+                    .inc();
+                self.request_duration
+                    .with_label_values(&[route])
+                    .observe(elapsed.as_secs_f64());
+            }
+        }
     }
 
     /// The in-flight gauge, for a guard held around each request.
@@ -250,10 +304,17 @@ impl Metrics {
     }
 
     /// Record how long the upstream took.
-    pub fn upstream(&self, route: &str, elapsed: Duration) {
-        self.upstream_duration
-            .with_label_values(&[route])
-            .observe(elapsed.as_secs_f64());
+    pub fn upstream(&self, handles: Option<&RouteMetrics>, route: &str, elapsed: Duration) {
+        match handles {
+            Some(h) => h
+                .upstream
+                .get_or_init(|| self.upstream_duration.with_label_values(&[&h.name]))
+                .observe(elapsed.as_secs_f64()),
+            None => self
+                .upstream_duration
+                .with_label_values(&[route])
+                .observe(elapsed.as_secs_f64()),
+        }
     }
 
     /// Count a login by outcome (`success`, `bad_credentials`, `throttled`, `invalid`, `error`).
@@ -312,6 +373,11 @@ impl Metrics {
         }
     }
 
+    /// Count a connection closed over the connection limit.
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
     /// Count a failed change-feed poll.
     pub fn change_feed_error(&self) {
         self.change_feed_errors.inc();
@@ -346,14 +412,19 @@ mod tests {
     #[test]
     fn renders_prometheus_text_with_bounded_labels() {
         let m = Metrics::new();
+        let route = m.route("asset-read");
+        for _ in 0..2 {
+            m.request(
+                Some(&route),
+                "asset-read",
+                &http::Method::GET,
+                "allow",
+                200,
+                Duration::from_millis(3),
+            );
+        }
         m.request(
-            "asset-read",
-            &http::Method::GET,
-            "allow",
-            200,
-            Duration::from_millis(3),
-        );
-        m.request(
+            Some(&route),
             "asset-read",
             &http::Method::PATCH,
             "forbidden",
@@ -365,7 +436,7 @@ mod tests {
         m.cache_lookup("owners", false);
         let text = String::from_utf8(m.render()).unwrap();
         assert!(text.contains(
-            "flexgate_requests_total{decision=\"allow\",method=\"read\",route=\"asset-read\",status=\"2xx\"} 1"
+            "flexgate_requests_total{decision=\"allow\",method=\"read\",route=\"asset-read\",status=\"2xx\"} 2"
         ), "{text}");
         assert!(text.contains("flexgate_requests_total{decision=\"forbidden\",method=\"write\",route=\"asset-read\",status=\"4xx\"} 1"));
         assert!(text.contains("flexgate_tokens_issued_total 1"));

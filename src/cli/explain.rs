@@ -122,15 +122,16 @@ impl ExplainArgs {
             );
             return Ok(Ok(()));
         }
-        let (route, params) = match pipeline::match_rule(rules, &method, &path) {
-            Ok(found) => found,
-            Err(deny) => {
-                trace.push(format!(
-                    "rule: none matches {method} {path}: denied by default"
-                ));
-                return Ok(Err(deny));
-            }
-        };
+        let pipeline::Matched { route, params, .. } =
+            match pipeline::match_rule(rules, &method, &path) {
+                Ok(found) => found,
+                Err(deny) => {
+                    trace.push(format!(
+                        "rule: none matches {method} {path}: denied by default"
+                    ));
+                    return Ok(Err(deny));
+                }
+            };
         trace.push(format!(
             "rule: {:?} ({}:{}) {} {}",
             &*route.name,

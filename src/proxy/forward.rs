@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Response, StatusCode, Uri};
+use http::{HeaderValue, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -23,7 +23,7 @@ use super::deny::Deny;
 use super::headers;
 use super::pipeline::Permit;
 use super::{Error, ProxyBody};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteMetrics};
 
 /// Request bodies sent upstream: streamed as received (without trailers), or the
 /// buffered JSON body.
@@ -67,11 +67,15 @@ type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 /// The upstream service and a connection pool to it.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<Connector, UpstreamBody>,
+    /// One pool per worker thread: a connection is only ever driven by the thread that
+    /// opened it, so forwarding never wakes another thread.
+    clients: Vec<Client<Connector, UpstreamBody>>,
     scheme: Scheme,
     authority: Authority,
     timeout: Duration,
     tunnel_idle: Duration,
+    host: HeaderValue,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -89,6 +93,8 @@ impl Upstream {
         connect_timeout: Duration,
         timeout: Duration,
         tunnel_idle: Duration,
+        workers: usize,
+        metrics: Metrics,
     ) -> Result<Self, Error> {
         let (Some(scheme), Some(authority)) = (base.scheme().cloned(), base.authority().cloned())
         else {
@@ -132,11 +138,22 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+        let clients = (0..workers.max(1))
+            .map(|_| {
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(60))
+                    .build(connector.clone())
+            })
+            .collect();
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|_| {
+            Error::Config(format!(
+                "upstream {base}: the host is not a valid header value"
+            ))
+        })?;
         Ok(Upstream {
-            client,
+            metrics,
+            host,
+            clients,
             scheme,
             authority,
             timeout,
@@ -144,36 +161,57 @@ impl Upstream {
         })
     }
 
-    /// Send an allowed request upstream and stream the answer back.
-    #[allow(clippy::too_many_arguments)]
+    /// The upstream URI for a request: the normalised path and the raw query on the
+    /// upstream's scheme and authority. The request's own path-and-query is reused when
+    /// normalising changed nothing (the common case: no copy, no parse).
+    pub fn uri_for(&self, original: &Uri, path: &str) -> Result<Uri, Deny> {
+        let path_and_query = match original.path_and_query() {
+            Some(pq) if pq.path() == path => pq.clone(),
+            _ => {
+                let text = match original.query() {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path.to_owned(),
+                };
+                PathAndQuery::try_from(text)
+                    .map_err(|_| Deny::Ambiguous("The request URI cannot be forwarded.".into()))?
+            }
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path_and_query);
+        Uri::from_parts(parts)
+            .map_err(|_| Deny::Ambiguous("The request URI cannot be forwarded.".into()))
+    }
+
+    /// The `Host` header the upstream gets (its own authority), encoded once.
+    pub fn host(&self) -> &HeaderValue {
+        &self.host
+    }
+
+    /// Send an allowed request (its URI already from [`Upstream::uri_for`]) upstream and
+    /// stream the answer back.
     pub async fn forward(
         &self,
         permit: Permit,
         mut parts: Parts,
         body: UpstreamBody,
-        path: &str,
-        query: Option<&str>,
         client_upgrade: Option<OnUpgrade>,
-        metrics: &Metrics,
+        route_metrics: Option<&RouteMetrics>,
+        worker: usize,
     ) -> Result<Response<ProxyBody>, Deny> {
-        let path_and_query = match query {
-            Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
-            None => PathAndQuery::try_from(path),
-        }
-        .map_err(|_| Deny::Ambiguous("The request URI cannot be forwarded.".into()))?;
-        parts.uri = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| Deny::Ambiguous("The request URI cannot be forwarded.".into()))?;
         // The upstream always speaks HTTP/1.1 to us, whatever the client used.
         parts.version = http::Version::HTTP_11;
         let request = http::Request::from_parts(parts, body);
 
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, self.client.request(request)).await;
-        metrics.upstream(permit.route(), started.elapsed());
+        let result = tokio::time::timeout(
+            self.timeout,
+            self.clients[worker % self.clients.len()].request(request),
+        )
+        .await;
+        self.metrics
+            .upstream(route_metrics, permit.route(), started.elapsed());
         let mut response = match result {
             Err(_) => return Err(Deny::GatewayTimeout),
             Ok(Err(e)) => {

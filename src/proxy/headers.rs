@@ -23,16 +23,16 @@ use crate::rules::IdentityHeaders;
 use crate::settings::Secret;
 
 /// Always hop-by-hop (RFC 9110 7.6.1, plus the legacy ones).
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
 ];
 
 /// Headers a backend may trust for the original URL or the client's address; a client
@@ -61,8 +61,12 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 }
 
 /// Remove hop-by-hop headers (step 1). With `keep_upgrade`, `Upgrade` survives and
-/// `Connection: upgrade` is set again, for a protocol switch.
+/// `Connection: upgrade` is set again, for a protocol switch. Most requests carry none:
+/// one pass over the names finds that without hashing or allocating.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -78,7 +82,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let upgrade = keep_upgrade
         .then(|| headers.get(header::UPGRADE).cloned())
         .flatten();
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     if let Some(protocol) = upgrade {
@@ -88,20 +92,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 }
 
 /// Remove client-sent identity and spoofable routing headers (step 2). `prefix` is
-/// lower-case, e.g. `x-flexgate-`.
+/// lower-case, e.g. `x-flexgate-`. Allocates only when there is something to remove.
 pub fn strip_client_identity(headers: &mut HeaderMap, prefix: &str) {
-    let doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| {
-            let name = name.as_str().as_bytes();
-            starts_with_dashed(name, prefix.as_bytes())
-                || SPOOFABLE_PREFIXES
-                    .iter()
-                    .any(|p| starts_with_dashed(name, p.as_bytes()))
-        })
-        .cloned()
-        .collect();
-    for name in doomed {
+    let doomed = |name: &HeaderName| {
+        let name = name.as_str().as_bytes();
+        starts_with_dashed(name, prefix.as_bytes())
+            || SPOOFABLE_PREFIXES
+                .iter()
+                .any(|p| starts_with_dashed(name, p.as_bytes()))
+    };
+    if !headers.keys().any(doomed) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
+    for name in names {
         headers.remove(name);
     }
 }
@@ -115,25 +119,32 @@ fn starts_with_dashed(name: &[u8], prefix: &[u8]) -> bool {
             .all(|(n, p)| *n == *p || (*n == b'_' && *p == b'-'))
 }
 
-/// Set the forwarding headers (step 3).
+/// Set the forwarding headers (step 3). `client` is the connection's address, encoded
+/// once per connection.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client: &HeaderValue,
     tls: bool,
     host: Option<HeaderValue>,
 ) {
+    headers.insert(X_FORWARDED_FOR, client.clone());
     headers.insert(
-        "x-forwarded-for",
-        HeaderValue::from_str(&client.to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-    );
-    headers.insert(
-        "x-forwarded-proto",
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(if tls { "https" } else { "http" }),
     );
     if let Some(host) = host {
-        headers.insert("x-forwarded-host", host);
+        headers.insert(X_FORWARDED_HOST, host);
     }
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The `X-Forwarded-For` value of a client address.
+pub fn client_value(client: IpAddr) -> HeaderValue {
+    HeaderValue::try_from(client.to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// Signs identity headers for the upstream.
@@ -341,7 +352,7 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         set_forwarded(
             &mut h,
-            "10.1.2.3".parse().unwrap(),
+            &client_value("10.1.2.3".parse().unwrap()),
             true,
             Some(HeaderValue::from_static("example.org")),
         );

@@ -1,9 +1,10 @@
 //! Accepting connections: the HTTPS listener (rustls, TLS 1.2+, HTTP/1.1 and HTTP/2 by
 //! ALPN), the plain-HTTP listener (308 to HTTPS, or proxying when TLS ends in front of
-//! flexgate), and the admin listener. Each accept loop holds a semaphore permit per
-//! connection (the connection limit), applies the head-read timeout (slowloris) and
-//! the header-size limit, and on shutdown stops accepting and lets in-flight requests
-//! finish until the grace period ends.
+//! flexgate), and the admin listener. Each connection holds a permit of its listener's
+//! semaphore (the connection limit, shared by all workers; a connection over the limit
+//! is closed at once), applies the head-read timeout (slowloris) and the header-size
+//! limit, and on shutdown stops accepting and lets in-flight requests finish until the
+//! grace period ends.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -91,19 +92,13 @@ pub async fn run(
     role: Role,
     gw: Arc<Gateway>,
     mut shutdown: watch::Receiver<bool>,
+    permits: Arc<Semaphore>,
+    worker: usize,
 ) {
     let limits = gw.limits().clone();
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let builder = builder(&limits);
     loop {
-        let permit = tokio::select! {
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = shutdown.changed() => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -114,6 +109,14 @@ pub async fn run(
                 }
             },
             _ = shutdown.changed() => break,
+        };
+        // Over the limit the new connection is closed at once: shedding load keeps the
+        // connections already served fast, and a client retries elsewhere.
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            gw.metrics.connection_refused();
+            tracing::debug!(%peer, "connection limit reached; closing the new connection");
+            drop(stream);
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let gw = Arc::clone(&gw);
@@ -138,11 +141,11 @@ pub async fn run(
                             return;
                         }
                     };
-                    let conn = ConnInfo { peer, tls: true };
+                    let conn = ConnInfo::new(peer, true, worker);
                     serve(&builder, tls, watcher, proxy_service(gw, conn)).await;
                 }
                 Role::PlainProxy => {
-                    let conn = ConnInfo { peer, tls: false };
+                    let conn = ConnInfo::new(peer, false, worker);
                     serve(&builder, stream, watcher, proxy_service(gw, conn)).await;
                 }
                 Role::Redirect(port) => {
@@ -184,9 +187,11 @@ fn proxy_service(
     Future = impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send,
 > + Clone
 + Send {
+    let conn = Arc::new(conn);
     service_fn(move |req: Request<Incoming>| {
         let gw = Arc::clone(&gw);
-        async move { Ok::<_, Infallible>(pipeline::handle(&gw, conn, req).await) }
+        let conn = Arc::clone(&conn);
+        async move { Ok::<_, Infallible>(pipeline::handle(&gw, &conn, req).await) }
     })
 }
 
@@ -247,7 +252,37 @@ fn redirect(req: &Request<Incoming>, https_port: u16) -> Response<ProxyBody> {
     response
 }
 
-/// Bind a TCP listener, naming the address in the error.
+/// Bind `count` listening sockets on one address with `SO_REUSEPORT`, so each worker
+/// thread accepts on its own socket and the kernel spreads connections between them.
+/// With port 0 the first socket picks the port and the others share it. The sockets are
+/// returned unregistered, to be adopted by each worker's runtime.
+pub fn bind_shared(
+    addr: SocketAddr,
+    count: usize,
+    what: &str,
+) -> Result<(SocketAddr, Vec<std::net::TcpListener>), Error> {
+    let fail = |e: std::io::Error| Error::Bind(format!("{what} listener on {addr}: {e}"));
+    let mut bound = addr;
+    let mut sockets = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        let socket = if bound.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .map_err(fail)?;
+        socket.set_reuseaddr(true).map_err(fail)?;
+        #[cfg(unix)]
+        socket.set_reuseport(true).map_err(fail)?;
+        socket.bind(bound).map_err(fail)?;
+        let listener = socket.listen(1024).map_err(fail)?;
+        bound = listener.local_addr().map_err(fail)?;
+        sockets.push(listener.into_std().map_err(fail)?);
+    }
+    Ok((bound, sockets))
+}
+
+/// Bind a TCP listener on the current runtime, naming the address in the error.
 pub async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, Error> {
     TcpListener::bind(addr)
         .await

@@ -21,7 +21,7 @@ use crate::rules::RuleSet;
 pub async fn handle(
     gw: &Gateway,
     rules: &RuleSet,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     parts: &Parts,
     body: Incoming,
 ) -> Result<Response<ProxyBody>, Deny> {
@@ -40,7 +40,7 @@ pub async fn handle(
 async fn login(
     gw: &Gateway,
     rules: &RuleSet,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     parts: &Parts,
     body: Incoming,
 ) -> Result<Response<ProxyBody>, Deny> {

@@ -34,11 +34,11 @@ use bytes::Bytes;
 use http::{HeaderValue, Method};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use crate::auth::{AuthSettings, Authenticator};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteMetrics};
 use crate::rules::{Config, HttpMode, Limits, RuleSet, ServerConfig};
 use crate::settings::Settings;
 use crate::store::Store;
@@ -70,9 +70,28 @@ pub enum Error {
     Auth(#[from] crate::auth::Error),
 }
 
+/// A rule set as requests use it: the rules plus the metric handles of each route.
+pub struct Installed {
+    /// The rules.
+    pub rules: Arc<RuleSet>,
+    /// Per-route metric handles, by route index.
+    pub routes: Vec<RouteMetrics>,
+}
+
+impl Installed {
+    fn new(rules: Arc<RuleSet>, metrics: &Metrics) -> Installed {
+        let routes = rules
+            .routes
+            .iter()
+            .map(|r| metrics.route(&r.name))
+            .collect();
+        Installed { rules, routes }
+    }
+}
+
 /// Everything requests share: the current rules, caches, the upstream client, metrics.
 pub struct Gateway {
-    rules: ArcSwap<RuleSet>,
+    installed: ArcSwap<Installed>,
     server: ServerConfig,
     /// Tokens and principals.
     pub auth: Arc<Authenticator>,
@@ -106,14 +125,16 @@ impl Gateway {
                 config.rules.file.display()
             ))
         })?;
+        let metrics = Metrics::new();
         let upstream = Upstream::new(
             upstream_uri,
             server.upstream_ca.as_deref(),
             server.limits.upstream_connect_timeout,
             server.limits.upstream_timeout,
             server.limits.idle_timeout,
+            server.workers,
+            metrics.clone(),
         )?;
-        let metrics = Metrics::new();
         let auth = Authenticator::new(
             store.clone(),
             settings.secret_key()?,
@@ -128,7 +149,10 @@ impl Gateway {
         )?;
         metrics.reload(true, config.rules.routes.len(), crate::auth::unix_now());
         Ok(Arc::new(Gateway {
-            rules: ArcSwap::new(Arc::clone(&config.rules)),
+            installed: ArcSwap::new(Arc::new(Installed::new(
+                Arc::clone(&config.rules),
+                &metrics,
+            ))),
             owners: OwnerResolver::new(store.clone(), &server.cache, metrics.clone()),
             auth: Arc::new(auth),
             upstream,
@@ -152,14 +176,20 @@ impl Gateway {
 
     /// The current rules (an `Arc` snapshot: a reload never changes a running request's).
     pub fn rules(&self) -> Arc<RuleSet> {
-        self.rules.load_full()
+        Arc::clone(&self.installed.load().rules)
+    }
+
+    /// The current rules with their metric handles.
+    pub fn installed(&self) -> Arc<Installed> {
+        self.installed.load_full()
     }
 
     /// Swap in new rules atomically.
     pub fn install(&self, rules: Arc<RuleSet>) {
         self.metrics
             .reload(true, rules.routes.len(), crate::auth::unix_now());
-        self.rules.store(rules);
+        self.installed
+            .store(Arc::new(Installed::new(rules, &self.metrics)));
     }
 
     /// Start-only settings.
@@ -206,7 +236,7 @@ impl Gateway {
     #[allow(clippy::too_many_arguments)]
     fn audit(
         &self,
-        conn: ConnInfo,
+        conn: &ConnInfo,
         route: &str,
         method: &Method,
         decision: &str,
@@ -232,7 +262,7 @@ impl Gateway {
         );
     }
 
-    fn audit_login(&self, conn: ConnInfo, result: &Result<http::Response<ProxyBody>, deny::Deny>) {
+    fn audit_login(&self, conn: &ConnInfo, result: &Result<http::Response<ProxyBody>, deny::Deny>) {
         let (decision, reason) = match result {
             Ok(_) => ("allow", "token_issued"),
             Err(d) => (d.decision(), d.reason()),
@@ -292,11 +322,14 @@ impl Running {
     }
 }
 
-/// Bind the configured listeners and start accepting.
+/// Bind the configured listeners and start accepting. The public listeners are served
+/// by `workers` threads, each a single-threaded runtime with its own `SO_REUSEPORT`
+/// socket and upstream pool, so a request never hops between threads; the admin
+/// listener and background work stay on the caller's runtime.
 pub async fn start(gateway: Arc<Gateway>) -> Result<Running, Error> {
     let server = gateway.server().clone();
+    let workers = server.workers.max(1);
     let (shutdown, signal) = watch::channel(false);
-    let mut tasks = Vec::new();
     let mut running = Running {
         https: None,
         http: None,
@@ -305,20 +338,23 @@ pub async fn start(gateway: Arc<Gateway>) -> Result<Running, Error> {
         shutdown,
         tasks: Vec::new(),
     };
+    type WorkerListener = (std::net::TcpListener, listener::Role, Arc<Semaphore>);
+    let mut per_worker: Vec<Vec<WorkerListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut share = |sockets: Vec<std::net::TcpListener>, role: listener::Role| {
+        let permits = Arc::new(Semaphore::new(server.limits.max_connections));
+        for (socket, slot) in sockets.into_iter().zip(per_worker.iter_mut()) {
+            slot.push((socket, role.clone(), Arc::clone(&permits)));
+        }
+    };
     if let Some(addr) = server.https {
         let (cert, key) = server
             .tls
             .as_ref()
             .ok_or_else(|| Error::Config("https is set without tls_cert and tls_key".into()))?;
         let acceptor = tokio_rustls::TlsAcceptor::from(listener::tls_config(cert, key)?);
-        let l = listener::bind(addr, "https").await?;
-        running.https = Some(l.local_addr().map_err(|e| Error::Bind(e.to_string()))?);
-        tasks.push(tokio::spawn(listener::run(
-            l,
-            listener::Role::Https(acceptor),
-            Arc::clone(&gateway),
-            signal.clone(),
-        )));
+        let (bound, sockets) = listener::bind_shared(addr, workers, "https")?;
+        running.https = Some(bound);
+        share(sockets, listener::Role::Https(acceptor));
     }
     if let Some(addr) = server.http {
         let role = match (server.http_mode, running.https) {
@@ -330,30 +366,67 @@ pub async fn start(gateway: Arc<Gateway>) -> Result<Running, Error> {
                 ));
             }
         };
-        let l = listener::bind(addr, "http").await?;
-        running.http = Some(l.local_addr().map_err(|e| Error::Bind(e.to_string()))?);
-        tasks.push(tokio::spawn(listener::run(
-            l,
-            role,
-            Arc::clone(&gateway),
-            signal.clone(),
-        )));
-    }
-    if let Some(addr) = server.admin {
-        let l = listener::bind(addr, "admin").await?;
-        running.admin = Some(l.local_addr().map_err(|e| Error::Bind(e.to_string()))?);
-        tasks.push(tokio::spawn(listener::run(
-            l,
-            listener::Role::Admin,
-            Arc::clone(&gateway),
-            signal.clone(),
-        )));
+        let (bound, sockets) = listener::bind_shared(addr, workers, "http")?;
+        running.http = Some(bound);
+        share(sockets, role);
     }
     if running.https.is_none() && running.http.is_none() {
         return Err(Error::Config(
             "no listener configured: set [server] https (and http)".into(),
         ));
     }
-    running.tasks = tasks;
+    if let Some(addr) = server.admin {
+        let l = listener::bind(addr, "admin").await?;
+        running.admin = Some(l.local_addr().map_err(|e| Error::Bind(e.to_string()))?);
+        let permits = Arc::new(Semaphore::new(server.limits.max_connections));
+        running.tasks.push(tokio::spawn(listener::run(
+            l,
+            listener::Role::Admin,
+            Arc::clone(&gateway),
+            signal.clone(),
+            permits,
+            0,
+        )));
+    }
+    for (worker, listeners) in per_worker.into_iter().enumerate() {
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let gw = Arc::clone(&gateway);
+        let signal = signal.clone();
+        std::thread::Builder::new()
+            .name(format!("flexgate-worker-{worker}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        tracing::error!(worker, error = %e, "cannot start a worker runtime");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let mut tasks = Vec::new();
+                    for (socket, role, permits) in listeners {
+                        match tokio::net::TcpListener::from_std(socket) {
+                            Ok(l) => tasks.push(tokio::spawn(listener::run(
+                                l,
+                                role,
+                                Arc::clone(&gw),
+                                signal.clone(),
+                                permits,
+                                worker,
+                            ))),
+                            Err(e) => tracing::error!(worker, error = %e, "cannot adopt a listening socket"),
+                        }
+                    }
+                    for task in tasks {
+                        let _ = task.await;
+                    }
+                });
+                let _ = done.send(());
+            })
+            .map_err(|e| Error::Bind(format!("worker thread: {e}")))?;
+        running.tasks.push(tokio::spawn(async move {
+            let _ = finished.await;
+        }));
+    }
     Ok(running)
 }

@@ -179,15 +179,15 @@ fn check_utf8(run: &mut Vec<u8>) -> Result<(), PathError> {
 
 fn check_segments(path: &str, options: &PathOptions) -> Result<(), PathError> {
     // Skip the leading '/'; a trailing '/' leaves an empty last segment, which is allowed.
-    let segments: Vec<&str> = path[1..].split('/').collect();
-    let last = segments.len() - 1;
-    for (i, segment) in segments.iter().enumerate() {
+    let mut segments = path[1..].split('/').peekable();
+    while let Some(segment) = segments.next() {
         // With ';' allowed, "..;x" is still a dot segment to servers that strip parameters.
         let name = segment.split(';').next().unwrap_or(segment);
         if name == "." || name == ".." {
             return Err(PathError::DotSegment);
         }
-        if segment.is_empty() && i != last && !options.allow_empty_segments {
+        let last = segments.peek().is_none();
+        if segment.is_empty() && !last && !options.allow_empty_segments {
             return Err(PathError::EmptySegment);
         }
     }

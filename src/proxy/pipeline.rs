@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, request::Parts};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::Value as Json;
@@ -21,7 +21,7 @@ use serde_json::Value as Json;
 use super::deny::Deny;
 use super::forward::WithoutTrailers;
 use super::normalize::normalize;
-use super::{Gateway, ProxyBody, headers, login};
+use super::{Gateway, Installed, ProxyBody, headers, login};
 use crate::auth::token::token_from_authorization;
 use crate::auth::{AuthError, Identity, unix_now};
 use crate::metrics;
@@ -32,12 +32,28 @@ use crate::rules::{Check, IfAbsent, Kind, Route, RuleSet, Target};
 use crate::store::owner::OwnerResolver;
 
 /// What the listener knows about the connection a request came on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     /// The client's address.
     pub peer: SocketAddr,
     /// Whether the connection is TLS.
     pub tls: bool,
+    /// The client's address as an `X-Forwarded-For` value, encoded once per connection.
+    pub client: HeaderValue,
+    /// The worker thread serving the connection (selects its upstream pool).
+    pub worker: usize,
+}
+
+impl ConnInfo {
+    /// Describe a new connection.
+    pub fn new(peer: SocketAddr, tls: bool, worker: usize) -> ConnInfo {
+        ConnInfo {
+            peer,
+            tls,
+            client: headers::client_value(peer.ip()),
+            worker,
+        }
+    }
 }
 
 /// Proof that a request passed every check. Only this module can make one, and only on
@@ -110,6 +126,7 @@ pub struct Facts<'a> {
 #[derive(Debug, Default)]
 struct Outcome {
     route: Option<Arc<str>>,
+    route_index: Option<usize>,
     user_id: Option<i64>,
     deny: Option<(&'static str, &'static str)>,
 }
@@ -117,16 +134,16 @@ struct Outcome {
 /// Handle one request from start to finish; never fails (a failure is a response).
 pub async fn handle(
     gw: &Gateway,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     gw.metrics.in_flight().inc();
-    let rules = gw.rules();
+    let installed = gw.installed();
     let method = req.method().clone();
     let upgrade = headers::is_upgrade_request(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let mut outcome = Outcome::default();
-    let mut response = match serve(gw, &rules, conn, req, upgrade, &mut outcome).await {
+    let mut response = match serve(gw, &installed, conn, req, upgrade, &mut outcome).await {
         Ok(response) => response,
         Err(deny) => {
             outcome.deny = Some((deny.decision(), deny.reason()));
@@ -140,12 +157,13 @@ pub async fn handle(
             .headers_mut()
             .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
+    let route_metrics = outcome.route_index.and_then(|i| installed.routes.get(i));
     let route = outcome.route.as_deref().unwrap_or(metrics::NO_ROUTE);
     let (decision, reason) = outcome.deny.unwrap_or(("allow", "allowed"));
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     gw.metrics
-        .request(route, &method, decision, status, elapsed);
+        .request(route_metrics, route, &method, decision, status, elapsed);
     gw.metrics.in_flight().dec();
     gw.audit(
         conn,
@@ -162,23 +180,26 @@ pub async fn handle(
 
 async fn serve(
     gw: &Gateway,
-    rules: &RuleSet,
-    conn: ConnInfo,
+    installed: &Installed,
+    conn: &ConnInfo,
     req: Request<Incoming>,
     upgrade: Option<hyper::upgrade::OnUpgrade>,
     outcome: &mut Outcome,
 ) -> Result<Response<ProxyBody>, Deny> {
+    let rules = &*installed.rules;
     let (mut parts, body) = req.into_parts();
-    let path = normalize(parts.uri.path(), &rules.paths)
-        .map_err(Deny::BadPath)?
-        .into_owned();
+    // Borrowed from the request URI (no copy unless an escape was decoded).
+    let path = normalize(parts.uri.path(), &rules.paths).map_err(Deny::BadPath)?;
     if path == rules.token_endpoint {
         outcome.route = Some(Arc::from(metrics::TOKEN_ENDPOINT));
         return login::handle(gw, rules, conn, &parts, body).await;
     }
-    let (route, params) = match_rule(rules, &parts.method, &path)?;
+    let matched = match_rule(rules, &parts.method, &path)?;
+    let route = matched.route;
     outcome.route = Some(Arc::clone(&route.name));
-    let query = parts.uri.query().map(str::to_owned);
+    outcome.route_index = Some(matched.index);
+    let route_metrics = installed.routes.get(matched.index);
+    let query = parts.uri.query();
 
     let (permit, body) = if route.public {
         (
@@ -187,15 +208,15 @@ async fn serve(
         )
     } else {
         let facts = Facts {
-            params,
-            query: query.as_deref(),
+            params: matched.params,
+            query,
             headers: &parts.headers,
             body: None,
         };
         if route.resolve_before_auth {
             preresolve(&gw.owners, rules, route, &facts).await?;
         }
-        let identity = authenticate(gw, rules, &parts.headers, query.as_deref()).await?;
+        let identity = authenticate(gw, rules, &parts.headers, query).await?;
         outcome.user_id = Some(identity.principal.user_id);
         check_roles(rules, route, &identity)?;
         let (forward_body, json) = if route.needs_body {
@@ -217,23 +238,30 @@ async fn serve(
         gw,
         rules,
         conn,
-        &mut parts,
+        &mut parts.headers,
+        &parts.method,
         &permit,
         &path,
         upgrade.is_some(),
         route.forward_authorization,
     );
+    let uri = gw.upstream().uri_for(&parts.uri, &path)?;
+    drop(path);
+    parts.uri = uri;
     gw.upstream()
-        .forward(
-            permit,
-            parts,
-            body,
-            &path,
-            query.as_deref(),
-            upgrade,
-            &gw.metrics,
-        )
+        .forward(permit, parts, body, upgrade, route_metrics, conn.worker)
         .await
+}
+
+/// The route a request matched.
+#[derive(Debug, Clone, Copy)]
+pub struct Matched<'r, 'p> {
+    /// Position in the rule file (and in the per-route metric handles).
+    pub index: usize,
+    /// The route.
+    pub route: &'r Route,
+    /// Its template's parameter values.
+    pub params: Params<'p>,
 }
 
 /// Stage: find the route for the method and the normalised path (deny by default).
@@ -241,12 +269,16 @@ pub fn match_rule<'r, 'p>(
     rules: &'r RuleSet,
     method: &http::Method,
     path: &'p str,
-) -> Result<(&'r Route, Params<'p>), Deny> {
+) -> Result<Matched<'r, 'p>, Deny> {
     match rules.matcher.find(method, path) {
-        Found::Route(i, params) => rules
+        Found::Route(index, params) => rules
             .routes
-            .get(i)
-            .map(|r| (r, params))
+            .get(index)
+            .map(|route| Matched {
+                index,
+                route,
+                params,
+            })
             .ok_or(Deny::NoRoute(rules.unmatched_status)),
         Found::MethodNotAllowed => Err(Deny::MethodNotAllowed(rules.unmatched_status)),
         Found::NoRoute => Err(Deny::NoRoute(rules.unmatched_status)),
@@ -656,14 +688,14 @@ fn percent_decode(segment: &str) -> Option<std::borrow::Cow<'_, str>> {
 fn rewrite_headers(
     gw: &Gateway,
     rules: &RuleSet,
-    conn: ConnInfo,
-    parts: &mut Parts,
+    conn: &ConnInfo,
+    h: &mut HeaderMap,
+    method: &http::Method,
     permit: &Permit,
     path: &str,
     upgrade: bool,
     keep_authorization: bool,
 ) {
-    let h = &mut parts.headers;
     headers::strip_hop_by_hop(h, upgrade);
     headers::strip_client_identity(h, &rules.identity.prefix);
     if !gw.forwards_authorization() && !keep_authorization {
@@ -673,15 +705,15 @@ fn rewrite_headers(
     // client's Content-Length (alone, doubled, or beside Transfer-Encoding) never
     // reaches the upstream.
     h.remove(CONTENT_LENGTH);
-    let host = h.remove(HOST);
-    headers::set_forwarded(h, conn.peer.ip(), conn.tls, host);
+    let host = h.insert(HOST, gw.upstream().host().clone());
+    headers::set_forwarded(h, &conn.client, conn.tls, host);
     if let Some(identity) = permit.identity() {
         headers::inject_identity(
             h,
             &rules.identity,
             identity,
             gw.signer(),
-            &parts.method,
+            method,
             path,
             unix_now(),
         );

@@ -385,6 +385,18 @@ impl Compiler<'_> {
             upstream,
             upstream_ca: s.upstream_ca.as_ref().map(|p| base.join(p)),
             hsts_max_age: s.hsts_max_age.unwrap_or(31_536_000),
+            workers: match s.workers {
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                Some(n) if (1..=256).contains(&n) => n,
+                Some(n) => {
+                    self.error(
+                        None,
+                        ctx.clone(),
+                        format!("workers = {n}: use 1 to 256 (default: one per CPU)"),
+                    );
+                    1
+                }
+            },
             rules_poll: match s.rules_poll_secs.unwrap_or(2) {
                 0 => None,
                 secs => Some(Duration::from_secs(secs)),

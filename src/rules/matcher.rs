@@ -135,26 +135,23 @@ impl Template {
 
     /// Match a normalised path (starting with `/`), returning parameter values.
     pub fn matches<'p>(&self, path: &'p str, case_insensitive: bool) -> Option<Params<'p>> {
-        let mut rest = path.strip_prefix('/')?;
-        let mut params = Params::default();
+        self.matches_split(&Segments::split(path)?, case_insensitive)
+    }
+
+    /// Match an already split path (the matcher splits once for all templates).
+    fn matches_split<'p>(&self, path: &Segments<'p>, case_insensitive: bool) -> Option<Params<'p>> {
         let count = self.segments.len();
+        match self.segments.last() {
+            Some(Segment::CatchAll) if path.len() < count => return None,
+            Some(Segment::CatchAll) => {}
+            _ if path.len() != count => return None,
+            _ => {}
+        }
+        let mut params = Params::default();
         for (i, segment) in self.segments.iter().enumerate() {
-            let last = i + 1 == count;
-            if let Segment::CatchAll = segment {
-                if rest.is_empty() {
-                    return None;
-                }
-                params.push(rest);
-                return Some(params);
-            }
-            let (head, tail) = match rest.find('/') {
-                Some(at) if !last => (&rest[..at], Some(&rest[at + 1..])),
-                Some(_) => return None, // more segments than the template
-                None if last => (rest, None),
-                None => return None, // fewer segments than the template
-            };
             match segment {
                 Segment::Static(s) => {
+                    let head = path.get(i);
                     let equal = if case_insensitive {
                         s.eq_ignore_ascii_case(head)
                     } else {
@@ -165,16 +162,74 @@ impl Template {
                     }
                 }
                 Segment::Param => {
+                    let head = path.get(i);
                     if head.is_empty() {
                         return None;
                     }
                     params.push(head);
                 }
-                Segment::CatchAll => unreachable!("handled above"),
+                Segment::CatchAll => {
+                    let rest = path.rest(i);
+                    if rest.is_empty() {
+                        return None;
+                    }
+                    params.push(rest);
+                    return Some(params);
+                }
             }
-            rest = tail.unwrap_or("");
         }
         Some(params)
+    }
+}
+
+/// Most segments a path may have to be matched (longer paths match no route).
+pub const MAX_SEGMENTS: usize = 64;
+
+/// A path split at `/` once, without allocating.
+struct Segments<'p> {
+    path: &'p str,
+    /// Byte offset where each segment starts, plus one past the end of the path.
+    bounds: [u16; MAX_SEGMENTS + 1],
+    len: usize,
+}
+
+impl<'p> Segments<'p> {
+    fn split(path: &'p str) -> Option<Segments<'p>> {
+        if !path.starts_with('/') || path.len() >= usize::from(u16::MAX) {
+            return None;
+        }
+        let mut bounds = [0u16; MAX_SEGMENTS + 1];
+        let mut len = 0;
+        bounds[0] = 1;
+        for (i, b) in path.bytes().enumerate().skip(1) {
+            if b == b'/' {
+                len += 1;
+                if len >= MAX_SEGMENTS {
+                    return None;
+                }
+                // Lengths were checked against u16::MAX above.
+                bounds[len] = (i + 1) as u16;
+            }
+        }
+        len += 1;
+        bounds[len] = (path.len() + 1) as u16;
+        Some(Segments { path, bounds, len })
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The `i`-th segment (without slashes).
+    fn get(&self, i: usize) -> &'p str {
+        let start = usize::from(self.bounds[i]);
+        let end = usize::from(self.bounds[i + 1]) - 1;
+        self.path.get(start..end).unwrap_or("")
+    }
+
+    /// Everything from the `i`-th segment on.
+    fn rest(&self, i: usize) -> &'p str {
+        self.path.get(usize::from(self.bounds[i])..).unwrap_or("")
     }
 }
 
@@ -284,9 +339,12 @@ impl Matcher {
 
     /// Find the route for `method` and normalised `path`.
     pub fn find<'p>(&self, method: &Method, path: &'p str) -> Found<'p> {
+        let Some(split) = Segments::split(path) else {
+            return Found::NoRoute;
+        };
         let mut path_matched = false;
         for (index, template, methods) in &self.entries {
-            if let Some(params) = template.matches(path, self.case_insensitive) {
+            if let Some(params) = template.matches_split(&split, self.case_insensitive) {
                 if methods.allows(method) {
                     return Found::Route(*index, params);
                 }

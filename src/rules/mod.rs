@@ -190,6 +190,8 @@ pub struct ServerConfig {
     pub hsts_max_age: u64,
     /// Rule-file poll interval (`None` = only on SIGHUP).
     pub rules_poll: Option<Duration>,
+    /// Worker threads for the public listeners.
+    pub workers: usize,
     /// Connection and size limits.
     pub limits: Limits,
     /// Cache sizes and lifetimes.

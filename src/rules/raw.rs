@@ -66,6 +66,8 @@ pub struct RawServer {
     pub hsts_max_age: Option<u64>,
     /// How often the rule file is checked for changes, seconds (0 = only on SIGHUP).
     pub rules_poll_secs: Option<u64>,
+    /// Worker threads serving the public listeners (default: one per CPU).
+    pub workers: Option<usize>,
     /// Connection and size limits.
     #[serde(default)]
     pub limits: RawLimits,

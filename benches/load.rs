@@ -1,0 +1,876 @@
+//! Load benchmark: `cargo bench --bench load`.
+//!
+//! Starts on loopback a minimal upstream (hyper, 2-byte body), the release `flexgate`
+//! binary with a seeded database, and nginx as a plain reverse proxy when it is
+//! installed; then drives each scenario from a one-thread load generator with a fixed
+//! number of keep-alive connections for a fixed time, like `wrk -t1 -c32`. Prints
+//! requests/s and latency percentiles per scenario with ratios to the direct upstream and
+//! to nginx, and writes `target/bench/load.json` and `target/bench/load.md`.
+//!
+//! PostgreSQL is used when `DATABASE_URL` names one (scenario 4 needs it to mean what it
+//! says); otherwise SQLite. Knobs: `FLEXGATE_BENCH_SECS` (default 5),
+//! `FLEXGATE_BENCH_CONNECTIONS` (32), `FLEXGATE_BENCH_SKIP_MEMORY=1`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use flexgate::auth::token::{self, TokenKey};
+use flexgate::settings::Secret;
+use flexgate::store::Store;
+
+const SECRET_KEY: &str = "bench-secret-key-0123456789abcdef0123456789";
+const UPSTREAM_SECRET: &str = "bench-upstream-secret-0123456789abcdef0123";
+const ASSETS: i64 = 300_000;
+
+fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` would pass nothing useful here.
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let secs: u64 = env_or("FLEXGATE_BENCH_SECS", 5);
+    let connections: usize = env_or("FLEXGATE_BENCH_CONNECTIONS", 32);
+    let duration = Duration::from_secs(secs);
+    let bench = Bench::setup();
+    let mut results: Vec<Result_> = Vec::new();
+    let report = |r: &Result_| println!("{}", r.line());
+
+    let direct = bench.closed_loop(
+        "1. direct to the upstream",
+        Target::Plain(bench.upstream),
+        connections,
+        duration,
+        fixed(get("/api/v3_0/assets/1", None)),
+    );
+    report(&direct);
+    let public = bench.closed_loop(
+        "2. flexgate, public route",
+        Target::Plain(bench.proxy_http),
+        connections,
+        duration,
+        fixed(get("/api/ops/ping", None)),
+    );
+    report(&public);
+    let token = bench.token.clone();
+    let authorized = bench.closed_loop(
+        "3. flexgate, authorized (token and owner cached)",
+        Target::Plain(bench.proxy_http),
+        connections,
+        duration,
+        fixed(get("/api/v3_0/assets/1", Some(&token))),
+    );
+    report(&authorized);
+    let uncached = {
+        let token = token.clone();
+        let next = std::sync::atomic::AtomicI64::new(100);
+        bench.closed_loop(
+            &format!("4. flexgate, owner not cached ({})", bench.backend),
+            Target::Plain(bench.proxy_http),
+            connections,
+            duration,
+            Arc::new(move |_| {
+                let id =
+                    100 + next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % (ASSETS - 100);
+                get(&format!("/api/v3_0/assets/{id}"), Some(&token))
+            }),
+        )
+    };
+    report(&uncached);
+    let tls = bench.closed_loop(
+        "5. flexgate over TLS (scenario 3 through HTTPS)",
+        Target::Tls(bench.proxy_https, bench.tls_client.clone()),
+        connections,
+        duration,
+        fixed(get("/api/v3_0/assets/1", Some(&token))),
+    );
+    report(&tls);
+    let logins = bench.closed_loop(
+        "6a. token endpoint (bcrypt cost 12)",
+        Target::Plain(bench.proxy_http),
+        8,
+        duration,
+        fixed(login(
+            "prosumer@flexgate.demo",
+            flexgate::demo::DEMO_PASSWORD,
+        )),
+    );
+    report(&logins);
+    let nginx = bench.nginx.map(|addr| {
+        let r = bench.closed_loop(
+            "7. nginx, plain reverse proxy",
+            Target::Plain(addr),
+            connections,
+            duration,
+            fixed(get("/api/v3_0/assets/1", None)),
+        );
+        report(&r);
+        r
+    });
+
+    // Latency at half of scenario 3's rate: direct vs flexgate, and flexgate under a
+    // flood of wrong passwords (many emails, so bcrypt runs for each).
+    let rate = authorized.rps() / 2.0;
+    let direct_half = bench.open_loop(
+        "1 at 50% of 3's rate",
+        Target::Plain(bench.upstream),
+        connections,
+        duration,
+        rate,
+        fixed(get("/api/v3_0/assets/1", None)),
+    );
+    report(&direct_half);
+    let authorized_half = bench.open_loop(
+        "3 at 50% of its rate",
+        Target::Plain(bench.proxy_http),
+        connections,
+        duration,
+        rate,
+        fixed(get("/api/v3_0/assets/1", Some(&token))),
+    );
+    report(&authorized_half);
+    let flood = bench.flood_logins(duration + Duration::from_secs(2));
+    let flooded = bench.open_loop(
+        "6b. 3 at 50% during a login flood",
+        Target::Plain(bench.proxy_http),
+        connections,
+        duration,
+        rate,
+        fixed(get("/api/v3_0/assets/1", Some(&token))),
+    );
+    let flood_logins = flood.join().unwrap_or(0);
+    report(&flooded);
+    println!("    (the flood sent {flood_logins} wrong-password logins)");
+
+    results.extend([
+        direct.clone(),
+        public,
+        authorized.clone(),
+        uncached.clone(),
+        tls,
+        logins,
+    ]);
+    results.extend(nginx.clone());
+    results.extend([
+        direct_half.clone(),
+        authorized_half.clone(),
+        flooded.clone(),
+    ]);
+
+    let memory = if std::env::var("FLEXGATE_BENCH_SKIP_MEMORY").is_ok() {
+        None
+    } else {
+        Some(bench.memory_after_filling_caches(100_000))
+    };
+    if let Some((rss, fill)) = &memory {
+        println!(
+            "memory: {:.1} MiB resident after caching 100k tokens and 100k owners (filled in {:.1} s)",
+            *rss as f64 / 1048576.0,
+            fill.as_secs_f64()
+        );
+    }
+
+    let targets = json!({
+        "3_vs_nginx": nginx.as_ref().map(|n| authorized.rps() / n.rps()),
+        "3_vs_direct": authorized.rps() / direct.rps(),
+        "3_p99_added_ms_at_half_rate": (authorized_half.pct(99.0) as f64 - direct_half.pct(99.0) as f64) / 1000.0,
+        "4_p99_ms": uncached.pct(99.0) as f64 / 1000.0,
+        "6_p99_flood_ratio": flooded.pct(99.0) as f64 / authorized_half.pct(99.0).max(1) as f64,
+        "rss_mib": memory.as_ref().map(|(rss, _)| *rss as f64 / 1048576.0),
+    });
+    println!("\ntargets: {targets:#}");
+    write_report(&results, &direct, nginx.as_ref(), &targets, &bench);
+}
+
+// === setup ===
+
+struct Bench {
+    upstream: SocketAddr,
+    proxy_http: SocketAddr,
+    proxy_https: SocketAddr,
+    nginx: Option<SocketAddr>,
+    token: String,
+    tls_client: Arc<rustls::ClientConfig>,
+    backend: &'static str,
+    database_url: String,
+    flexgate: Child,
+    _nginx: Option<Child>,
+    _dir: tempfile::TempDir,
+    _upstream_thread: std::thread::JoinHandle<()>,
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let _ = self.flexgate.kill();
+        let _ = self.flexgate.wait();
+        if let Some(n) = self._nginx.as_mut() {
+            let _ = n.kill();
+            let _ = n.wait();
+        }
+    }
+}
+
+impl Bench {
+    fn setup() -> Bench {
+        let dir = tempfile::tempdir().unwrap();
+        let (upstream, upstream_thread) = start_upstream();
+        let (database_url, backend) = database(dir.path());
+        runtime().block_on(seed(&database_url));
+        let (cert, key, tls_client) = tls(dir.path());
+        let config = dir.path().join("bench.toml");
+        let rules =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"))
+                .unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\nhttps = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nhttp_mode = \"proxy\"\nadmin = \"127.0.0.1:0\"\n\
+                 tls_cert = {cert:?}\ntls_key = {key:?}\nupstream = \"http://{upstream}\"\n\n\
+                 [auth]\nmax_concurrent_logins = 1\n[auth.throttle]\nfailures_per_email = 1000000\nfailures_per_client = 1000000\n\n\
+                 [cache]\nowner_capacity = 400000\ntoken_capacity = 400000\nowner_ttl_secs = 3600\n\n{rules}"
+            ),
+        )
+        .unwrap();
+        let ready = dir.path().join("ready.json");
+        let flexgate = Command::new(env!("CARGO_BIN_EXE_flexgate"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .arg("--ready-file")
+            .arg(&ready)
+            .env("DATABASE_URL", &database_url)
+            .env("SECRET_KEY", SECRET_KEY)
+            .env("FLEXGATE_UPSTREAM_SECRET", UPSTREAM_SECRET)
+            .env("SECURITY_TOKEN_MAX_AGE", "2592000")
+            .env("FLEXGATE_LOG", "error")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the flexgate binary");
+        let addresses = wait_for_file(&ready);
+        let addr = |k: &str| {
+            addresses[k]
+                .as_str()
+                .unwrap()
+                .parse::<SocketAddr>()
+                .unwrap()
+        };
+        let proxy_http = addr("http");
+        let token = runtime().block_on(async {
+            let (status, body) = request(
+                Target::Plain(proxy_http),
+                &login("prosumer@flexgate.demo", flexgate::demo::DEMO_PASSWORD),
+            )
+            .await;
+            assert_eq!(
+                status,
+                200,
+                "login failed: {}",
+                String::from_utf8_lossy(&body)
+            );
+            serde_json::from_slice::<Value>(&body).unwrap()["auth_token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        });
+        let (nginx, nginx_child) = match start_nginx(dir.path(), upstream) {
+            Some((a, c)) => (Some(a), Some(c)),
+            None => {
+                println!("nginx is not installed (apt-get install nginx): scenario 7 skipped");
+                (None, None)
+            }
+        };
+        println!(
+            "machine: {} cores; flexgate {} (release) on {backend}; generator: 1 thread\n",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            env!("CARGO_PKG_VERSION"),
+        );
+        Bench {
+            upstream,
+            proxy_http,
+            proxy_https: addr("https"),
+            nginx,
+            token,
+            tls_client,
+            backend,
+            database_url,
+            flexgate,
+            _nginx: nginx_child,
+            _dir: dir,
+            _upstream_thread: upstream_thread,
+        }
+    }
+
+    fn closed_loop(
+        &self,
+        name: &str,
+        target: Target,
+        conns: usize,
+        duration: Duration,
+        make: Maker,
+    ) -> Result_ {
+        drive(name, target, conns, duration, None, make)
+    }
+
+    fn open_loop(
+        &self,
+        name: &str,
+        target: Target,
+        conns: usize,
+        duration: Duration,
+        rate: f64,
+        make: Maker,
+    ) -> Result_ {
+        drive(name, target, conns, duration, Some(rate), make)
+    }
+
+    /// Wrong passwords for ever-new emails from 8 connections, in a thread of its own.
+    fn flood_logins(&self, duration: Duration) -> std::thread::JoinHandle<u64> {
+        let target = self.proxy_http;
+        std::thread::spawn(move || {
+            let counter = std::sync::atomic::AtomicU64::new(0);
+            let make: Maker = Arc::new(move |_| {
+                let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                login(&format!("attacker{n}@example.com"), "wrong-password")
+            });
+            let r = drive("flood", Target::Plain(target), 8, duration, None, make);
+            r.requests
+        })
+    }
+
+    /// Fill the token and owner caches with `n` distinct entries each, then read the
+    /// proxy's resident memory.
+    fn memory_after_filling_caches(&self, n: i64) -> (u64, Duration) {
+        let started = Instant::now();
+        let url = self.database_url.clone();
+        let tokens = runtime().block_on(async move {
+            let store = Store::connect(&url, &Default::default()).await.unwrap();
+            let principal = store.principal(5).await.unwrap().unwrap();
+            store.close().await;
+            // A cheaper sha256_crypt (1000 rounds, the minimum) keeps the fill quick; the
+            // cache entry is the same size.
+            let binding = {
+                use sha_crypt::{PasswordHasher, ShaCrypt};
+                ShaCrypt::new(
+                    sha_crypt::Algorithm::Sha256Crypt,
+                    sha_crypt::Params::new(1000).unwrap(),
+                )
+                .hash_password_with_salt(principal.password_hash.as_bytes(), b"benchsalt")
+                .unwrap()
+                .to_string()
+            };
+            let key = TokenKey::derive(&Secret::new(SECRET_KEY.as_bytes().to_vec()));
+            let now = flexgate::auth::unix_now();
+            (0..n)
+                .map(|i| token::encode(&key, 5, &binding, &principal.uniquifier, now - i as u64))
+                .collect::<Vec<String>>()
+        });
+        let tokens = Arc::new(tokens);
+        let fill = drive(
+            "fill caches",
+            Target::Plain(self.proxy_http),
+            16,
+            Duration::from_secs(600),
+            None,
+            {
+                let tokens = Arc::clone(&tokens);
+                Arc::new(move |i| {
+                    if i >= tokens.len() as u64 {
+                        return Vec::new();
+                    }
+                    get(
+                        &format!("/api/v3_0/assets/{}", 1000 + i),
+                        Some(&tokens[i as usize]),
+                    )
+                })
+            },
+        );
+        assert_eq!(fill.errors, 0, "cache fill had errors");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.flexgate.id()))
+            .unwrap_or_default();
+        let rss_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        (rss_kib * 1024, started.elapsed())
+    }
+}
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn wait_for_file(path: &Path) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(v) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+        {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "flexgate did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn database(dir: &Path) -> (String, &'static str) {
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if url.starts_with("postgres") => {
+            let admin = url.clone();
+            runtime().block_on(async move {
+                use sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+                sqlx::query("DROP DATABASE IF EXISTS flexgate_bench WITH (FORCE)")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                sqlx::query("CREATE DATABASE flexgate_bench")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            });
+            let base = url.rsplit_once('/').map_or(url.as_str(), |(b, _)| b);
+            (format!("{base}/flexgate_bench"), "PostgreSQL")
+        }
+        _ => (
+            format!("sqlite://{}", dir.join("bench.db").display()),
+            "SQLite",
+        ),
+    }
+}
+
+async fn seed(url: &str) {
+    let store = Store::connect(url, &Default::default()).await.unwrap();
+    store.migrate().await.unwrap();
+    flexgate::demo::seed(&store, 12).await.unwrap();
+    let more = if url.starts_with("postgres") {
+        format!(
+            "INSERT INTO demo_asset (id, name, account_id) SELECT g, 'asset ' || g, 3 FROM generate_series(100, {ASSETS}) g;"
+        )
+    } else {
+        format!(
+            "WITH RECURSIVE n(i) AS (SELECT 100 UNION ALL SELECT i + 1 FROM n WHERE i < {ASSETS}) \
+             INSERT INTO demo_asset (id, name, account_id) SELECT i, 'asset ' || i, 3 FROM n;"
+        )
+    };
+    store.execute_script(&more).await.unwrap();
+    store.close().await;
+}
+
+fn tls(dir: &Path) -> (String, String, Arc<rustls::ClientConfig>) {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    (
+        cert.display().to_string(),
+        key.display().to_string(),
+        Arc::new(client),
+    )
+}
+
+/// The upstream: hyper HTTP/1.1 on one thread, a fixed 2-byte body.
+fn start_upstream() -> (SocketAddr, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let thread = std::thread::spawn(move || {
+        runtime().block_on(async move {
+            let listener = TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(async move {
+                    let service = service_fn(|_req| async {
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
+                            b"ok",
+                        ))))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        })
+    });
+    (addr, thread)
+}
+
+fn start_nginx(dir: &Path, upstream: SocketAddr) -> Option<(SocketAddr, Child)> {
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n\
+               upstream backend {{ server {upstream}; keepalive 64; }}\n\
+               server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://backend;\n\
+                 proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
+            dir = dir.display()
+        ),
+    )
+    .ok()?;
+    let child = Command::new(nginx)
+        .args([
+            "-c",
+            conf.to_str()?,
+            "-p",
+            dir.to_str()?,
+            "-g",
+            "daemon off;",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some((addr, child))
+}
+
+// === requests ===
+
+type Maker = Arc<dyn Fn(u64) -> Vec<u8> + Send + Sync>;
+
+fn fixed(bytes: Vec<u8>) -> Maker {
+    Arc::new(move |_| bytes.clone())
+}
+
+fn get(path: &str, token: Option<&str>) -> Vec<u8> {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}\r\n").into_bytes()
+}
+
+fn login(email: &str, password: &str) -> Vec<u8> {
+    let body = json!({"email": email, "password": password}).to_string();
+    format!(
+        "POST /api/requestAuthToken HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[derive(Clone)]
+enum Target {
+    Plain(SocketAddr),
+    Tls(SocketAddr, Arc<rustls::ClientConfig>),
+}
+
+/// Read one response (Content-Length or chunked); returns the status and the body.
+async fn read_response<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<(u16, Vec<u8>)> {
+    buf.clear();
+    let mut chunk = [0u8; 16 * 1024];
+    let head_end = loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    match length {
+        Some(len) => {
+            while buf.len() < head_end + len {
+                let n = s.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            Ok((status, buf[head_end..head_end + len].to_vec()))
+        }
+        None => {
+            // chunked: read until the terminating chunk
+            while find(&buf[head_end..], b"0\r\n\r\n").is_none() {
+                let n = s.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            Ok((status, Vec::new()))
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+async fn connect(target: &Target) -> std::io::Result<Box<dyn Io>> {
+    match target {
+        Target::Plain(addr) => {
+            let s = TcpStream::connect(addr).await?;
+            s.set_nodelay(true)?;
+            Ok(Box::new(s))
+        }
+        Target::Tls(addr, config) => {
+            let s = TcpStream::connect(addr).await?;
+            s.set_nodelay(true)?;
+            let tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
+                .connect(
+                    rustls_pki_types::ServerName::try_from("localhost").unwrap(),
+                    s,
+                )
+                .await?;
+            Ok(Box::new(tls))
+        }
+    }
+}
+
+async fn request(target: Target, bytes: &[u8]) -> (u16, Vec<u8>) {
+    let mut io = connect(&target).await.unwrap();
+    io.write_all(bytes).await.unwrap();
+    read_response(&mut io, &mut Vec::new()).await.unwrap()
+}
+
+// === load generation ===
+
+#[derive(Clone)]
+struct Result_ {
+    name: String,
+    requests: u64,
+    errors: u64,
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+}
+
+impl Result_ {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+    fn pct(&self, p: f64) -> u32 {
+        if self.latencies_us.is_empty() {
+            return 0;
+        }
+        let i = ((p / 100.0) * (self.latencies_us.len() - 1) as f64).round() as usize;
+        self.latencies_us[i]
+    }
+    fn line(&self) -> String {
+        format!(
+            "{:<52} {:>9.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  p99.9 {:>6.3} ms  errors {}",
+            self.name,
+            self.rps(),
+            self.pct(50.0) as f64 / 1000.0,
+            self.pct(99.0) as f64 / 1000.0,
+            self.pct(99.9) as f64 / 1000.0,
+            self.errors
+        )
+    }
+}
+
+/// Run `conns` keep-alive connections for `duration` (after a one-second warm-up),
+/// closed-loop, or paced to `rate` requests/s in total.
+fn drive(
+    name: &str,
+    target: Target,
+    conns: usize,
+    duration: Duration,
+    rate: Option<f64>,
+    make: Maker,
+) -> Result_ {
+    runtime().block_on(async move {
+        let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let warmup = Duration::from_secs(1);
+        let start = Instant::now() + warmup;
+        let end = start + duration;
+        let interval = rate.map(|r| Duration::from_secs_f64(conns as f64 / r));
+        let mut tasks = Vec::new();
+        for c in 0..conns {
+            let (target, make, counter) = (target.clone(), Arc::clone(&make), Arc::clone(&counter));
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(1 << 16);
+                let (mut ok, mut errors) = (0u64, 0u64);
+                let mut io = match connect(&target).await {
+                    Ok(io) => io,
+                    Err(_) => return (latencies, 0, 1),
+                };
+                let mut buf = Vec::with_capacity(16 * 1024);
+                let mut next = Instant::now()
+                    + interval.map_or(Duration::ZERO, |i| i.mul_f64(c as f64 / conns as f64));
+                loop {
+                    if let Some(i) = interval {
+                        let now = Instant::now();
+                        if next > now {
+                            tokio::time::sleep_until(next.into()).await;
+                        }
+                        next += i;
+                    }
+                    let sent = Instant::now();
+                    if sent >= end {
+                        break;
+                    }
+                    let bytes = make(counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+                    if bytes.is_empty() {
+                        break;
+                    }
+                    let result = async {
+                        io.write_all(&bytes).await?;
+                        read_response(&mut io, &mut buf).await
+                    }
+                    .await;
+                    let measured = sent >= start;
+                    match result {
+                        Ok((status, _)) if (200..300).contains(&status) => {
+                            if measured {
+                                ok += 1;
+                                latencies
+                                    .push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                            }
+                        }
+                        Ok(_) => errors += u64::from(measured),
+                        Err(_) => {
+                            errors += u64::from(measured);
+                            match connect(&target).await {
+                                Ok(fresh) => io = fresh,
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
+                (latencies, ok, errors)
+            }));
+        }
+        let mut all = Vec::new();
+        let (mut ok, mut errors) = (0, 0);
+        for t in tasks {
+            let (l, o, e) = t.await.unwrap();
+            all.extend(l);
+            ok += o;
+            errors += e;
+        }
+        all.sort_unstable();
+        let elapsed = Instant::now()
+            .saturating_duration_since(start)
+            .min(duration)
+            .max(Duration::from_millis(1));
+        Result_ {
+            name: name.to_owned(),
+            requests: ok,
+            errors,
+            elapsed,
+            latencies_us: all,
+        }
+    })
+}
+
+// === report ===
+
+fn write_report(
+    results: &[Result_],
+    direct: &Result_,
+    nginx: Option<&Result_>,
+    targets: &Value,
+    bench: &Bench,
+) {
+    let dir = PathBuf::from(
+        std::env::var("CARGO_TARGET_DIR")
+            .unwrap_or_else(|_| format!("{}/target", env!("CARGO_MANIFEST_DIR"))),
+    )
+    .join("bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let rows: Vec<Value> = results
+        .iter()
+        .map(|r| {
+            json!({
+                "scenario": r.name,
+                "requests_per_sec": r.rps().round(),
+                "p50_ms": r.pct(50.0) as f64 / 1000.0,
+                "p99_ms": r.pct(99.0) as f64 / 1000.0,
+                "p999_ms": r.pct(99.9) as f64 / 1000.0,
+                "errors": r.errors,
+                "vs_direct": r.rps() / direct.rps(),
+                "vs_nginx": nginx.map(|n| r.rps() / n.rps()),
+            })
+        })
+        .collect();
+    let report = json!({"database": bench.backend, "results": rows, "targets": targets});
+    std::fs::write(
+        dir.join("load.json"),
+        serde_json::to_string_pretty(&report).unwrap(),
+    )
+    .unwrap();
+    let mut md = String::from(
+        "| scenario | req/s | p50 ms | p99 ms | p99.9 ms | vs direct | vs nginx |\n|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in results {
+        md.push_str(&format!(
+            "| {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.0}% | {} |\n",
+            r.name,
+            r.rps(),
+            r.pct(50.0) as f64 / 1000.0,
+            r.pct(99.0) as f64 / 1000.0,
+            r.pct(99.9) as f64 / 1000.0,
+            100.0 * r.rps() / direct.rps(),
+            nginx.map_or("-".to_owned(), |n| format!(
+                "{:.0}%",
+                100.0 * r.rps() / n.rps()
+            )),
+        ));
+    }
+    std::fs::write(dir.join("load.md"), md).unwrap();
+    println!("\nwrote {}/load.json and load.md", dir.display());
+}
