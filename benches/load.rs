@@ -342,7 +342,8 @@ impl Bench {
                 login(&format!("attacker{n}@example.com"), "wrong-password")
             });
             let r = drive("flood", Target::Plain(target), 8, duration, None, make);
-            r.requests
+            // Every flood request is refused (401), so count them all.
+            r.requests + r.errors
         })
     }
 

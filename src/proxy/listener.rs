@@ -97,7 +97,10 @@ pub async fn run(
 ) {
     let limits = gw.limits().clone();
     let graceful = GracefulShutdown::new();
-    let builder = builder(&limits);
+    // The protocol is known before the first byte (ALPN, or plain HTTP/1.1), so each
+    // connection gets a single-protocol builder: no sniffing, no rewind wrapper.
+    let http1 = builder(&limits).http1_only();
+    let http2 = builder(&limits).http2_only();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -120,7 +123,7 @@ pub async fn run(
         };
         let _ = stream.set_nodelay(true);
         let gw = Arc::clone(&gw);
-        let builder = builder.clone();
+        let (http1, http2) = (http1.clone(), http2.clone());
         let role = role.clone();
         let watcher = graceful.watcher();
         let handshake_timeout = limits.header_read_timeout;
@@ -142,24 +145,29 @@ pub async fn run(
                         }
                     };
                     let conn = ConnInfo::new(peer, true, worker);
-                    serve(&builder, tls, watcher, proxy_service(gw, conn)).await;
+                    let builder = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        &http2
+                    } else {
+                        &http1
+                    };
+                    serve(builder, tls, watcher, proxy_service(gw, conn)).await;
                 }
                 Role::PlainProxy => {
                     let conn = ConnInfo::new(peer, false, worker);
-                    serve(&builder, stream, watcher, proxy_service(gw, conn)).await;
+                    serve(&http1, stream, watcher, proxy_service(gw, conn)).await;
                 }
                 Role::Redirect(port) => {
                     let service = service_fn(move |req: Request<Incoming>| async move {
                         Ok::<_, Infallible>(redirect(&req, port))
                     });
-                    serve(&builder, stream, watcher, service).await;
+                    serve(&http1, stream, watcher, service).await;
                 }
                 Role::Admin => {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let gw = Arc::clone(&gw);
                         async move { Ok::<_, Infallible>(admin::handle(&gw, req).await) }
                     });
-                    serve(&builder, stream, watcher, service).await;
+                    serve(&http1, stream, watcher, service).await;
                 }
             }
         });
