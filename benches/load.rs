@@ -214,7 +214,11 @@ impl Drop for Bench {
         let _ = self.flexgate.kill();
         let _ = self.flexgate.wait();
         if let Some(n) = self._nginx.as_mut() {
-            let _ = n.kill();
+            // SIGQUIT: nginx's graceful stop, which takes its worker along (SIGKILL on
+            // the master would leave the worker running).
+            let _ = Command::new("kill")
+                .args(["-QUIT", &n.id().to_string()])
+                .status();
             let _ = n.wait();
         }
     }
@@ -317,7 +321,8 @@ impl Bench {
         duration: Duration,
         make: Maker,
     ) -> Result_ {
-        drive(name, target, conns, duration, None, make)
+        let pid = self.pid_of(&target);
+        drive(name, target, conns, duration, None, make, pid)
     }
 
     fn open_loop(
@@ -329,7 +334,22 @@ impl Bench {
         rate: f64,
         make: Maker,
     ) -> Result_ {
-        drive(name, target, conns, duration, Some(rate), make)
+        let pid = self.pid_of(&target);
+        drive(name, target, conns, duration, Some(rate), make, pid)
+    }
+
+    /// The process behind a target, for CPU accounting (none for the upstream).
+    fn pid_of(&self, target: &Target) -> Option<u32> {
+        let addr = match target {
+            Target::Plain(a) | Target::Tls(a, _) => *a,
+        };
+        if addr == self.proxy_http || addr == self.proxy_https {
+            Some(self.flexgate.id())
+        } else if Some(addr) == self.nginx {
+            self._nginx.as_ref().map(Child::id)
+        } else {
+            None
+        }
     }
 
     /// Wrong passwords for ever-new emails from 8 connections, in a thread of its own.
@@ -341,7 +361,15 @@ impl Bench {
                 let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 login(&format!("attacker{n}@example.com"), "wrong-password")
             });
-            let r = drive("flood", Target::Plain(target), 8, duration, None, make);
+            let r = drive(
+                "flood",
+                Target::Plain(target),
+                8,
+                duration,
+                None,
+                make,
+                None,
+            );
             // Every flood request is refused (401), so count them all.
             r.requests + r.errors
         })
@@ -393,6 +421,7 @@ impl Bench {
                     )
                 })
             },
+            None,
         );
         assert_eq!(fill.errors, 0, "cache fill had errors");
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.flexgate.id()))
@@ -542,7 +571,7 @@ fn start_nginx(dir: &Path, upstream: SocketAddr) -> Option<(SocketAddr, Child)> 
     std::fs::write(
         &conf,
         format!(
-            "worker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log;\n\
+            "worker_processes auto;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log;\n\
              events {{ worker_connections 4096; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n\
                upstream backend {{ server {upstream}; keepalive 64; }}\n\
@@ -697,6 +726,8 @@ struct Result_ {
     errors: u64,
     elapsed: Duration,
     latencies_us: Vec<u32>,
+    /// CPU time (user + system) the proxy under test spent per request, when known.
+    cpu_us_per_request: Option<f64>,
 }
 
 impl Result_ {
@@ -712,12 +743,14 @@ impl Result_ {
     }
     fn line(&self) -> String {
         format!(
-            "{:<52} {:>9.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  p99.9 {:>6.3} ms  errors {}",
+            "{:<52} {:>9.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  p99.9 {:>6.3} ms  cpu {:>5} us/req  errors {}",
             self.name,
             self.rps(),
             self.pct(50.0) as f64 / 1000.0,
             self.pct(99.0) as f64 / 1000.0,
             self.pct(99.9) as f64 / 1000.0,
+            self.cpu_us_per_request
+                .map_or("-".to_owned(), |c| format!("{c:.1}")),
             self.errors
         )
     }
@@ -732,7 +765,9 @@ fn drive(
     duration: Duration,
     rate: Option<f64>,
     make: Maker,
+    proxy: Option<u32>,
 ) -> Result_ {
+    let cpu_before = proxy.map(cpu_ticks);
     runtime().block_on(async move {
         let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let warmup = Duration::from_secs(1);
@@ -808,14 +843,38 @@ fn drive(
             .saturating_duration_since(start)
             .min(duration)
             .max(Duration::from_millis(1));
+        // CPU is measured over every request sent, warm-up included.
+        let sent = counter.load(std::sync::atomic::Ordering::Relaxed).max(1);
+        let cpu_us_per_request = proxy.zip(cpu_before).map(|(pid, before)| {
+            cpu_ticks(pid).saturating_sub(before) as f64 * 10_000.0 / sent as f64
+        });
         Result_ {
             name: name.to_owned(),
             requests: ok,
             errors,
             elapsed,
             latencies_us: all,
+            cpu_us_per_request,
         }
     })
+}
+
+/// CPU ticks (1/100 s) used so far by a process and its child processes (nginx's workers).
+fn cpu_ticks(pid: u32) -> u64 {
+    let own = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    let children: u64 = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|c| c.parse::<u32>().ok())
+        .map(cpu_ticks)
+        .sum();
+    own + children
 }
 
 // === report ===
@@ -843,6 +902,7 @@ fn write_report(
                 "p99_ms": r.pct(99.0) as f64 / 1000.0,
                 "p999_ms": r.pct(99.9) as f64 / 1000.0,
                 "errors": r.errors,
+                "proxy_cpu_us_per_request": r.cpu_us_per_request,
                 "vs_direct": r.rps() / direct.rps(),
                 "vs_nginx": nginx.map(|n| r.rps() / n.rps()),
             })
@@ -855,16 +915,18 @@ fn write_report(
     )
     .unwrap();
     let mut md = String::from(
-        "| scenario | req/s | p50 ms | p99 ms | p99.9 ms | vs direct | vs nginx |\n|---|---:|---:|---:|---:|---:|---:|\n",
+        "| scenario | req/s | p50 ms | p99 ms | p99.9 ms | proxy CPU µs/req | vs direct | vs nginx |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in results {
         md.push_str(&format!(
-            "| {} | {:.0} | {:.3} | {:.3} | {:.3} | {:.0}% | {} |\n",
+            "| {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {:.0}% | {} |\n",
             r.name,
             r.rps(),
             r.pct(50.0) as f64 / 1000.0,
             r.pct(99.0) as f64 / 1000.0,
             r.pct(99.9) as f64 / 1000.0,
+            r.cpu_us_per_request
+                .map_or("-".to_owned(), |c| format!("{c:.1}")),
             100.0 * r.rps() / direct.rps(),
             nginx.map_or("-".to_owned(), |n| format!(
                 "{:.0}%",

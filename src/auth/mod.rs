@@ -357,7 +357,11 @@ impl Authenticator {
         let store = self.store.clone();
         self.principals
             .try_get_with(user_id, async move {
-                match store.principal(user_id).await {
+                let db = store.clone();
+                match store
+                    .offload(async move { db.principal(user_id).await })
+                    .await
+                {
                     Ok(Some(record)) => Ok(Arc::new(Identity::from_record(record))),
                     Ok(None) => Err(None),
                     Err(e) => Err(Some(Arc::new(e))),
@@ -382,9 +386,11 @@ impl Authenticator {
         self.throttle
             .check(&email, client)
             .map_err(LoginError::Throttled)?;
+        let db = self.store.clone();
+        let lookup = email.clone();
         let credentials = self
             .store
-            .credentials(&email)
+            .offload(async move { db.credentials(&lookup).await })
             .await
             .map_err(|e| LoginError::Unavailable(e.to_string()))?;
         let hash = credentials.as_ref().map(|c| c.password_hash.clone());
@@ -410,9 +416,10 @@ impl Authenticator {
 
     /// Issue a token for an active user, bound to their current password and uniquifier.
     pub async fn issue(&self, user_id: i64) -> Result<IssuedToken, AuthError> {
+        let db = self.store.clone();
         let record = self
             .store
-            .principal(user_id)
+            .offload(async move { db.principal(user_id).await })
             .await
             .map_err(|e| AuthError::Unavailable(Arc::new(e)))?
             .ok_or(AuthError::UnknownUser)?;

@@ -97,6 +97,8 @@ impl Default for ConnectOptions {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: Pool,
+    /// The runtime whose reactor owns the pool's sockets (the one that connected).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Store {
@@ -124,7 +126,28 @@ impl Store {
         } else {
             return Err(Error::UnsupportedUrl);
         };
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            runtime: tokio::runtime::Handle::try_current().ok(),
+        })
+    }
+
+    /// Run a query future on the runtime that owns the pool. The proxy's worker threads
+    /// are single-threaded runtimes that only drive their own sockets between requests;
+    /// a connection opened on one of them would stall every other worker's queries while
+    /// that worker is busy. Request-path lookups therefore go through here.
+    pub async fn offload<F, T>(&self, work: F) -> Result<T, Error>
+    where
+        F: std::future::Future<Output = Result<T, Error>> + Send + 'static,
+        T: Send + 'static,
+    {
+        match &self.runtime {
+            Some(handle) => handle
+                .spawn(work)
+                .await
+                .map_err(|e| Error::Invalid(format!("database task failed: {e}")))?,
+            None => work.await,
+        }
     }
 
     /// The underlying pool, for modules that run their own queries.

@@ -103,7 +103,10 @@ impl OwnerResolver {
                     return Err(Error::Invalid("singleton kinds have no owner query".into()));
                 };
                 let started = Instant::now();
-                let result = fetch_owner(&store, &query, &columns, &id).await;
+                let db = store.clone();
+                let result = store
+                    .offload(async move { fetch_owner(&db, &query, &columns, &id).await })
+                    .await;
                 metrics.owner_query(&name, started.elapsed(), result.is_ok());
                 if let Err(e) = &result {
                     tracing::warn!(kind = %name, error = %e, "owner query failed; failing closed");
