@@ -9,6 +9,7 @@ mod common;
 mod attacks;
 mod authorization;
 mod cli;
+mod observability;
 mod operations;
 mod proxy;
 mod regression;

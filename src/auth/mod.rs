@@ -446,7 +446,9 @@ impl Authenticator {
     }
 
     /// Entry counts of the principal and token caches, for metrics.
-    pub fn cache_sizes(&self) -> (u64, u64) {
+    pub async fn cache_sizes(&self) -> (u64, u64) {
+        self.principals.run_pending_tasks().await;
+        self.verified.run_pending_tasks();
         (self.principals.entry_count(), self.verified.entry_count())
     }
 

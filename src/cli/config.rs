@@ -39,6 +39,7 @@ impl ConfigCommand {
             let options = ConnectOptions {
                 max_connections: 2,
                 acquire_timeout: Duration::from_secs(5),
+                query_timeout: Duration::from_secs(10),
             };
             match Store::connect(&settings.database_url, &options).await {
                 Ok(store) => {

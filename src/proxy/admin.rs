@@ -28,7 +28,7 @@ pub async fn handle(gw: &Gateway, req: Request<Incoming>) -> Response<ProxyBody>
         "/healthz" => json_response(StatusCode::OK, &json!({"status": "ok"})),
         "/readyz" => ready(gw).await,
         "/metrics" => {
-            gw.update_gauges();
+            gw.update_gauges().await;
             let mut response =
                 Response::new(Either::Right(Full::new(Bytes::from(gw.metrics.render()))));
             response.headers_mut().insert(

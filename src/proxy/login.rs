@@ -26,6 +26,8 @@ pub async fn handle(
     body: Incoming,
 ) -> Result<Response<ProxyBody>, Deny> {
     let result = login(gw, rules, conn, parts, body).await;
+    let user_id = result.as_ref().ok().map(|(_, id)| *id);
+    let result = result.map(|(response, _)| response);
     gw.metrics.login(match &result {
         Ok(_) => "success",
         Err(Deny::Unauthenticated(_)) => "bad_credentials",
@@ -33,7 +35,7 @@ pub async fn handle(
         Err(Deny::Unavailable(_)) => "error",
         Err(_) => "invalid",
     });
-    gw.audit_login(conn, &result);
+    gw.audit_login(conn, &result, user_id);
     result
 }
 
@@ -43,7 +45,7 @@ async fn login(
     conn: &ConnInfo,
     parts: &Parts,
     body: Incoming,
-) -> Result<Response<ProxyBody>, Deny> {
+) -> Result<(Response<ProxyBody>, i64), Deny> {
     if parts.method != Method::POST {
         return Err(Deny::WrongMethod("token_endpoint_method"));
     }
@@ -78,11 +80,14 @@ async fn login(
         return Err(invalid("email", "Not a valid email address."));
     }
     match gw.auth.login(&email, password, conn.peer.ip()).await {
-        Ok(issued) => Ok(ok_json(&json!({
-            "auth_token": issued.token,
-            "user_id": issued.user_id,
-            "status": 200,
-        }))),
+        Ok(issued) => Ok((
+            ok_json(&json!({
+                "auth_token": issued.token,
+                "user_id": issued.user_id,
+                "status": 200,
+            })),
+            issued.user_id,
+        )),
         Err(LoginError::BadCredentials) => Err(Deny::Unauthenticated("bad_credentials")),
         Err(LoginError::Throttled(wait)) => Err(Deny::Throttled(wait)),
         Err(LoginError::Unavailable(_)) => Err(Deny::Unavailable("login")),

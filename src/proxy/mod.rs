@@ -224,15 +224,16 @@ impl Gateway {
     }
 
     /// Refresh gauges that are read at scrape time.
-    pub fn update_gauges(&self) {
-        let (principals, tokens) = self.auth.cache_sizes();
+    pub async fn update_gauges(&self) {
+        let (principals, tokens) = self.auth.cache_sizes().await;
         self.metrics.cache_entries("principals", principals);
         self.metrics.cache_entries("tokens", tokens);
         self.metrics
-            .cache_entries("owners", self.owners.entry_count());
+            .cache_entries("owners", self.owners.entry_count().await);
     }
 
-    /// The audit line of one request: always for denies, for allows when asked.
+    /// The audit line of one request: always for denies, for allows when asked. Never a
+    /// token, password, hash or body.
     #[allow(clippy::too_many_arguments)]
     fn audit(
         &self,
@@ -242,12 +243,13 @@ impl Gateway {
         decision: &str,
         reason: &str,
         status: u16,
-        user_id: Option<i64>,
+        outcome: &pipeline::Outcome,
         elapsed: Duration,
     ) {
         if decision == "allow" && !self.audit_allows {
             return;
         }
+        let checked = outcome.checked.as_ref();
         tracing::info!(
             target: "flexgate::audit",
             decision,
@@ -256,13 +258,22 @@ impl Gateway {
             rule.name = route,
             http.method = %method,
             http.status = status,
-            user.id = user_id,
+            user.id = outcome.user_id,
+            account.id = outcome.account_id,
+            permission = checked.map(|c| c.permission.as_str()),
+            resource.kind = checked.map(|c| c.kind.as_str()),
+            resource.id = checked.and_then(|c| c.id.as_deref()),
             duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             "request"
         );
     }
 
-    fn audit_login(&self, conn: &ConnInfo, result: &Result<http::Response<ProxyBody>, deny::Deny>) {
+    fn audit_login(
+        &self,
+        conn: &ConnInfo,
+        result: &Result<http::Response<ProxyBody>, deny::Deny>,
+        user_id: Option<i64>,
+    ) {
         let (decision, reason) = match result {
             Ok(_) => ("allow", "token_issued"),
             Err(d) => (d.decision(), d.reason()),
@@ -273,6 +284,7 @@ impl Gateway {
             reason,
             client.address = %conn.peer.ip(),
             rule.name = crate::metrics::TOKEN_ENDPOINT,
+            user.id = user_id,
             "login"
         );
     }

@@ -25,7 +25,7 @@ use super::{Gateway, Installed, ProxyBody, headers, login};
 use crate::auth::token::token_from_authorization;
 use crate::auth::{AuthError, Identity, unix_now};
 use crate::metrics;
-use crate::policy::{self, Decision, Refused, Value};
+use crate::policy::{self, Decision, Permission, Refused, Value};
 use crate::rules::extract::{self, ExtractError, IdParse, IdType, ResourceId, Source};
 use crate::rules::matcher::{Found, Params};
 use crate::rules::{Check, IfAbsent, Kind, Route, RuleSet, Target};
@@ -89,6 +89,27 @@ pub trait Trace {
     fn enabled(&self) -> bool;
     /// Record one line.
     fn note(&mut self, line: String);
+    /// The check about to be decided (for the audit line); ignored by default.
+    fn checking(&mut self, _permission: Permission, _kind: usize, _id: Option<&ResourceId>) {}
+}
+
+/// Remembers the last check decided, for the audit line of a request.
+#[derive(Debug, Default)]
+pub struct Checking {
+    /// `(permission, kind index, resource id)` of the last check.
+    pub last: Option<(Permission, usize, Option<ResourceId>)>,
+}
+
+impl Trace for Checking {
+    #[inline]
+    fn enabled(&self) -> bool {
+        false
+    }
+    #[inline]
+    fn note(&mut self, _: String) {}
+    fn checking(&mut self, permission: Permission, kind: usize, id: Option<&ResourceId>) {
+        self.last = Some((permission, kind, id.cloned()));
+    }
 }
 
 impl Trace for () {
@@ -122,13 +143,26 @@ pub struct Facts<'a> {
     pub body: Option<&'a Json>,
 }
 
-/// What one request did, for the metrics and the log line.
+/// What one request did, for the metrics and the audit line.
 #[derive(Debug, Default)]
-struct Outcome {
+pub(super) struct Outcome {
     route: Option<Arc<str>>,
     route_index: Option<usize>,
-    user_id: Option<i64>,
+    pub(super) user_id: Option<i64>,
+    pub(super) account_id: Option<i64>,
+    pub(super) checked: Option<Checked>,
     deny: Option<(&'static str, &'static str)>,
+}
+
+/// The resource a request was last checked against, for the audit line.
+#[derive(Debug, Clone, Default)]
+pub struct Checked {
+    /// Permission name.
+    pub permission: String,
+    /// Resource kind.
+    pub kind: String,
+    /// Resource id (absent for a singleton kind or an unreadable id).
+    pub id: Option<String>,
 }
 
 /// Handle one request from start to finish; never fails (a failure is a response).
@@ -166,14 +200,7 @@ pub async fn handle(
         .request(route_metrics, route, &method, decision, status, elapsed);
     gw.metrics.in_flight().dec();
     gw.audit(
-        conn,
-        route,
-        &method,
-        decision,
-        reason,
-        status,
-        outcome.user_id,
-        elapsed,
+        conn, route, &method, decision, reason, status, &outcome, elapsed,
     );
     response
 }
@@ -230,7 +257,18 @@ async fn serve(
             body: json.as_ref(),
             ..facts
         };
-        authorize(&gw.owners, rules, route, &facts, &identity, &mut ()).await?;
+        outcome.account_id = Some(identity.principal.account_id);
+        let mut checking = Checking::default();
+        let decided = authorize(&gw.owners, rules, route, &facts, &identity, &mut checking).await;
+        outcome.checked = checking.last.map(|(permission, kind, id)| Checked {
+            permission: rules.permission_name(permission).to_owned(),
+            kind: rules
+                .kinds
+                .get(kind)
+                .map_or_else(String::new, |k| k.name.clone()),
+            id: id.map(|i| i.to_string()),
+        });
+        decided?;
         (Permit::new(route, Some(identity)), forward_body)
     };
 
@@ -455,6 +493,7 @@ pub async fn authorize<T: Trace>(
                         kind.name
                     ));
                 }
+                trace.checking(check.permission, *k, None);
                 decide(rules, kind, check, who, &[], trace)?;
             }
             Target::Sources(alternatives) => {
@@ -495,6 +534,9 @@ pub async fn authorize<T: Trace>(
                 };
                 let kind = &rules.kinds[k];
                 for parsed in ids {
+                    if let IdParse::Id(id) = &parsed {
+                        trace.checking(check.permission, k, Some(id));
+                    }
                     let (id, row) = resolve_owner(owners, kind, check, source, parsed).await?;
                     if trace.enabled() {
                         trace.note(format!(

@@ -47,6 +47,9 @@ pub enum Error {
     /// The input can never be valid (empty role name, self-consultancy).
     #[error("{0}")]
     Invalid(String),
+    /// A request-path query took longer than the query timeout.
+    #[error("database query timed out after {0:?}")]
+    Timeout(Duration),
     /// The `DATABASE_URL` names a database flexgate cannot use.
     #[error("unsupported DATABASE_URL scheme: expected postgres://, postgresql:// or sqlite://")]
     UnsupportedUrl,
@@ -82,6 +85,8 @@ pub struct ConnectOptions {
     pub max_connections: u32,
     /// How long a request waits for a connection before failing closed.
     pub acquire_timeout: Duration,
+    /// How long a request-path query may take before it fails closed.
+    pub query_timeout: Duration,
 }
 
 impl Default for ConnectOptions {
@@ -89,6 +94,7 @@ impl Default for ConnectOptions {
         ConnectOptions {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(3),
+            query_timeout: Duration::from_secs(3),
         }
     }
 }
@@ -99,6 +105,7 @@ pub struct Store {
     pool: Pool,
     /// The runtime whose reactor owns the pool's sockets (the one that connected).
     runtime: Option<tokio::runtime::Handle>,
+    query_timeout: Duration,
 }
 
 impl Store {
@@ -129,24 +136,32 @@ impl Store {
         Ok(Store {
             pool,
             runtime: tokio::runtime::Handle::try_current().ok(),
+            query_timeout: options.query_timeout,
         })
     }
 
     /// Run a query future on the runtime that owns the pool. The proxy's worker threads
     /// are single-threaded runtimes that only drive their own sockets between requests;
     /// a connection opened on one of them would stall every other worker's queries while
-    /// that worker is busy. Request-path lookups therefore go through here.
+    /// that worker is busy. Request-path lookups therefore go through here, bounded by
+    /// the query timeout: a hung database fails requests closed instead of holding them.
     pub async fn offload<F, T>(&self, work: F) -> Result<T, Error>
     where
         F: std::future::Future<Output = Result<T, Error>> + Send + 'static,
         T: Send + 'static,
     {
+        let limit = self.query_timeout;
+        let bounded = async move {
+            tokio::time::timeout(limit, work)
+                .await
+                .map_err(|_| Error::Timeout(limit))?
+        };
         match &self.runtime {
             Some(handle) => handle
-                .spawn(work)
+                .spawn(bounded)
                 .await
                 .map_err(|e| Error::Invalid(format!("database task failed: {e}")))?,
-            None => work.await,
+            None => bounded.await,
         }
     }
 

@@ -117,8 +117,10 @@ impl OwnerResolver {
         Ok((row, false))
     }
 
-    /// Cached entries, for metrics.
-    pub fn entry_count(&self) -> u64 {
+    /// Cached entries, for metrics (pending bookkeeping is applied first, since moka
+    /// counts lazily).
+    pub async fn entry_count(&self) -> u64 {
+        self.cache.run_pending_tasks().await;
         self.cache.entry_count()
     }
 

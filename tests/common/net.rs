@@ -309,6 +309,7 @@ pub struct GatewayBuilder<'a> {
     server_extra: String,
     seed_demo: bool,
     env: Vec<(String, String)>,
+    gateway_url: Option<String>,
 }
 
 impl<'a> GatewayBuilder<'a> {
@@ -326,6 +327,7 @@ impl<'a> GatewayBuilder<'a> {
             server_extra: String::new(),
             seed_demo: false,
             env: Vec::new(),
+            gateway_url: None,
         }
     }
 
@@ -352,6 +354,13 @@ impl<'a> GatewayBuilder<'a> {
         self
     }
 
+    /// Let the gateway reach the database at another URL (a [`FaultyProxy`] in front
+    /// of it); seeding still uses the test database directly.
+    pub fn database_url(mut self, url: &str) -> Self {
+        self.gateway_url = Some(url.to_owned());
+        self
+    }
+
     /// An extra environment variable for the settings.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_owned(), value.to_owned()));
@@ -372,13 +381,17 @@ impl<'a> GatewayBuilder<'a> {
         ];
         vars.extend(self.env);
         let settings = Settings::from_vars(vars).unwrap();
-        let store = Store::connect(&self.db.url, &Default::default())
+        let seeding = Store::connect(&self.db.url, &Default::default())
             .await
             .unwrap();
-        store.migrate().await.unwrap();
+        seeding.migrate().await.unwrap();
         if self.seed_demo {
-            flexgate::demo::seed(&store, 4).await.unwrap();
+            flexgate::demo::seed(&seeding, 4).await.unwrap();
         }
+        let store = match &self.gateway_url {
+            Some(url) => Store::connect(url, &Default::default()).await.unwrap(),
+            None => seeding,
+        };
         let server = format!(
             "[server]\nhttps = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
              tls_cert = {:?}\ntls_key = {:?}\nupstream = \"http://{}\"\n{}\n",
@@ -707,4 +720,153 @@ pub fn secret(text: &str) -> Secret {
 
 pub fn header(value: &str) -> HeaderValue {
     HeaderValue::from_str(value).unwrap()
+}
+
+// === faults ===
+
+/// A TCP forwarder between flexgate and a dependency (PostgreSQL) that a test can cut,
+/// slow down and restore, to play "database stopped", "unreachable" and "slow".
+pub struct FaultyProxy {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<FaultState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct FaultState {
+    down: bool,
+    delay: Duration,
+    pipes: Vec<tokio::task::AbortHandle>,
+}
+
+impl Drop for FaultyProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        for pipe in self.state.lock().unwrap().pipes.drain(..) {
+            pipe.abort();
+        }
+    }
+}
+
+impl FaultyProxy {
+    pub async fn start(target: SocketAddr) -> FaultyProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(FaultState::default()));
+        let shared = Arc::clone(&state);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                if shared.lock().unwrap().down {
+                    drop(client);
+                    continue;
+                }
+                let state = Arc::clone(&shared);
+                let pipe = tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n) = cr.read(&mut buf).await {
+                            if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    let down = async {
+                        let mut buf = vec![0u8; 16 * 1024];
+                        while let Ok(n) = sr.read(&mut buf).await {
+                            let delay = state.lock().unwrap().delay;
+                            if !delay.is_zero() {
+                                tokio::time::sleep(delay).await;
+                            }
+                            if n == 0 || cw.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    tokio::join!(up, down);
+                });
+                shared.lock().unwrap().pipes.push(pipe.abort_handle());
+            }
+        });
+        FaultyProxy { addr, state, task }
+    }
+
+    /// Stop: existing connections are dropped, new ones refused at once.
+    pub fn cut(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.down = true;
+        for pipe in state.pipes.drain(..) {
+            pipe.abort();
+        }
+    }
+
+    /// Answers arrive `delay` late.
+    pub fn slow(&self, delay: Duration) {
+        self.state.lock().unwrap().delay = delay;
+    }
+
+    /// Back to normal.
+    pub fn restore(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.down = false;
+        state.delay = Duration::ZERO;
+    }
+}
+
+/// A PostgreSQL test database reached through a [`FaultyProxy`]: returns the database,
+/// the proxy and the URL flexgate should use.
+pub async fn postgres_behind_proxy() -> Option<(TestDb, FaultyProxy, String)> {
+    let db = TestDb::postgres()?;
+    let url: url_lite::Url = url_lite::Url::parse(&db.url);
+    let target: SocketAddr = format!("{}:{}", url.host, url.port).parse().unwrap();
+    let proxy = FaultyProxy::start(target).await;
+    let via = url.with_host_port("127.0.0.1", proxy.addr.port());
+    Some((db, proxy, via))
+}
+
+/// Just enough URL handling for `postgres://user@host:port/db?query`.
+mod url_lite {
+    pub struct Url {
+        pub scheme_user: String,
+        pub host: String,
+        pub port: u16,
+        pub rest: String,
+    }
+    impl Url {
+        pub fn parse(url: &str) -> Url {
+            let (scheme, after) = url.split_once("://").unwrap();
+            let (authority, rest) = after.split_once('/').map_or((after, ""), |(a, r)| (a, r));
+            let (user, hostport) = authority
+                .rsplit_once('@')
+                .map_or(("", authority), |(u, h)| (u, h));
+            let (host, port) = hostport
+                .rsplit_once(':')
+                .map_or((hostport, 5432), |(h, p)| (h, p.parse().unwrap()));
+            let host = if host == "localhost" {
+                "127.0.0.1"
+            } else {
+                host
+            };
+            Url {
+                scheme_user: if user.is_empty() {
+                    format!("{scheme}://")
+                } else {
+                    format!("{scheme}://{user}@")
+                },
+                host: host.to_owned(),
+                port,
+                rest: rest.to_owned(),
+            }
+        }
+        pub fn with_host_port(&self, host: &str, port: u16) -> String {
+            format!("{}{host}:{port}/{}", self.scheme_user, self.rest)
+        }
+    }
 }
