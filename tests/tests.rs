@@ -9,6 +9,7 @@ mod common;
 mod attacks;
 mod authorization;
 mod cli;
+mod faults;
 mod observability;
 mod operations;
 mod proxy;
