@@ -18,6 +18,8 @@ pub mod cli;
 pub mod demo;
 pub mod metrics;
 pub mod policy;
+#[doc(hidden)]
+pub mod properties;
 pub mod proxy;
 pub mod rules;
 pub mod settings;

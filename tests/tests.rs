@@ -10,6 +10,7 @@ mod attacks;
 mod authorization;
 mod cli;
 mod faults;
+mod fuzz_corpus;
 mod observability;
 mod operations;
 mod proxy;

@@ -1,0 +1,220 @@
+//! Properties that must hold for any input, checked by the fuzz targets in `fuzz/` and by
+//! the seed-corpus test in `tests/`, so a regression is caught by `cargo test` without a
+//! fuzzer. Each function takes arbitrary bytes and panics when a property is violated.
+//! Pure: no IO, no clock.
+
+use std::sync::OnceLock;
+
+use serde_json::Value as Json;
+
+use crate::auth::token::{self, TokenKey};
+use crate::proxy::normalize::normalize;
+use crate::rules::compile::compile_text;
+use crate::rules::extract::{self, IdParse, IdType, JsonPointer, ResourceId};
+use crate::rules::{PathOptions, RuleSet};
+use crate::settings::Secret;
+
+/// The clock the token properties use (2027-01-15).
+pub const NOW: u64 = 1_800_000_000;
+/// The lifetime the token properties use.
+pub const MAX_AGE: u64 = 21_600;
+
+/// The key seed tokens are signed with.
+pub fn token_key() -> TokenKey {
+    TokenKey::derive(&Secret::new(
+        b"flexgate-fuzz-secret-0123456789abcdef".to_vec(),
+    ))
+}
+
+/// Token decoding: a token that decodes was signed by the key (it is exactly what the
+/// encoder makes of its claims), and a token made from any claims decodes to them.
+pub fn token_decoder(data: &[u8]) {
+    let key = token_key();
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(claims) = token::decode(&key, text, NOW, MAX_AGE) {
+            let again = token::encode(
+                &key,
+                claims.user_id,
+                &claims.password_binding,
+                &claims.uniquifier,
+                claims.issued_at,
+            );
+            assert_eq!(
+                again, text,
+                "a token decoded that the key did not sign in this form"
+            );
+        }
+    }
+    // Round trip of claims drawn from the input.
+    let (head, rest) = data.split_at(data.len().min(8));
+    let user_id = head.iter().fold(0i64, |acc, b| {
+        acc.wrapping_mul(31).wrapping_add(i64::from(*b))
+    });
+    let text = String::from_utf8_lossy(rest);
+    let (binding, uniquifier) = text.split_at(text.len() / 2);
+    let issued = NOW - u64::from(head.first().copied().unwrap_or(0)) * 60;
+    let token = token::encode(&key, user_id, binding, uniquifier, issued);
+    let claims =
+        token::decode(&key, &token, NOW, MAX_AGE).expect("a freshly signed token verifies");
+    assert_eq!(
+        (
+            claims.user_id,
+            claims.password_binding.as_str(),
+            claims.uniquifier.as_str()
+        ),
+        (user_id, binding, uniquifier)
+    );
+    assert_eq!(claims.issued_at, issued);
+}
+
+fn demo_rules() -> &'static RuleSet {
+    static RULES: OnceLock<std::sync::Arc<RuleSet>> = OnceLock::new();
+    RULES.get_or_init(|| {
+        compile_text(
+            include_str!("../config/demo.toml"),
+            std::path::Path::new("demo.toml"),
+        )
+        .expect("the demo rules compile")
+        .rules
+    })
+}
+
+/// Path normalisation and matching: a normalised path has no dot segments, no encoded
+/// separator, NUL or control character, normalising it again changes nothing, and it
+/// matches the same route as its normal form.
+pub fn path_and_matcher(data: &[u8]) {
+    let Ok(raw) = std::str::from_utf8(data) else {
+        return;
+    };
+    let lenient = PathOptions {
+        allow_semicolons: true,
+        allow_empty_segments: true,
+        case_insensitive: true,
+    };
+    for options in [PathOptions::default(), lenient] {
+        let Ok(path) = normalize(raw, &options) else {
+            continue;
+        };
+        assert!(path.starts_with('/'), "{path:?}");
+        let upper = path.to_ascii_uppercase();
+        for forbidden in ["%2F", "%5C", "%00"] {
+            assert!(!upper.contains(forbidden), "{path:?} keeps {forbidden}");
+        }
+        assert!(
+            !path
+                .chars()
+                .any(|c| c.is_control() || c == '\\' || c == ' '),
+            "{path:?}"
+        );
+        for segment in path[1..].split('/') {
+            let name = segment.split(';').next().unwrap_or(segment);
+            assert!(name != "." && name != "..", "{path:?} has a dot segment");
+        }
+        if !options.allow_empty_segments {
+            assert!(!path[1..].trim_end_matches('/').contains("//"), "{path:?}");
+        }
+        let again = normalize(&path, &options).expect("a normal path normalises");
+        assert_eq!(again, path, "normalising twice changed {raw:?}");
+        let rules = demo_rules();
+        for method in [http::Method::GET, http::Method::POST, http::Method::DELETE] {
+            assert_eq!(
+                rules.matcher.find(&method, &path),
+                rules.matcher.find(&method, &again)
+            );
+        }
+    }
+}
+
+/// The rule compiler: never panics, reports errors with lines inside the file, and
+/// compiles the same text to the same rules twice.
+pub fn rules_config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let path = std::path::Path::new("fuzz.toml");
+    match compile_text(text, path) {
+        Ok(first) => {
+            let second = compile_text(text, path).expect("the same text compiles twice");
+            assert_eq!(first.rules.routes.len(), second.rules.routes.len());
+            assert_eq!(first.rules.kinds.len(), second.rules.kinds.len());
+            assert_eq!(
+                first.rules.matcher.order().collect::<Vec<_>>(),
+                second.rules.matcher.order().collect::<Vec<_>>()
+            );
+        }
+        Err(diagnostics) => {
+            assert!(!diagnostics.errors.is_empty());
+            let lines = text.lines().count() + 1;
+            for d in &diagnostics.errors {
+                assert!(!d.message.is_empty());
+                assert!(
+                    d.line.is_none_or(|l| l >= 1 && l <= lines),
+                    "line {:?} of {lines}",
+                    d.line
+                );
+            }
+            assert!(diagnostics.to_string().contains("fuzz.toml"));
+        }
+    }
+}
+
+/// JSON-body ids: the strict parser agrees with serde_json except that it refuses
+/// duplicate keys, and every id read from a body is exactly a JSON integer or a string
+/// of digits found there.
+pub fn json_ids(data: &[u8]) {
+    let strict = extract::parse_json_strict(data);
+    let lenient: Result<Json, _> = serde_json::from_slice(data);
+    match (&strict, &lenient) {
+        (Ok(a), Ok(b)) => assert_eq!(a, b, "the strict parser read a different document"),
+        (Ok(_), Err(e)) => panic!("strict parser accepted what serde_json refuses: {e}"),
+        (Err(e), Ok(_)) => assert!(
+            e.contains("duplicate key") || e.contains("recursion"),
+            "refused a valid document: {e}"
+        ),
+        (Err(_), Err(_)) => {}
+    }
+    let Ok(body) = strict else { return };
+    for pointer in [
+        "/account_id",
+        "/*/id",
+        "/**/sensor",
+        "/items/*/asset",
+        "/flex-model/**/sensor",
+    ] {
+        let pointer = JsonPointer::parse(pointer).expect("valid pointer");
+        let reached = pointer.select(&body);
+        for id in extract::json_ids(&body, &pointer, IdType::Integer) {
+            if let IdParse::Id(ResourceId::Int(n)) = id {
+                let found = reached.iter().any(|v| holds_id(v, n));
+                assert!(found, "id {n} was read but is not in the body");
+            }
+        }
+    }
+}
+
+fn holds_id(value: &Json, id: i64) -> bool {
+    match value {
+        Json::Number(n) => n.as_i64() == Some(id),
+        Json::String(s) => {
+            s.bytes().all(|b| b.is_ascii_digit()) && s.parse::<i64>().ok() == Some(id)
+        }
+        Json::Array(items) => items.iter().any(|v| holds_id(v, id)),
+        _ => false,
+    }
+}
+
+/// The `Authorization` header parser: what it returns is a non-empty run of token
+/// characters taken verbatim from the header.
+pub fn authorization_header(data: &[u8]) {
+    if let Some(token) = token::token_from_authorization(data) {
+        assert!(!token.is_empty());
+        assert!(
+            token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')),
+            "{token:?}"
+        );
+        let header = std::str::from_utf8(data).expect("a token came from text");
+        assert!(header.contains(token));
+    }
+}
