@@ -30,20 +30,20 @@ pub fn token_key() -> TokenKey {
 /// encoder makes of its claims), and a token made from any claims decodes to them.
 pub fn token_decoder(data: &[u8]) {
     let key = token_key();
-    if let Ok(text) = std::str::from_utf8(data) {
-        if let Ok(claims) = token::decode(&key, text, NOW, MAX_AGE) {
-            let again = token::encode(
-                &key,
-                claims.user_id,
-                &claims.password_binding,
-                &claims.uniquifier,
-                claims.issued_at,
-            );
-            assert_eq!(
-                again, text,
-                "a token decoded that the key did not sign in this form"
-            );
-        }
+    if let Ok(text) = std::str::from_utf8(data)
+        && let Ok(claims) = token::decode(&key, text, NOW, MAX_AGE)
+    {
+        let again = token::encode(
+            &key,
+            claims.user_id,
+            &claims.password_binding,
+            &claims.uniquifier,
+            claims.issued_at,
+        );
+        assert_eq!(
+            again, text,
+            "a token decoded that the key did not sign in this form"
+        );
     }
     // Round trip of claims drawn from the input.
     let (head, rest) = data.split_at(data.len().min(8));
