@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::open_store;
 use super::serve::load_config;
-use crate::auth::{AuthSettings, Authenticator, Identity};
+use crate::auth::Identity;
 use crate::proxy::deny::Deny;
 use crate::proxy::normalize::normalize;
 use crate::proxy::pipeline::{self, Facts};
@@ -197,18 +197,7 @@ impl ExplainArgs {
         store: Store,
     ) -> anyhow::Result<Result<std::sync::Arc<Identity>, Deny>> {
         if let Some(token) = &self.token {
-            let auth = Authenticator::new(
-                store,
-                settings.secret_key()?,
-                &AuthSettings {
-                    max_age: settings.token_max_age,
-                    bcrypt_cost: settings.bcrypt_cost,
-                    max_concurrent_logins: 1,
-                    cache: Default::default(),
-                    throttle: Default::default(),
-                },
-                crate::metrics::Metrics::new(),
-            )?;
+            let auth = super::authenticator(store, settings)?;
             return Ok(auth
                 .authenticate(token)
                 .await

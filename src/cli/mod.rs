@@ -130,6 +130,26 @@ pub(crate) async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     Ok(store)
 }
 
+/// An authenticator for one-shot commands (issuing and checking tokens): default
+/// caches, one hashing thread, metrics nobody scrapes.
+pub(crate) fn authenticator(
+    store: Store,
+    settings: &Settings,
+) -> anyhow::Result<crate::auth::Authenticator> {
+    Ok(crate::auth::Authenticator::new(
+        store,
+        settings.secret_key()?,
+        &crate::auth::AuthSettings {
+            max_age: settings.token_max_age,
+            bcrypt_cost: settings.bcrypt_cost,
+            max_concurrent_logins: 1,
+            cache: Default::default(),
+            throttle: Default::default(),
+        },
+        crate::metrics::Metrics::new(),
+    )?)
+}
+
 /// The URL scheme only: the rest may hold a password.
 fn scheme(url: &str) -> &str {
     url.split(':').next().unwrap_or("configured")

@@ -8,8 +8,6 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::{OutputArgs, open_store};
-use crate::auth::{AuthSettings, Authenticator};
-use crate::rules::{CacheSettings, ThrottleSettings};
 use crate::settings::Settings;
 use crate::store::UserRef;
 
@@ -39,18 +37,7 @@ impl TokenCommand {
         match self {
             TokenCommand::Issue { email, output } => {
                 let user = store.user(&UserRef::parse(&email)).await?;
-                let auth = Authenticator::new(
-                    store,
-                    settings.secret_key()?,
-                    &AuthSettings {
-                        max_age: settings.token_max_age,
-                        bcrypt_cost: settings.bcrypt_cost,
-                        max_concurrent_logins: 1,
-                        cache: CacheSettings::default(),
-                        throttle: ThrottleSettings::default(),
-                    },
-                    crate::metrics::Metrics::new(),
-                )?;
+                let auth = super::authenticator(store, settings)?;
                 let issued = auth
                     .issue(user.id)
                     .await
