@@ -12,8 +12,8 @@ use serde_json::Value;
 use crate::common::{self, *};
 
 /// A flexgate process that is killed when dropped.
-struct Process {
-    child: Child,
+pub(crate) struct Process {
+    pub(crate) child: Child,
     pub https: String,
     pub admin: String,
 }
@@ -26,7 +26,7 @@ impl Drop for Process {
 }
 
 impl Process {
-    fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([&format!("-{signal}"), &self.child.id().to_string()])
             .status()
@@ -36,7 +36,7 @@ impl Process {
 }
 
 /// Start `flexgate args...` and wait for its ready file.
-fn spawn(db: &TestDb, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Process {
+pub(crate) fn spawn(db: &TestDb, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Process {
     let ready = dir.join(format!(
         "ready-{}.json",
         std::process::id() as u128 * 1000 + rand_suffix()
@@ -83,7 +83,7 @@ fn rand_suffix() -> u128 {
 }
 
 /// Write a rule file for `flexgate serve` with listeners on port 0.
-fn serve_config(
+pub(crate) fn serve_config(
     dir: &Path,
     upstream: &Upstream,
     rules: &str,
@@ -105,7 +105,7 @@ fn serve_config(
 }
 
 /// An HTTPS client that trusts any certificate of this test (the processes make their own).
-fn insecure_client() -> hyper_util::client::legacy::Client<
+pub(crate) fn insecure_client() -> hyper_util::client::legacy::Client<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     http_body_util::Full<bytes::Bytes>,
 > {
@@ -161,7 +161,7 @@ fn insecure_client() -> hyper_util::client::legacy::Client<
         .build(connector)
 }
 
-async fn call(
+pub(crate) async fn call(
     addr: &str,
     method: &str,
     path: &str,

@@ -24,6 +24,7 @@ use super::headers;
 use super::pipeline::Permit;
 use super::{Error, ProxyBody};
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::rules::Limits;
 
 /// Request bodies sent upstream: streamed as received (without trailers), or the
 /// buffered JSON body.
@@ -90,12 +91,15 @@ impl Upstream {
     pub fn new(
         base: &Uri,
         extra_ca: Option<&Path>,
-        connect_timeout: Duration,
-        timeout: Duration,
-        tunnel_idle: Duration,
+        limits: &Limits,
         workers: usize,
         metrics: Metrics,
     ) -> Result<Self, Error> {
+        let (connect_timeout, timeout, tunnel_idle) = (
+            limits.upstream_connect_timeout,
+            limits.upstream_timeout,
+            limits.idle_timeout,
+        );
         let (Some(scheme), Some(authority)) = (base.scheme().cloned(), base.authority().cloned())
         else {
             return Err(Error::Config(format!(
@@ -141,7 +145,8 @@ impl Upstream {
         let clients = (0..workers.max(1))
             .map(|_| {
                 Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(60))
+                    .pool_idle_timeout(limits.upstream_idle)
+                    .pool_timer(hyper_util::rt::TokioTimer::new())
                     .build(connector.clone())
             })
             .collect();

@@ -129,9 +129,7 @@ impl Gateway {
         let upstream = Upstream::new(
             upstream_uri,
             server.upstream_ca.as_deref(),
-            server.limits.upstream_connect_timeout,
-            server.limits.upstream_timeout,
-            server.limits.idle_timeout,
+            &server.limits,
             server.workers,
             metrics.clone(),
         )?;

@@ -332,6 +332,14 @@ impl Compiler<'_> {
                 3600,
                 d.upstream_timeout.as_secs(),
             )),
+            upstream_idle: Duration::from_secs(limit(
+                self,
+                "upstream_idle_secs",
+                l.upstream_idle_secs,
+                1,
+                3600,
+                d.upstream_idle.as_secs(),
+            )),
             shutdown_grace: Duration::from_secs(limit(
                 self,
                 "shutdown_grace_secs",

@@ -98,6 +98,8 @@ pub struct Limits {
     pub upstream_connect_timeout: Duration,
     /// Upstream response-head timeout.
     pub upstream_timeout: Duration,
+    /// Idle pooled upstream connections are closed after this.
+    pub upstream_idle: Duration,
     /// Drain deadline at shutdown.
     pub shutdown_grace: Duration,
 }
@@ -112,6 +114,7 @@ impl Default for Limits {
             max_json_body_bytes: 1024 * 1024,
             upstream_connect_timeout: Duration::from_secs(5),
             upstream_timeout: Duration::from_secs(60),
+            upstream_idle: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
         }
     }

@@ -94,6 +94,8 @@ pub struct RawLimits {
     pub upstream_connect_timeout_ms: Option<u64>,
     /// Time to wait for the upstream's response head, seconds.
     pub upstream_timeout_secs: Option<u64>,
+    /// Idle pooled upstream connections are closed after this many seconds.
+    pub upstream_idle_secs: Option<u64>,
     /// How long shutdown waits for in-flight requests, seconds.
     pub shutdown_grace_secs: Option<u64>,
 }
