@@ -51,7 +51,11 @@ pub fn token_decoder(data: &[u8]) {
         acc.wrapping_mul(31).wrapping_add(i64::from(*b))
     });
     let text = String::from_utf8_lossy(rest);
-    let (binding, uniquifier) = text.split_at(text.len() / 2);
+    let middle = (0..=text.len() / 2)
+        .rev()
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0);
+    let (binding, uniquifier) = text.split_at(middle);
     let issued = NOW - u64::from(head.first().copied().unwrap_or(0)) * 60;
     let token = token::encode(&key, user_id, binding, uniquifier, issued);
     let claims =
