@@ -33,3 +33,17 @@ async fn a_prepared_owner_query_accepts_the_ids_requests_bind() {
     assert_eq!(row.as_deref(), Some(&[flexgate::policy::Value::Int(3)][..]));
     store.close().await;
 }
+
+/// The `rules` fuzz target found that a NUL byte in a rule file (here in a comment)
+/// made `config check` print `error:` with no words: toml's message for it is empty.
+#[test]
+fn a_control_character_in_a_rule_file_is_named() {
+    let db = TestDb::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rules.toml");
+    std::fs::write(&file, "# before\n# a NUL \0 here\n[[route]]\n").unwrap();
+    let out = crate::common::run(&db, &["config", "check", file.to_str().unwrap()], None);
+    out.fails_with(
+        "rules.toml:2: error: control character U+0000 is not allowed in a TOML file; remove it",
+    );
+}

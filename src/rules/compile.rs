@@ -47,7 +47,22 @@ pub fn compile_text(text: &str, file: &Path) -> Result<Config, Diagnostics> {
         Ok(raw) => raw,
         Err(e) => {
             let line = e.span().map(|s| cx.line_of(s.start));
-            cx.error(line, None, e.message().trim().to_owned());
+            let mut message = e.message().trim().to_owned();
+            if message.is_empty() {
+                // toml has no words for some bytes (NUL and other control characters).
+                let at = e
+                    .span()
+                    .and_then(|s| text.get(s.start..))
+                    .and_then(|t| t.chars().next());
+                message = match at {
+                    Some(c) if c.is_control() => format!(
+                        "control character U+{:04X} is not allowed in a TOML file; remove it",
+                        u32::from(c)
+                    ),
+                    _ => "this is not valid TOML".to_owned(),
+                };
+            }
+            cx.error(line, None, message);
             return Err(cx.diagnostics);
         }
     };

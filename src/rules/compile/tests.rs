@@ -321,3 +321,13 @@ max_header_bytes = 10
         assert!(report.contains(needle), "{needle}: {report}");
     }
 }
+
+#[test]
+fn control_characters_are_named_not_silent() {
+    // Found by the `rules` fuzz target: toml reports NUL with an empty message.
+    let report = errors_of("# a comment with a NUL \0 in it\n[[route]]\n");
+    assert!(
+        report.contains("rules.toml:1: error: control character U+0000 is not allowed"),
+        "{report}"
+    );
+}
