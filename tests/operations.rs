@@ -189,6 +189,129 @@ async fn a_broken_or_slow_upstream_gives_502_or_504_with_json() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_is_verified_against_upstream_ca() {
+    let db = TestDb::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    let tls = test_tls(dir.path());
+    let upstream = Upstream::start_tls(&tls).await;
+    let port = upstream.addr.port();
+    for host in ["localhost", "127.0.0.1"] {
+        let gw = GatewayBuilder::new(&db, &upstream)
+            .upstream_url(&format!("https://{host}:{port}"))
+            .server(&format!("upstream_ca = {:?}", tls.ca.display().to_string()))
+            .rules(OPS_RULES)
+            .start()
+            .await;
+        for _ in 0..3 {
+            assert_eq!(gw.get("/status/201", None).await.status, 201, "{host}");
+        }
+        // The three requests shared one TLS connection.
+        assert_eq!(upstream.connections(), 1, "{host}");
+        assert_eq!(upstream.last().headers["host"], format!("{host}:{port}"));
+        gw.stop().await;
+        let before = upstream.connections();
+        // Without the CA, the upstream's certificate is not trusted: 502, nothing sent.
+        let seen = upstream.count();
+        let gw = GatewayBuilder::new(&db, &upstream)
+            .upstream_url(&format!("https://{host}:{port}"))
+            .rules(OPS_RULES)
+            .start()
+            .await;
+        let answer = gw.get("/status/201", None).await;
+        assert_eq!(answer.status, 502, "{}", answer.text());
+        assert_eq!(upstream.count(), seen);
+        assert!(upstream.connections() > before);
+        gw.stop().await;
+        // Reset the connection count for the next host.
+        upstream.reset_connections();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_reused_and_idle_closes_are_survived() {
+    let db = TestDb::sqlite();
+    let upstream = Upstream::start().await;
+    let gw = ops_gateway(&db, &upstream, "").await;
+    for _ in 0..20 {
+        assert_eq!(gw.get("/status/200", None).await.status, 200);
+    }
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "sequential requests reuse one connection"
+    );
+    // A big body read to the end hands its connection back too.
+    let answer = gw.get("/big/300000", None).await;
+    assert_eq!(answer.body.len(), 300_000);
+    assert_eq!(gw.get("/status/200", None).await.status, 200);
+    assert_eq!(upstream.connections(), 1);
+    gw.stop().await;
+
+    // An upstream with a 3 ms keep-alive timeout that closes idle connections without
+    // announcing it, as servers do: requests arriving while the pooled connection is
+    // open reuse it, those arriving after it closed get a new one, none fails.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closing = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut head = Vec::new();
+                loop {
+                    // The keep-alive timeout runs only while nothing has arrived.
+                    let wait = if head.is_empty() {
+                        Duration::from_millis(3)
+                    } else {
+                        Duration::from_secs(5)
+                    };
+                    match tokio::time::timeout(wait, stream.read(&mut buf)).await {
+                        Ok(Ok(n)) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                    if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        head.clear();
+                        if stream
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let gw = GatewayBuilder::new(&db, &upstream)
+        .upstream_addr(closing)
+        .rules(OPS_RULES)
+        .start()
+        .await;
+    let mut failures = Vec::new();
+    for i in 0..60u64 {
+        let answer = gw.get("/status/200", None).await;
+        if answer.status != 200 {
+            failures.push((i, answer.status, answer.text()));
+        }
+        // Well inside the keep-alive time, or well after it (never on its edge).
+        let pause = if i % 2 == 0 { 200 } else { 8000 };
+        tokio::time::sleep(Duration::from_micros(pause)).await;
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+    let opened = accepted.load(Ordering::SeqCst);
+    assert!(
+        (25..=35).contains(&opened),
+        "{opened} connections for 30 idle closes"
+    );
+    gw.stop().await;
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_swaps_valid_rules_and_keeps_the_old_ones_on_errors_under_load() {
     let db = TestDb::sqlite();
     let upstream = Upstream::start().await;

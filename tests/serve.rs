@@ -258,6 +258,29 @@ async fn the_demo_runs_its_printed_flows() {
     assert_eq!(status, 401);
     let (status, _, _) = plain_get(demo.admin.parse().unwrap(), "/readyz").await;
     assert_eq!(status, 200);
+    // The container health check: `flexgate probe` exits 0 only on a 2xx answer.
+    let probe = |url: String| {
+        let out = Command::new(env!("CARGO_BIN_EXE_flexgate"))
+            .args(["probe", &url, "--timeout", "2"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        )
+    };
+    let admin = &demo.admin;
+    assert_eq!(
+        probe(format!("http://{admin}/readyz")),
+        (Some(0), "200 OK".to_owned())
+    );
+    assert_eq!(probe(format!("http://{admin}/nowhere")).0, Some(1));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    assert_eq!(probe(format!("http://{closed}/readyz")).0, Some(1));
+    assert_eq!(probe(format!("https://{admin}/readyz")).0, Some(1));
     // The printed instructions name the real ports and a working explain command.
     let mut stdout = demo.child.stdout.take().unwrap();
     demo.signal("TERM");

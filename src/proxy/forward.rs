@@ -1,5 +1,5 @@
-//! Forwarding to the upstream: a pooled hyper-util client (http or https), bodies
-//! streamed both ways, hop-by-hop headers removed from responses, timeouts mapped to
+//! Forwarding to the upstream: per-worker pooled HTTP/1.1 connections ([`super::pool`],
+//! http or https), bodies streamed both ways, hop-by-hop headers removed from responses, timeouts mapped to
 //! 502/504, and protocol upgrades passed through only when the upstream answers 101
 //! (a 200 is never taken as an upgrade).
 
@@ -13,15 +13,14 @@ use http::{HeaderValue, Response, StatusCode, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls_pki_types::CertificateDer;
+use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
 
 use super::deny::Deny;
 use super::headers;
 use super::pipeline::Permit;
+use super::pool::{Destination, Pool, PoolError};
 use super::{Error, ProxyBody};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::rules::Limits;
@@ -63,14 +62,11 @@ where
     }
 }
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-
 /// The upstream service and a connection pool to it.
-#[derive(Clone)]
 pub struct Upstream {
-    /// One pool per worker thread: a connection is only ever driven by the thread that
-    /// opened it, so forwarding never wakes another thread.
-    clients: Vec<Client<Connector, UpstreamBody>>,
+    /// One idle list per worker thread: a connection is only ever driven by the thread
+    /// that opened it, so forwarding never wakes another thread.
+    pool: Pool,
     scheme: Scheme,
     authority: Authority,
     timeout: Duration,
@@ -126,30 +122,45 @@ impl Upstream {
                     .map_err(|e| Error::Config(format!("upstream_ca {}: {e}", path.display())))?;
             }
         }
-        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(connect_timeout));
-        http.set_nodelay(true);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let clients = (0..workers.max(1))
-            .map(|_| {
-                Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(limits.upstream_idle)
-                    .pool_timer(hyper_util::rt::TokioTimer::new())
-                    .build(connector.clone())
-            })
-            .collect();
+        let tls = if scheme == Scheme::HTTPS {
+            let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Error::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let host = authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = ServerName::try_from(host.to_owned()).map_err(|_| {
+                Error::Config(format!("upstream {base}: {host} is not a valid TLS name"))
+            })?;
+            Some((
+                tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+                name,
+            ))
+        } else if scheme == Scheme::HTTP {
+            None
+        } else {
+            return Err(Error::Config(format!(
+                "upstream {base}: the scheme must be http or https"
+            )));
+        };
+        let port = authority
+            .port_u16()
+            .unwrap_or(if tls.is_some() { 443 } else { 80 });
+        let pool = Pool::new(
+            Destination {
+                address: format!("{}:{port}", authority.host()),
+                tls,
+                connect_timeout,
+                idle_timeout: limits.upstream_idle,
+            },
+            workers,
+        );
         let host = HeaderValue::from_str(authority.as_str()).map_err(|_| {
             Error::Config(format!(
                 "upstream {base}: the host is not a valid header value"
@@ -158,7 +169,7 @@ impl Upstream {
         Ok(Upstream {
             metrics,
             host,
-            clients,
+            pool,
             scheme,
             authority,
             timeout,
@@ -166,9 +177,9 @@ impl Upstream {
         })
     }
 
-    /// The upstream URI for a request: the normalised path and the raw query on the
-    /// upstream's scheme and authority. The request's own path-and-query is reused when
-    /// normalising changed nothing (the common case: no copy, no parse).
+    /// The upstream URI for a request, in origin form: the normalised path and the raw
+    /// query (the upstream's authority goes in `Host`). The request's own path-and-query
+    /// is reused when normalising changed nothing (the common case: no copy, no parse).
     pub fn uri_for(&self, original: &Uri, path: &str) -> Result<Uri, Deny> {
         let path_and_query = match original.path_and_query() {
             Some(pq) if pq.path() == path => pq.clone(),
@@ -181,12 +192,7 @@ impl Upstream {
                     .map_err(|_| Deny::Ambiguous("The request URI cannot be forwarded.".into()))?
             }
         };
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(path_and_query);
-        Uri::from_parts(parts)
-            .map_err(|_| Deny::Ambiguous("The request URI cannot be forwarded.".into()))
+        Ok(Uri::from(path_and_query))
     }
 
     /// The `Host` header the upstream gets (its own authority), encoded once.
@@ -210,22 +216,20 @@ impl Upstream {
         let request = http::Request::from_parts(parts, body);
 
         let started = Instant::now();
-        let result = tokio::time::timeout(
-            self.timeout,
-            self.clients[worker % self.clients.len()].request(request),
-        )
-        .await;
+        let result = tokio::time::timeout(self.timeout, self.pool.send(worker, request)).await;
         self.metrics
             .upstream(route_metrics, permit.route(), started.elapsed());
         let mut response = match result {
             Err(_) => return Err(Deny::GatewayTimeout),
             Ok(Err(e)) => {
                 tracing::warn!(route = permit.route(), error = %error_chain(&e), "upstream request failed");
-                return Err(if is_timeout(&e) {
-                    Deny::GatewayTimeout
-                } else {
-                    Deny::BadGateway
-                });
+                return Err(
+                    if matches!(e, PoolError::ConnectTimeout) || is_timeout(&e) {
+                        Deny::GatewayTimeout
+                    } else {
+                        Deny::BadGateway
+                    },
+                );
             }
             Ok(Ok(response)) => response,
         };
@@ -287,7 +291,7 @@ where
     let _ = b.shutdown().await;
 }
 
-fn is_timeout(e: &hyper_util::client::legacy::Error) -> bool {
+fn is_timeout(e: &PoolError) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<std::io::Error>()

@@ -9,7 +9,8 @@
 //! 6. [`pipeline::read_body`]: only for routes that read ids from a JSON body;
 //! 7. [`pipeline::authorize`]: ids extracted, owners resolved (cache, then SQL), ACLs decided;
 //! 8. headers rewritten ([`headers`]): hop-by-hop and client identity out, ours in, signed;
-//! 9. [`forward::Upstream::forward`]: streamed to the upstream with a `Permit`.
+//! 9. [`forward::Upstream::forward`]: streamed to the upstream with a `Permit`, on a
+//!    connection from this worker's [`pool`].
 //!
 //! A deny at any stage becomes a response in [`deny`], the only place that maps reasons
 //! to statuses and bodies. [`listener`] accepts connections; [`admin`] serves metrics
@@ -24,6 +25,7 @@ pub mod listener;
 pub mod login;
 pub mod normalize;
 pub mod pipeline;
+pub mod pool;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,7 +35,6 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderValue, Method};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
@@ -48,7 +49,7 @@ use headers::UpstreamSigner;
 use pipeline::ConnInfo;
 
 /// Response bodies: streamed from the upstream, or generated here.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<pool::PooledBody, Full<Bytes>>;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]

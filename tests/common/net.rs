@@ -32,6 +32,8 @@ pub const UPSTREAM_SECRET: &str = "test-upstream-secret-0123456789abcdef012345";
 
 /// A CA and a server certificate for localhost/127.0.0.1 signed by it.
 pub struct Tls {
+    /// The CA certificate (PEM), for `upstream_ca`.
+    pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
     pub roots: rustls::RootCertStore,
@@ -49,6 +51,8 @@ pub fn test_tls(dir: &Path) -> Tls {
     let server_params =
         CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
     let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, ca_cert.pem()).unwrap();
     let cert = dir.join("server.pem");
     let key = dir.join("server.key");
     std::fs::write(&cert, server_cert.pem()).unwrap();
@@ -63,6 +67,7 @@ pub fn test_tls(dir: &Path) -> Tls {
     .with_root_certificates(roots.clone())
     .with_no_client_auth();
     Tls {
+        ca,
         cert,
         key,
         roots,
@@ -101,6 +106,29 @@ impl Drop for Upstream {
 
 impl Upstream {
     pub async fn start() -> Upstream {
+        Upstream::serve(None).await
+    }
+
+    /// The same upstream behind HTTPS with `tls`'s certificate (localhost, 127.0.0.1).
+    pub async fn start_tls(tls: &Tls) -> Upstream {
+        use rustls_pki_types::pem::PemObject;
+        let certs = rustls_pki_types::CertificateDer::pem_file_iter(&tls.cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&tls.key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        Upstream::serve(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -113,12 +141,25 @@ impl Upstream {
                 };
                 c.fetch_add(1, Ordering::SeqCst);
                 let seen = Arc::clone(&s);
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| upstream_answer(req, Arc::clone(&seen)));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades()
-                        .await;
+                    let http = hyper::server::conn::http1::Builder::new();
+                    let _ = match tls {
+                        None => {
+                            http.serve_connection(TokioIo::new(stream), service)
+                                .with_upgrades()
+                                .await
+                        }
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(stream) => {
+                                http.serve_connection(TokioIo::new(stream), service)
+                                    .with_upgrades()
+                                    .await
+                            }
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });
@@ -153,6 +194,11 @@ impl Upstream {
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Start counting connections from zero again.
+    pub fn reset_connections(&self) {
+        self.connections.store(0, Ordering::SeqCst);
     }
 }
 
@@ -304,7 +350,7 @@ pub struct TestGateway {
 /// How to build a [`TestGateway`].
 pub struct GatewayBuilder<'a> {
     db: &'a TestDb,
-    upstream: SocketAddr,
+    upstream: String,
     rules: String,
     server_extra: String,
     seed_demo: bool,
@@ -315,14 +361,20 @@ pub struct GatewayBuilder<'a> {
 impl<'a> GatewayBuilder<'a> {
     /// Point at another upstream address (e.g. a closed port).
     pub fn upstream_addr(mut self, addr: SocketAddr) -> Self {
-        self.upstream = addr;
+        self.upstream = format!("http://{addr}");
+        self
+    }
+
+    /// Point at an upstream URL (e.g. an https one).
+    pub fn upstream_url(mut self, url: &str) -> Self {
+        self.upstream = url.to_owned();
         self
     }
 
     pub fn new(db: &'a TestDb, upstream: &Upstream) -> Self {
         GatewayBuilder {
             db,
-            upstream: upstream.addr,
+            upstream: format!("http://{}", upstream.addr),
             rules: String::new(),
             server_extra: String::new(),
             seed_demo: false,
@@ -394,7 +446,7 @@ impl<'a> GatewayBuilder<'a> {
         };
         let server = format!(
             "[server]\nhttps = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
-             tls_cert = {:?}\ntls_key = {:?}\nupstream = \"http://{}\"\n{}\n",
+             tls_cert = {:?}\ntls_key = {:?}\nupstream = \"{}\"\n{}\n",
             tls.cert.display().to_string(),
             tls.key.display().to_string(),
             self.upstream,
