@@ -7,6 +7,7 @@
 //! check runs once per token per process, its result cached until the token expires.
 //! Authorization (what the caller may do) is not here; see [`crate::policy`].
 
+pub mod crypt_threads;
 pub mod password;
 pub mod throttle;
 pub mod token;
@@ -19,7 +20,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::HeaderValue;
 use moka::Expiry;
 use subtle::ConstantTimeEq;
-use tokio::sync::Semaphore;
 
 pub use password::PasswordHasher;
 use throttle::Throttle;
@@ -220,7 +220,6 @@ pub struct Authenticator {
     max_age: u64,
     principals: moka::future::Cache<i64, Arc<Identity>>,
     verified: moka::sync::Cache<[u8; 32], Verified>,
-    crypt_permits: Semaphore,
     hasher: PasswordHasher,
     throttle: Throttle,
     metrics: Metrics,
@@ -282,7 +281,6 @@ impl Authenticator {
                     }
                 })
                 .build(),
-            crypt_permits: Semaphore::new(s.max_concurrent_logins.max(1)),
             hasher: PasswordHasher::new(s.bcrypt_cost, s.max_concurrent_logins)?,
             throttle: Throttle::new(s.throttle.clone()),
             metrics,
@@ -456,12 +454,9 @@ impl Authenticator {
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Error> {
-        let _permit = self
-            .crypt_permits
-            .acquire()
-            .await
-            .map_err(|_| Error::Hash("shut down".into()))?;
-        tokio::task::spawn_blocking(work)
+        self.hasher
+            .threads()
+            .run(work)
             .await
             .map_err(|e| Error::Hash(e.to_string()))
     }

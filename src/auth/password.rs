@@ -1,15 +1,14 @@
 //! Password hashing and verification with bcrypt.
 //!
-//! bcrypt is deliberately slow, so every hash and verify runs on the blocking pool behind
-//! a semaphore: a flood of logins queues up here instead of starving the proxy's async
-//! workers. An unknown email (or an inactive user) is verified against a dummy hash of the
+//! bcrypt is deliberately slow, so every hash and verify runs on a few low-priority
+//! threads ([`CryptThreads`]): a flood of logins queues up there instead of starving the
+//! proxy's workers. An unknown email (or an inactive user) is verified against a dummy hash of the
 //! same cost, so it takes as long as a wrong password and cannot be told apart by timing.
 
 use std::sync::{Arc, OnceLock};
 
-use tokio::sync::Semaphore;
-
 use super::Error;
+use super::crypt_threads::CryptThreads;
 
 /// Shortest password accepted for new credentials (Flask-Security's default).
 pub const MIN_PASSWORD_LEN: usize = 8;
@@ -21,7 +20,7 @@ pub const MAX_PASSWORD_LEN: usize = 72;
 #[derive(Clone)]
 pub struct PasswordHasher {
     cost: u32,
-    permits: Arc<Semaphore>,
+    threads: CryptThreads,
     dummy: Arc<OnceLock<String>>,
 }
 
@@ -34,15 +33,16 @@ impl std::fmt::Debug for PasswordHasher {
 }
 
 impl PasswordHasher {
-    /// `max_concurrent` bounds how many bcrypt computations run at once; `cost` must be
-    /// a valid bcrypt cost (4 to 31).
+    /// `max_concurrent` hashing threads bound how many bcrypt computations run at once;
+    /// `cost` must be a valid bcrypt cost (4 to 31).
     pub fn new(cost: u32, max_concurrent: usize) -> Result<Self, Error> {
         if !(4..=31).contains(&cost) {
             return Err(Error::Hash(format!("bcrypt cost {cost} is outside 4..=31")));
         }
         Ok(PasswordHasher {
             cost,
-            permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            threads: CryptThreads::start(max_concurrent)
+                .map_err(|e| Error::Hash(format!("cannot start hashing threads: {e}")))?,
             dummy: Arc::new(OnceLock::new()),
         })
     }
@@ -89,14 +89,15 @@ impl PasswordHasher {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let _permit = self
-            .permits
-            .acquire()
+        self.threads
+            .run(work)
             .await
-            .map_err(|_| Error::Hash("password hasher is shut down".into()))?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| Error::Hash(format!("password hashing task failed: {e}")))
+            .map_err(|e| Error::Hash(e.to_string()))
+    }
+
+    /// The hashing threads, for other slow credential work (sha256_crypt bindings).
+    pub fn threads(&self) -> &CryptThreads {
+        &self.threads
     }
 }
 
