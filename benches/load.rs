@@ -574,8 +574,8 @@ fn start_nginx(dir: &Path, upstream: SocketAddr) -> Option<(SocketAddr, Child)> 
             "worker_processes auto;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log;\n\
              events {{ worker_connections 4096; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n\
-               upstream backend {{ server {upstream}; keepalive 64; }}\n\
-               server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://backend;\n\
+               upstream backend {{ server {upstream}; keepalive 64; keepalive_requests 10000000; }}\n\
+               server {{\n    listen 127.0.0.1:{port};\n    keepalive_requests 10000000;\n    location / {{\n      proxy_pass http://backend;\n\
                  proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
             dir = dir.display()
         ),
