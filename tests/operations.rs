@@ -231,7 +231,8 @@ async fn an_https_upstream_is_verified_against_upstream_ca() {
 async fn upstream_connections_are_reused_and_idle_closes_are_survived() {
     let db = TestDb::sqlite();
     let upstream = Upstream::start().await;
-    let gw = ops_gateway(&db, &upstream, "").await;
+    // One worker: every client connection shares one idle list, so counts are exact.
+    let gw = ops_gateway(&db, &upstream, "workers = 1").await;
     for _ in 0..20 {
         assert_eq!(gw.get("/status/200", None).await.status, 200);
     }
@@ -245,6 +246,25 @@ async fn upstream_connections_are_reused_and_idle_closes_are_survived() {
     assert_eq!(answer.body.len(), 300_000);
     assert_eq!(gw.get("/status/200", None).await.status, 200);
     assert_eq!(upstream.connections(), 1);
+    // A client that leaves after the first chunk of a big body: that upstream connection
+    // is in an unknown state and must be closed, never handed to the next request.
+    let mut sender = gw.connect::<http_body_util::Empty<Bytes>>().await;
+    let request = http::Request::get(gw.url("/big/50000000"))
+        .header("host", "localhost")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let mut response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.body_mut().frame().await.unwrap().is_ok());
+    drop((response, sender));
+    let answer = gw.get("/status/200", None).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json(), serde_json::json!({}));
+    assert_eq!(
+        upstream.connections(),
+        2,
+        "the half-read request reuses the idle connection, which is then closed, not reused"
+    );
     gw.stop().await;
 
     // An upstream with a 3 ms keep-alive timeout that closes idle connections without
