@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::request::Parts;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Response, StatusCode, Uri};
+use http::{HeaderValue, Response, Uri};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -20,46 +20,21 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use super::deny::Deny;
 use super::headers;
 use super::pipeline::Permit;
-use super::pool::{Destination, Pool, PoolError};
+use super::pool::{Answer, Destination, Pool, PoolError, Upgraded};
 use super::{Error, ProxyBody};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::rules::Limits;
 
-/// Request bodies sent upstream: streamed as received (without trailers), or the
-/// buffered JSON body.
-pub type UpstreamBody = Either<WithoutTrailers<Incoming>, Full<Bytes>>;
-
-/// A request body with its trailers dropped: a client must not be able to send headers
-/// (identity headers above all) that an upstream merges after flexgate's checks.
+/// A request body on its way upstream: streamed as the client sends it, or the JSON
+/// body that was buffered to read ids from. Trailers are never forwarded: a client must
+/// not be able to send headers (identity headers above all) that an upstream merges
+/// after flexgate's checks.
 #[derive(Debug)]
-pub struct WithoutTrailers<B>(pub B);
-
-impl<B> hyper::body::Body for WithoutTrailers<B>
-where
-    B: hyper::body::Body + Unpin,
-{
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        loop {
-            match std::pin::Pin::new(&mut self.0).poll_frame(cx) {
-                std::task::Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => continue,
-                other => return other,
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.0.size_hint()
-    }
+pub enum UpstreamBody {
+    /// Streamed frame by frame.
+    Streamed(Incoming),
+    /// Already read (and checked) in full.
+    Buffered(Bytes),
 }
 
 /// The upstream service and a connection pool to it.
@@ -205,21 +180,17 @@ impl Upstream {
     pub async fn forward(
         &self,
         permit: Permit,
-        mut parts: Parts,
+        parts: Parts,
         body: UpstreamBody,
         client_upgrade: Option<OnUpgrade>,
         route_metrics: Option<&RouteMetrics>,
         worker: usize,
     ) -> Result<Response<ProxyBody>, Deny> {
-        // The upstream always speaks HTTP/1.1 to us, whatever the client used.
-        parts.version = http::Version::HTTP_11;
-        let request = http::Request::from_parts(parts, body);
-
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, self.pool.send(worker, request)).await;
+        let result = tokio::time::timeout(self.timeout, self.pool.send(worker, &parts, body)).await;
         self.metrics
             .upstream(route_metrics, permit.route(), started.elapsed());
-        let mut response = match result {
+        let answer = match result {
             Err(_) => return Err(Deny::GatewayTimeout),
             Ok(Err(e)) => {
                 tracing::warn!(route = permit.route(), error = %error_chain(&e), "upstream request failed");
@@ -231,42 +202,44 @@ impl Upstream {
                     },
                 );
             }
-            Ok(Ok(response)) => response,
+            Ok(Ok(answer)) => answer,
         };
 
-        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        match (switching, client_upgrade) {
-            (true, Some(client_side)) => {
-                let upstream_side = hyper::upgrade::on(&mut response);
+        let response = match (answer, client_upgrade) {
+            (Answer::Response(mut response), _) => {
+                headers::strip_hop_by_hop(response.headers_mut(), false);
+                response.map(Either::Left)
+            }
+            (Answer::Switching(mut head, upstream), Some(client_side)) => {
                 let idle = self.tunnel_idle;
                 tokio::spawn(async move {
-                    match tokio::try_join!(client_side, upstream_side) {
-                        Ok((client, upstream)) => {
-                            tunnel(TokioIo::new(client), TokioIo::new(upstream), idle).await
-                        }
+                    match client_side.await {
+                        Ok(client) => tunnel(TokioIo::new(client), upstream, idle).await,
                         Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
                     }
                 });
-                headers::strip_hop_by_hop(response.headers_mut(), true);
+                headers::strip_hop_by_hop(head.headers_mut(), true);
+                head.map(|()| Either::Right(Full::new(Bytes::new())))
             }
-            (true, None) => {
-                // 101 to a request that did not ask to switch: refuse it.
-                return Err(Deny::BadGateway);
-            }
-            (false, _) => headers::strip_hop_by_hop(response.headers_mut(), false),
-        }
+            // 101 to a request that did not ask to switch: refuse it.
+            (Answer::Switching(..), None) => return Err(Deny::BadGateway),
+        };
         drop(permit);
-        Ok(response.map(Either::Left))
+        Ok(response)
     }
 }
 
-/// Copy bytes both ways until either side closes or nothing moves for `idle`.
-async fn tunnel<A, B>(mut a: A, mut b: B, idle: Duration)
+/// Copy bytes both ways until either side closes or nothing moves for `idle`; first
+/// the bytes the upstream sent right behind its 101.
+async fn tunnel<A>(mut a: A, upstream: Upgraded, idle: Duration)
 where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Upgraded { io: mut b, early } = upstream;
+    if !early.is_empty() && a.write_all(&early).await.is_err() {
+        return;
+    }
     let (mut from_a, mut from_b) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
     loop {
         let moved = tokio::select! {

@@ -20,6 +20,7 @@ pub mod admin;
 pub mod background;
 pub mod deny;
 pub mod forward;
+pub mod h1;
 pub mod headers;
 pub mod listener;
 pub mod login;

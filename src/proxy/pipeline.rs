@@ -14,12 +14,12 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::Value as Json;
 
 use super::deny::Deny;
-use super::forward::WithoutTrailers;
+use super::forward::UpstreamBody;
 use super::normalize::normalize;
 use super::{Gateway, Installed, ProxyBody, headers, login};
 use crate::auth::token::token_from_authorization;
@@ -229,10 +229,7 @@ async fn serve(
     let query = parts.uri.query();
 
     let (permit, body) = if route.public {
-        (
-            Permit::new(route, None),
-            Either::Left(WithoutTrailers(body)),
-        )
+        (Permit::new(route, None), UpstreamBody::Streamed(body))
     } else {
         let facts = Facts {
             params: matched.params,
@@ -249,9 +246,9 @@ async fn serve(
         let (forward_body, json) = if route.needs_body {
             let (bytes, json) =
                 read_body(&parts.headers, body, gw.limits().max_json_body_bytes).await?;
-            (Either::Right(Full::new(bytes)), json)
+            (UpstreamBody::Buffered(bytes), json)
         } else {
-            (Either::Left(WithoutTrailers(body)), None)
+            (UpstreamBody::Streamed(body), None)
         };
         let facts = Facts {
             body: json.as_ref(),
