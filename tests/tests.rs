@@ -17,3 +17,4 @@ mod proxy;
 mod regression;
 mod serve;
 mod tokens;
+mod upstream_wire;

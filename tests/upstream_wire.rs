@@ -1,0 +1,425 @@
+//! What flexgate's upstream client puts on the wire and accepts from it, against a
+//! scripted raw-TCP upstream: request framing, response framing (chunked, until close,
+//! interim 1xx), malformed answers (502, never passed on), an answer that comes before
+//! the upload ends, and which requests are sent again when a pooled connection turns
+//! out to be closed.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::common::*;
+
+const WIRE_RULES: &str = r#"
+[[route]]
+name = "any"
+methods = ["GET", "HEAD", "POST", "PUT", "DELETE"]
+path = "/{*rest}"
+auth = "public"
+"#;
+
+/// What the scripted upstream does with one request.
+#[derive(Clone, Copy)]
+enum Act {
+    /// Write these bytes and keep the connection.
+    Answer(&'static [u8]),
+    /// Write these bytes and close.
+    AnswerAndClose(&'static [u8]),
+    /// Close without answering.
+    Close,
+}
+
+/// A raw-TCP upstream: reads each request (head and body, framed by Content-Length or
+/// chunked), records it with its connection number, and acts as `script` says for
+/// (connection number, request number on that connection).
+struct Scripted {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<(usize, Vec<u8>)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Scripted {
+    async fn start(script: fn(usize, usize, &[u8]) -> Act) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let task = tokio::spawn(async move {
+            let mut conn_no = 0;
+            while let Ok((stream, _)) = listener.accept().await {
+                conn_no += 1;
+                let log = Arc::clone(&log);
+                tokio::spawn(serve(stream, conn_no, script, log));
+            }
+        });
+        Scripted { addr, seen, task }
+    }
+
+    fn requests(&self) -> Vec<(usize, String)> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(c, r)| (*c, String::from_utf8_lossy(r).into_owned()))
+            .collect()
+    }
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    conn_no: usize,
+    script: fn(usize, usize, &[u8]) -> Act,
+    log: Arc<Mutex<Vec<(usize, Vec<u8>)>>>,
+) {
+    let mut buf = Vec::new();
+    let mut request_no = 0;
+    loop {
+        let Some(len) = read_request(&mut stream, &mut buf).await else {
+            return;
+        };
+        let request: Vec<u8> = buf.drain(..len).collect();
+        request_no += 1;
+        log.lock().unwrap().push((conn_no, request.clone()));
+        match script(conn_no, request_no, &request) {
+            Act::Answer(bytes) => {
+                if stream.write_all(bytes).await.is_err() {
+                    return;
+                }
+            }
+            Act::AnswerAndClose(bytes) => {
+                let _ = stream.write_all(bytes).await;
+                return;
+            }
+            Act::Close => return,
+        }
+    }
+}
+
+/// Read one whole request into `buf`; its length, or `None` at end of input.
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    loop {
+        if let Some(len) = request_len(buf) {
+            return Some(len);
+        }
+        let mut chunk = [0u8; 65536];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn request_len(buf: &[u8]) -> Option<usize> {
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    if head.contains("transfer-encoding: chunked") {
+        let end = buf[head_end..].windows(5).position(|w| w == b"0\r\n\r\n")?;
+        return Some(head_end + end + 5);
+    }
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+    (buf.len() >= head_end + length).then_some(head_end + length)
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+async fn gateway(db: &TestDb, upstream: &Scripted) -> TestGateway {
+    let placeholder = Upstream::start().await;
+    GatewayBuilder::new(db, &placeholder)
+        .upstream_addr(upstream.addr)
+        .rules(WIRE_RULES)
+        .server("workers = 1")
+        .start()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_framing_comes_from_the_body_sent_never_from_the_client() {
+    let db = TestDb::sqlite();
+    let upstream = Scripted::start(|_, _, _| Act::Answer(OK)).await;
+    let gw = gateway(&db, &upstream).await;
+
+    // A buffered body of known length: one Content-Length, ours.
+    assert_eq!(gw.send("POST", "/a", &[], "hello").await.status, 200);
+    // No body on a GET: no length header at all; an empty POST says 0.
+    assert_eq!(gw.get("/b", None).await.status, 200);
+    assert_eq!(gw.send("POST", "/c", &[], "").await.status, 200);
+    // A body streamed with chunked coding goes on chunked, re-framed by flexgate.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let mut sender = gw.connect::<ChannelBody>().await;
+    let request = http::Request::put(gw.url("/d"))
+        .header("host", "localhost")
+        .body(ChannelBody(rx))
+        .unwrap();
+    let response = tokio::spawn(async move { sender.send_request(request).await.unwrap() });
+    tx.send(Bytes::from_static(b"abc")).await.unwrap();
+    tx.send(Bytes::from_static(b"defgh")).await.unwrap();
+    drop(tx);
+    assert_eq!(response.await.unwrap().status(), 200);
+
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    let (post, get, empty, put) = (&seen[0].1, &seen[1].1, &seen[2].1, &seen[3].1);
+    assert!(post.starts_with("POST /a HTTP/1.1\r\n"), "{post}");
+    assert_eq!(post.matches("content-length").count(), 1, "{post}");
+    assert!(post.contains("content-length: 5\r\n") && post.ends_with("\r\n\r\nhello"));
+    assert!(get.starts_with("GET /b HTTP/1.1\r\n") && !get.contains("content-length"));
+    assert!(!get.contains("transfer-encoding"), "{get}");
+    assert!(empty.contains("content-length: 0\r\n"), "{empty}");
+    assert!(put.contains("transfer-encoding: chunked\r\n"), "{put}");
+    assert!(
+        put.ends_with("\r\n\r\n3\r\nabc\r\n5\r\ndefgh\r\n0\r\n\r\n"),
+        "{put:?}"
+    );
+    // Every request went over the one pooled connection.
+    assert!(seen.iter().all(|(conn, _)| *conn == 1), "{seen:?}");
+    gw.stop().await;
+    upstream.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_interim_and_close_delimited_answers_arrive_whole() {
+    let db = TestDb::sqlite();
+    let upstream = Scripted::start(|_, _, request| {
+        let path = request.split(|b| *b == b' ').nth(1).unwrap_or_default();
+        match path {
+            b"/chunked" => Act::Answer(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nx-trailer: t\r\n\r\n",
+            ),
+            b"/interim" => Act::Answer(
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 4\r\n\r\ndone",
+            ),
+            b"/until-close" => Act::AnswerAndClose(b"HTTP/1.1 200 OK\r\n\r\nuntil the end"),
+            _ => Act::Answer(OK),
+        }
+    })
+    .await;
+    let gw = gateway(&db, &upstream).await;
+    for _ in 0..2 {
+        let answer = gw.get("/chunked", None).await;
+        assert_eq!(
+            (answer.status, answer.text().as_str()),
+            (200, "hello world")
+        );
+        assert!(!answer.headers.contains_key("x-trailer"));
+        let answer = gw.get("/interim", None).await;
+        assert_eq!((answer.status, answer.text().as_str()), (201, "done"));
+        let answer = gw.get("/until-close", None).await;
+        assert_eq!(
+            (answer.status, answer.text().as_str()),
+            (200, "until the end")
+        );
+        assert_eq!(gw.get("/after", None).await.status, 200);
+    }
+    // The chunked and interim answers left their connection reusable; a close-
+    // delimited one cannot be: each round's ends with its connection.
+    let connections: Vec<usize> = upstream.requests().iter().map(|(c, _)| *c).collect();
+    assert_eq!(
+        connections,
+        [1, 1, 1, 2, 2, 2, 2, 3],
+        "{:?}",
+        upstream.requests()
+    );
+    gw.stop().await;
+    upstream.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_answers_are_502_and_never_reach_the_client() {
+    let db = TestDb::sqlite();
+    let upstream = Scripted::start(|_, _, request| {
+        let path = request.split(|b| *b == b' ').nth(1).unwrap_or_default();
+        Act::AnswerAndClose(match path {
+            b"/two-lengths" => {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nokk"
+            }
+            b"/bad-length" => b"HTTP/1.1 200 OK\r\ncontent-length: 2x\r\n\r\nok",
+            b"/bad-status" => b"HTTP/1.1 2000 OK\r\ncontent-length: 2\r\n\r\nok",
+            b"/not-http" => b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
+            b"/bad-header" => b"HTTP/1.1 200 OK\r\nbad header: x\r\ncontent-length: 2\r\n\r\nok",
+            b"/nothing" => b"",
+            _ => OK,
+        })
+    })
+    .await;
+    let gw = gateway(&db, &upstream).await;
+    for path in [
+        "/two-lengths",
+        "/bad-length",
+        "/bad-status",
+        "/not-http",
+        "/bad-header",
+        "/nothing",
+    ] {
+        let answer = gw.get(path, None).await;
+        assert_eq!(answer.status, 502, "{path}: {}", answer.text());
+        assert!(answer.json()["message"].is_string(), "{path}");
+        assert!(!answer.text().contains("okk"), "{path}");
+    }
+    gw.stop().await;
+    upstream.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_cut_short_by_the_upstream_is_never_completed_for_the_client() {
+    let db = TestDb::sqlite();
+    let upstream = Scripted::start(|_, _, request| {
+        let path = request.split(|b| *b == b' ').nth(1).unwrap_or_default();
+        Act::AnswerAndClose(match path {
+            b"/short" => b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc",
+            _ => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel",
+        })
+    })
+    .await;
+    let gw = gateway(&db, &upstream).await;
+    for path in ["/short", "/chunk-cut"] {
+        let mut sender = gw.connect::<Full<Bytes>>().await;
+        let request = http::Request::get(gw.url(path))
+            .header("host", "localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        // The head may or may not have gone out before the cut; a complete body never.
+        let body = match sender.send_request(request).await {
+            Ok(response) => Some(response.into_body().collect().await.map(|b| b.to_bytes())),
+            Err(_) => None,
+        };
+        assert!(
+            !matches!(body, Some(Ok(_))),
+            "{path}: the client got a complete body: {body:?}"
+        );
+    }
+    gw.stop().await;
+    upstream.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_upload_ends_reaches_the_client_at_once() {
+    let db = TestDb::sqlite();
+    // Answers 413 from the head alone and keeps the connection open, reading nothing
+    // more: flexgate must not wait for the upload to end.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    let server = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).await.unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 3\r\n\r\nbig")
+                .await;
+            open.push(stream);
+        }
+    });
+    let placeholder = Upstream::start().await;
+    let gw = GatewayBuilder::new(&db, &placeholder)
+        .upstream_addr(addr)
+        .rules(WIRE_RULES)
+        .server("workers = 1")
+        .start()
+        .await;
+    for round in 1..=2 {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        let mut sender = gw.connect::<ChannelBody>().await;
+        let request = http::Request::post(gw.url("/upload"))
+            .header("host", "localhost")
+            .body(ChannelBody(rx))
+            .unwrap();
+        let response = tokio::spawn(async move { sender.send_request(request).await });
+        // The answer may already be back (the client then drops the body): fine.
+        let _ = tx.send(Bytes::from(vec![1u8; 64 * 1024])).await;
+        // The client keeps the upload open; the answer must come anyway.
+        let response = tokio::time::timeout(Duration::from_secs(5), response)
+            .await
+            .expect("flexgate waited for the upload to end")
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), 413);
+        drop(tx);
+        // A connection whose request was not fully sent is never reused.
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            round,
+            "round {round}"
+        );
+    }
+    gw.stop().await;
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_closed_under_a_request_is_retried_only_when_safe() {
+    let db = TestDb::sqlite();
+    // The first connection answers its first request, then takes the second and closes
+    // without answering: the race a pooled connection can lose. Later connections
+    // answer everything.
+    let upstream = Scripted::start(|conn, request_no, _| match (conn, request_no) {
+        (1, 2) => Act::Close,
+        _ => Act::Answer(OK),
+    })
+    .await;
+    let gw = gateway(&db, &upstream).await;
+    let mut sender = gw.connect::<Full<Bytes>>().await;
+    let mut send = async |method: &str, body: &'static str| {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(gw.url("/r"))
+            .header("host", "localhost")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap();
+        sender.ready().await.unwrap();
+        sender.send_request(request).await.unwrap().status()
+    };
+    assert_eq!(send("GET", "").await, 200);
+    // An idempotent request with nothing received back: sent again on a new connection.
+    assert_eq!(send("GET", "").await, 200);
+    let seen = upstream.requests();
+    assert_eq!(
+        seen.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
+        [1, 1, 2],
+        "{seen:?}"
+    );
+    gw.stop().await;
+    upstream.task.abort();
+
+    // A POST in the same spot may have had its effect: 502, never sent twice.
+    let upstream = Scripted::start(|conn, request_no, _| match (conn, request_no) {
+        (1, 2) => Act::Close,
+        _ => Act::Answer(OK),
+    })
+    .await;
+    let gw = gateway(&db, &upstream).await;
+    let mut sender = gw.connect::<Full<Bytes>>().await;
+    let mut send = async |method: &str, body: &'static str| {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(gw.url("/r"))
+            .header("host", "localhost")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap();
+        sender.ready().await.unwrap();
+        sender.send_request(request).await.unwrap().status()
+    };
+    assert_eq!(send("GET", "").await, 200);
+    assert_eq!(send("POST", "pay 10 EUR").await, 502);
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(seen[1].1.starts_with("POST /r") && seen[1].1.ends_with("pay 10 EUR"));
+    // The next request still works, on a fresh connection.
+    assert_eq!(send("GET", "").await, 200);
+    assert_eq!(upstream.requests().last().unwrap().0, 2);
+    gw.stop().await;
+    upstream.task.abort();
+}
