@@ -34,12 +34,15 @@ enum Act {
     Close,
 }
 
+/// Every request received: (connection number, raw bytes).
+type Log = Arc<Mutex<Vec<(usize, Vec<u8>)>>>;
+
 /// A raw-TCP upstream: reads each request (head and body, framed by Content-Length or
 /// chunked), records it with its connection number, and acts as `script` says for
 /// (connection number, request number on that connection).
 struct Scripted {
     addr: SocketAddr,
-    seen: Arc<Mutex<Vec<(usize, Vec<u8>)>>>,
+    seen: Log,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -74,7 +77,7 @@ async fn serve(
     mut stream: TcpStream,
     conn_no: usize,
     script: fn(usize, usize, &[u8]) -> Act,
-    log: Arc<Mutex<Vec<(usize, Vec<u8>)>>>,
+    log: Log,
 ) {
     let mut buf = Vec::new();
     let mut request_no = 0;
