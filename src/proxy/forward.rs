@@ -175,19 +175,21 @@ impl Upstream {
         &self.host
     }
 
-    /// Send an allowed request (its URI already from [`Upstream::uri_for`]) upstream and
-    /// stream the answer back.
+    /// Send an allowed request (its URI already from [`Upstream::uri_for`], `added` the
+    /// header lines flexgate sets) upstream and stream the answer back.
     pub async fn forward(
         &self,
         permit: Permit,
         parts: Parts,
+        added: &[u8],
         body: UpstreamBody,
         client_upgrade: Option<OnUpgrade>,
         route_metrics: Option<&RouteMetrics>,
         worker: usize,
     ) -> Result<Response<ProxyBody>, Deny> {
         let started = Instant::now();
-        let result = tokio::time::timeout(self.timeout, self.pool.send(worker, &parts, body)).await;
+        let result =
+            tokio::time::timeout(self.timeout, self.pool.send(worker, &parts, added, body)).await;
         self.metrics
             .upstream(route_metrics, permit.route(), started.elapsed());
         let answer = match result {
@@ -206,10 +208,8 @@ impl Upstream {
         };
 
         let response = match (answer, client_upgrade) {
-            (Answer::Response(mut response), _) => {
-                headers::strip_hop_by_hop(response.headers_mut(), false);
-                response.map(Either::Left)
-            }
+            // Its hop-by-hop headers were dropped as the head was parsed (`h1`).
+            (Answer::Response(response), _) => response.map(Either::Left),
             (Answer::Switching(mut head, upstream), Some(client_side)) => {
                 let idle = self.tunnel_idle;
                 tokio::spawn(async move {

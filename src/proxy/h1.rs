@@ -67,13 +67,15 @@ fn expects_body(method: &Method) -> bool {
     matches!(*method, Method::POST | Method::PUT | Method::PATCH)
 }
 
-/// Write `METHOD origin-form HTTP/1.1`, the headers (already rewritten: hop-by-hop and
-/// client length headers removed, `Host` set) and the framing header into `out`.
+/// Write `METHOD origin-form HTTP/1.1`, the client's headers (already stripped of
+/// hop-by-hop, identity, `Host` and length headers), the header lines flexgate adds
+/// (`added`, complete with CRLFs) and the framing header into `out`.
 pub fn encode_request_head(
     out: &mut Vec<u8>,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
+    added: &[u8],
     framing: RequestFraming,
 ) {
     out.extend_from_slice(method.as_str().as_bytes());
@@ -94,6 +96,7 @@ pub fn encode_request_head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(added);
     match framing {
         RequestFraming::None => {}
         RequestFraming::Length(n) => {
@@ -208,70 +211,142 @@ pub fn parse_response_head(
         Some(0) => Version::HTTP_10,
         _ => return Err(ProtocolError::MalformedHead),
     };
+    let facts = HeadFacts::read(parsed.headers)?;
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
     let mut headers = HeaderMap::with_capacity(parsed.headers.len());
     for h in parsed.headers.iter() {
+        // Hop-by-hop headers, and those the upstream named in Connection, end here;
+        // a protocol switch keeps them for the tunnel's own handling.
+        if !switching && (is_hop_by_hop(h.name) || facts.named_in_connection(h.name)) {
+            continue;
+        }
         let name =
             HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ProtocolError::MalformedHead)?;
         let value = HeaderValue::from_bytes(h.value).map_err(|_| ProtocolError::MalformedHead)?;
         headers.append(name, value);
     }
-    let (framing, mut reusable) = body_framing(status, version, method, &headers)?;
-    if version == Version::HTTP_10 || has_token(&headers, header::CONNECTION, "close") {
-        reusable = false;
-    }
+    let (framing, reusable) = facts.framing(status, version, method);
     Ok(Some((
         ResponseHead {
             status,
             version,
             headers,
             framing,
-            reusable,
+            reusable: reusable && version == Version::HTTP_11 && !facts.close,
         },
         len,
     )))
 }
 
-/// RFC 9112 6.3, in its order. Also whether the framing leaves the connection reusable.
-fn body_framing(
-    status: StatusCode,
-    version: Version,
-    method: &Method,
-    headers: &HeaderMap,
-) -> Result<(BodyFraming, bool), ProtocolError> {
-    if *method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok((BodyFraming::Empty, true));
-    }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        // Transfer-Encoding wins over Content-Length, but a message carrying both (or
-        // a 1.0 message carrying it) may be an attempt to desynchronise: never reuse.
-        let clean = version == Version::HTTP_11 && !headers.contains_key(header::CONTENT_LENGTH);
-        return Ok(if last_coding_is_chunked(headers) {
-            (BodyFraming::Chunked, clean)
-        } else {
-            (BodyFraming::UntilClose, false)
-        });
-    }
-    let mut length: Option<u64> = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        let text = value
-            .to_str()
-            .map_err(|_| ProtocolError::BadContentLength)?;
-        for part in text.split(',') {
-            let n = parse_decimal(part.trim()).ok_or(ProtocolError::BadContentLength)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ProtocolError::BadContentLength);
+/// Hop-by-hop by definition (RFC 9110 7.6.1, plus the legacy ones).
+fn is_hop_by_hop(name: &str) -> bool {
+    const NAMES: [&str; 9] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-authenticate",
+    ];
+    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// What the framing and connection headers of a response say, read from the raw
+/// headers in one pass.
+#[derive(Debug, Default)]
+struct HeadFacts<'h> {
+    /// Some Transfer-Encoding was present; whether its last coding is chunked.
+    transfer_encoding: Option<bool>,
+    content_length: Option<u64>,
+    /// `Connection: close`.
+    close: bool,
+    /// Other headers named in Connection (hop-by-hop for this message).
+    named: Vec<&'h str>,
+}
+
+impl<'h> HeadFacts<'h> {
+    fn read(headers: &[httparse::Header<'h>]) -> Result<HeadFacts<'h>, ProtocolError> {
+        let mut facts = HeadFacts::default();
+        for h in headers {
+            if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                let last = tokens(h.value).last();
+                let chunked = match last {
+                    Some(coding) => coding.eq_ignore_ascii_case("chunked"),
+                    None => facts.transfer_encoding.unwrap_or(false),
+                };
+                facts.transfer_encoding = Some(chunked);
+            } else if h.name.eq_ignore_ascii_case("content-length") {
+                let text =
+                    std::str::from_utf8(h.value).map_err(|_| ProtocolError::BadContentLength)?;
+                for part in text.split(',') {
+                    let n = parse_decimal(part.trim()).ok_or(ProtocolError::BadContentLength)?;
+                    if facts.content_length.is_some_and(|l| l != n) {
+                        return Err(ProtocolError::BadContentLength);
+                    }
+                    facts.content_length = Some(n);
+                }
+            } else if h.name.eq_ignore_ascii_case("connection") {
+                for token in tokens(h.value) {
+                    if token.eq_ignore_ascii_case("close") {
+                        facts.close = true;
+                    } else if !token.eq_ignore_ascii_case("keep-alive")
+                        && !token.eq_ignore_ascii_case("upgrade")
+                    {
+                        facts.named.push(token);
+                    }
+                }
             }
-            length = Some(n);
+        }
+        Ok(facts)
+    }
+
+    fn named_in_connection(&self, name: &str) -> bool {
+        self.named.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+
+    /// RFC 9112 6.3, in its order; also whether the framing leaves the connection
+    /// reusable.
+    fn framing(
+        &self,
+        status: StatusCode,
+        version: Version,
+        method: &Method,
+    ) -> (BodyFraming, bool) {
+        if *method == Method::HEAD
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return (BodyFraming::Empty, true);
+        }
+        if let Some(chunked) = self.transfer_encoding {
+            // Transfer-Encoding wins over Content-Length, but a message carrying both
+            // (or a 1.0 message carrying it) may be an attempt to desynchronise: the
+            // connection is never reused.
+            let clean = version == Version::HTTP_11 && self.content_length.is_none();
+            return if chunked {
+                (BodyFraming::Chunked, clean)
+            } else {
+                (BodyFraming::UntilClose, false)
+            };
+        }
+        match self.content_length {
+            Some(n) => (BodyFraming::Length(n), true),
+            None => (BodyFraming::UntilClose, false),
         }
     }
-    Ok(match length {
-        Some(n) => (BodyFraming::Length(n), true),
-        None => (BodyFraming::UntilClose, false),
-    })
+}
+
+/// The non-empty comma-separated tokens of a header value (none if it is not text).
+fn tokens(value: &[u8]) -> impl Iterator<Item = &str> {
+    std::str::from_utf8(value)
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 fn parse_decimal(s: &str) -> Option<u64> {
@@ -279,24 +354,6 @@ fn parse_decimal(s: &str) -> Option<u64> {
         return None;
     }
     s.parse().ok()
-}
-
-fn last_coding_is_chunked(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .rfind(|c| !c.is_empty())
-        .is_some_and(|c| c.eq_ignore_ascii_case("chunked"))
-}
-
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    })
 }
 
 /// One step of body decoding.
@@ -508,11 +565,12 @@ mod tests {
             &Method::POST,
             &uri,
             &headers,
+            b"x-added: 1\r\n",
             RequestFraming::Length(12),
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "POST /api/v3_0/assets/1?x=1 HTTP/1.1\r\nhost: up:80\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 12\r\n\r\n"
+            "POST /api/v3_0/assets/1?x=1 HTTP/1.1\r\nhost: up:80\r\nx-a: 1\r\nx-a: 2\r\nx-added: 1\r\ncontent-length: 12\r\n\r\n"
         );
         let mut out = Vec::new();
         encode_request_head(
@@ -520,6 +578,7 @@ mod tests {
             &Method::PUT,
             &uri,
             &HeaderMap::new(),
+            b"",
             RequestFraming::Chunked,
         );
         assert!(out.ends_with(b"transfer-encoding: chunked\r\n\r\n"));
@@ -608,6 +667,20 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(h.framing, Empty);
+    }
+
+    #[test]
+    fn hop_by_hop_headers_stop_here_unless_the_protocol_switches() {
+        let text = "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Internal\r\nKeep-Alive: timeout=5\r\nX-Internal: secret\r\nTrailer: x\r\nProxy-Authenticate: Basic\r\nUpgrade: h2c\r\nTransfer-Encoding: chunked\r\nX-Kept: yes\r\n\r\n";
+        let (h, _) = head(text).unwrap().unwrap();
+        let names: Vec<&str> = h.headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+        assert_eq!(h.framing, BodyFraming::Chunked);
+        let text =
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+        let (h, _) = head(text).unwrap().unwrap();
+        assert_eq!(h.headers["upgrade"], "websocket");
+        assert_eq!(h.headers["connection"], "Upgrade");
     }
 
     #[test]

@@ -269,7 +269,7 @@ async fn serve(
         (Permit::new(route, Some(identity)), forward_body)
     };
 
-    rewrite_headers(
+    let added = rewrite_headers(
         gw,
         rules,
         conn,
@@ -284,7 +284,15 @@ async fn serve(
     drop(path);
     parts.uri = uri;
     gw.upstream()
-        .forward(permit, parts, body, upgrade, route_metrics, conn.worker)
+        .forward(
+            permit,
+            parts,
+            &added,
+            body,
+            upgrade,
+            route_metrics,
+            conn.worker,
+        )
         .await
 }
 
@@ -734,7 +742,7 @@ fn rewrite_headers(
     path: &str,
     upgrade: bool,
     keep_authorization: bool,
-) {
+) -> Vec<u8> {
     headers::strip_hop_by_hop(h, upgrade);
     headers::strip_client_identity(h, &rules.identity.prefix);
     if !gw.forwards_authorization() && !keep_authorization {
@@ -744,11 +752,15 @@ fn rewrite_headers(
     // client's Content-Length (alone, doubled, or beside Transfer-Encoding) never
     // reaches the upstream.
     h.remove(CONTENT_LENGTH);
-    let host = h.insert(HOST, gw.upstream().host().clone());
-    headers::set_forwarded(h, &conn.client, conn.tls, host);
+    let client_host = h.remove(HOST);
+    // What flexgate adds is written once, as header lines, after what is left of the
+    // client's headers (none of which can share these names any more).
+    let mut added = Vec::with_capacity(512);
+    headers::write_line(&mut added, &HOST, gw.upstream().host().as_bytes());
+    headers::set_forwarded(&mut added, &conn.client, conn.tls, client_host.as_ref());
     if let Some(identity) = permit.identity() {
         headers::inject_identity(
-            h,
+            &mut added,
             &rules.identity,
             identity,
             gw.signer(),
@@ -757,6 +769,7 @@ fn rewrite_headers(
             unix_now(),
         );
     }
+    added
 }
 
 /// 200 OK with a JSON body (token endpoint, admin endpoints).

@@ -154,12 +154,14 @@ impl Pool {
         }
     }
 
-    /// Send a request (origin-form URI, `Host` set, hop-by-hop and length headers
-    /// removed) on a pooled or new connection of `worker`.
+    /// Send a request (origin-form URI; hop-by-hop, `Host` and length headers removed;
+    /// `added` the header lines flexgate sets, `Host` among them) on a pooled or new
+    /// connection of `worker`.
     pub async fn send(
         &self,
         worker: usize,
         parts: &Parts,
+        added: &[u8],
         mut body: UpstreamBody,
     ) -> Result<Answer, PoolError> {
         let slot = &self.workers[worker % self.workers.len()];
@@ -175,7 +177,7 @@ impl Pool {
                 UpstreamBody::Streamed(incoming) => incoming.is_end_stream(),
             };
         if let Some(conn) = self.checkout(slot) {
-            match exchange(slot, conn, parts, &mut body, framing).await {
+            match exchange(slot, conn, parts, added, &mut body, framing).await {
                 Ok(answer) => return Ok(answer),
                 Err(f) if f.nothing_received && replayable => {
                     tracing::debug!(error = %f.error, "a pooled upstream connection had closed; sending again on a new one");
@@ -184,7 +186,7 @@ impl Pool {
             }
         }
         let conn = self.connect(slot).await?;
-        exchange(slot, conn, parts, &mut body, framing)
+        exchange(slot, conn, parts, added, &mut body, framing)
             .await
             .map_err(|f| f.error)
     }
@@ -234,6 +236,7 @@ async fn exchange(
     slot: &Arc<Slot>,
     mut conn: Conn,
     parts: &Parts,
+    added: &[u8],
     body: &mut UpstreamBody,
     framing: RequestFraming,
 ) -> Result<Answer, Failure> {
@@ -243,6 +246,7 @@ async fn exchange(
         &parts.method,
         &parts.uri,
         &parts.headers,
+        added,
         framing,
     );
     let stale = |e: std::io::Error| Failure {
