@@ -37,6 +37,18 @@ pub enum UpstreamBody {
     Buffered(Bytes),
 }
 
+/// A request as it goes upstream.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// Method, URI (from [`Upstream::uri_for`]) and the client's headers, stripped of
+    /// hop-by-hop, identity, `Host` and length headers.
+    pub parts: Parts,
+    /// The header lines flexgate sets (`Host`, forwarding, identity), CRLF-terminated.
+    pub added: Vec<u8>,
+    /// The body.
+    pub body: UpstreamBody,
+}
+
 /// The upstream service and a connection pool to it.
 pub struct Upstream {
     /// One idle list per worker thread: a connection is only ever driven by the thread
@@ -175,21 +187,22 @@ impl Upstream {
         &self.host
     }
 
-    /// Send an allowed request (its URI already from [`Upstream::uri_for`], `added` the
-    /// header lines flexgate sets) upstream and stream the answer back.
+    /// Send an allowed request upstream and stream the answer back.
     pub async fn forward(
         &self,
         permit: Permit,
-        parts: Parts,
-        added: &[u8],
-        body: UpstreamBody,
+        outgoing: Outgoing,
         client_upgrade: Option<OnUpgrade>,
         route_metrics: Option<&RouteMetrics>,
         worker: usize,
     ) -> Result<Response<ProxyBody>, Deny> {
         let started = Instant::now();
-        let result =
-            tokio::time::timeout(self.timeout, self.pool.send(worker, &parts, added, body)).await;
+        let result = tokio::time::timeout(
+            self.timeout,
+            self.pool
+                .send(worker, &outgoing.parts, &outgoing.added, outgoing.body),
+        )
+        .await;
         self.metrics
             .upstream(route_metrics, permit.route(), started.elapsed());
         let answer = match result {

@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use serde_json::Value as Json;
 
 use super::deny::Deny;
-use super::forward::UpstreamBody;
+use super::forward::{Outgoing, UpstreamBody};
 use super::normalize::normalize;
 use super::{Gateway, Installed, ProxyBody, headers, login};
 use crate::auth::token::token_from_authorization;
@@ -286,9 +286,7 @@ async fn serve(
     gw.upstream()
         .forward(
             permit,
-            parts,
-            &added,
-            body,
+            Outgoing { parts, added, body },
             upgrade,
             route_metrics,
             conn.worker,
