@@ -92,6 +92,53 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// Bytes that can never need normalising: plain path bytes except `.` (`%` and `;` are
+/// not plain).
+const ALREADY_NORMAL: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        table[b] = byte != b'.'
+            && (byte.is_ascii_alphanumeric()
+                || matches!(
+                    byte,
+                    b'-' | b'_'
+                        | b'~'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b'='
+                        | b':'
+                        | b'@'
+                        | b'/'
+                ));
+        b += 1;
+    }
+    table
+};
+
+/// The common case, decided in one pass: a path of such bytes without `//` has nothing
+/// to decode, no dot segment and no empty segment but perhaps a trailing one, so
+/// [`normalize_in_full`] would return it unchanged.
+fn is_already_normal(bytes: &[u8]) -> bool {
+    let mut after_slash = false;
+    for &b in bytes {
+        let slash = b == b'/';
+        if !ALREADY_NORMAL[usize::from(b)] || (slash && after_slash) {
+            return false;
+        }
+        after_slash = slash;
+    }
+    true
+}
+
 /// Normalise a request path; borrowed when nothing needed changing (the common case).
 pub fn normalize<'a>(raw: &'a str, options: &PathOptions) -> Result<Cow<'a, str>, PathError> {
     let bytes = raw.as_bytes();
@@ -101,6 +148,15 @@ pub fn normalize<'a>(raw: &'a str, options: &PathOptions) -> Result<Cow<'a, str>
     if bytes.len() > MAX_PATH_LEN {
         return Err(PathError::TooLong);
     }
+    if is_already_normal(bytes) {
+        return Ok(Cow::Borrowed(raw));
+    }
+    normalize_in_full(raw, options)
+}
+
+/// Every rule of the module doc, byte by byte (`raw` is absolute and not too long).
+fn normalize_in_full<'a>(raw: &'a str, options: &PathOptions) -> Result<Cow<'a, str>, PathError> {
+    let bytes = raw.as_bytes();
     let mut out: Option<String> = None;
     // Fully decoded bytes of the current run of escapes, to validate UTF-8.
     let mut decoded_run: Vec<u8> = Vec::new();
@@ -220,6 +276,47 @@ mod tests {
         for (raw, expected) in cases {
             assert_eq!(norm(raw).as_deref(), Ok(expected), "{raw}");
         }
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_the_full_rules_on_every_short_path() {
+        // Every path up to 6 bytes over an alphabet with each kind of trouble.
+        const ALPHABET: &[u8] = b"/a.%2F;_\\ ";
+        let options = [
+            PathOptions::default(),
+            PathOptions {
+                allow_semicolons: true,
+                allow_empty_segments: true,
+                case_insensitive: false,
+            },
+        ];
+        let mut fast = 0;
+        let mut paths = vec![b"/".to_vec()];
+        for _ in 0..5 {
+            let mut longer = Vec::new();
+            for path in &paths {
+                for &b in ALPHABET {
+                    let mut p = path.clone();
+                    p.push(b);
+                    longer.push(p);
+                }
+            }
+            for path in &longer {
+                let raw = std::str::from_utf8(path).unwrap();
+                if !is_already_normal(path) {
+                    continue;
+                }
+                fast += 1;
+                for o in &options {
+                    assert!(
+                        matches!(normalize_in_full(raw, o), Ok(Cow::Borrowed(p)) if p == raw),
+                        "{raw:?}"
+                    );
+                }
+            }
+            paths = longer;
+        }
+        assert!(fast > 100, "only {fast} paths took the fast path");
     }
 
     #[test]
