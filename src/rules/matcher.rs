@@ -147,20 +147,26 @@ impl Template {
             _ if path.len() != count => return None,
             _ => {}
         }
+        // Static segments first, last to first: templates of one API share their
+        // leading segments (`api`, `v3_0`) and differ further on, so a template that
+        // does not match is usually refused by its first comparison.
+        for (i, segment) in self.segments.iter().enumerate().rev() {
+            if let Segment::Static(s) = segment {
+                let head = path.get(i);
+                let equal = if case_insensitive {
+                    s.eq_ignore_ascii_case(head)
+                } else {
+                    **s == *head
+                };
+                if !equal {
+                    return None;
+                }
+            }
+        }
         let mut params = Params::default();
         for (i, segment) in self.segments.iter().enumerate() {
             match segment {
-                Segment::Static(s) => {
-                    let head = path.get(i);
-                    let equal = if case_insensitive {
-                        s.eq_ignore_ascii_case(head)
-                    } else {
-                        **s == *head
-                    };
-                    if !equal {
-                        return None;
-                    }
-                }
+                Segment::Static(_) => {}
                 Segment::Param => {
                     let head = path.get(i);
                     if head.is_empty() {
