@@ -50,6 +50,10 @@ pub enum Error {
     /// A request-path query took longer than the query timeout.
     #[error("database query timed out after {0:?}")]
     Timeout(Duration),
+    /// A query that served several lookups at once (a batch of owner ids) failed; each
+    /// of them gets this.
+    #[error("{0}")]
+    Shared(std::sync::Arc<Error>),
     /// The `DATABASE_URL` names a database flexgate cannot use.
     #[error("unsupported DATABASE_URL scheme: expected postgres://, postgresql:// or sqlite://")]
     UnsupportedUrl,
@@ -163,6 +167,23 @@ impl Store {
                 .map_err(|e| Error::Invalid(format!("database task failed: {e}")))?,
             None => bounded.await,
         }
+    }
+
+    /// Run `work` in the background on the runtime that owns the pool (see
+    /// [`Store::offload`]); bound its queries with [`Store::query_timeout`].
+    pub fn spawn<F>(&self, work: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        match &self.runtime {
+            Some(handle) => drop(handle.spawn(work)),
+            None => drop(tokio::spawn(work)),
+        }
+    }
+
+    /// How long a request-path query may take.
+    pub fn query_timeout(&self) -> Duration {
+        self.query_timeout
     }
 
     /// The underlying pool, for modules that run their own queries.

@@ -5,8 +5,16 @@
 //! serves rows of the old one. Concurrent misses for one key run one query (moka's
 //! `try_get_with`); "not found" is cached for a shorter time; errors are never cached,
 //! and the caller fails closed on them.
+//!
+//! On PostgreSQL, concurrent misses for *different* ids of one kind share a query: the
+//! kind's query is run for an array of ids at once ([`batch_form`]), so a burst of new
+//! ids costs a few round trips instead of one each. Misses queue while a query is in
+//! flight and the next query takes them all; a lone miss is not delayed. A query that
+//! PostgreSQL cannot run in that form (a syntax it does not allow in a subquery) falls
+//! back to one query per id for that kind.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
@@ -47,6 +55,8 @@ pub struct OwnerResolver {
     store: Store,
     cache: moka::future::Cache<OwnerKey, Owner>,
     metrics: Metrics,
+    /// One batcher per kind version (fingerprint), PostgreSQL only.
+    batchers: Mutex<HashMap<u64, Arc<Batcher>>>,
 }
 
 impl std::fmt::Debug for OwnerResolver {
@@ -75,6 +85,7 @@ impl OwnerResolver {
                 })
                 .build(),
             metrics,
+            batchers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -90,31 +101,53 @@ impl OwnerResolver {
             return Ok((hit, true));
         }
         self.metrics.cache_lookup("owners", false);
-        let store = self.store.clone();
-        let query = kind.query.clone();
-        let columns = kind.columns.clone();
+        let Some(query) = kind.query.clone() else {
+            return Err(Arc::new(Error::Invalid(
+                "singleton kinds have no owner query".into(),
+            )));
+        };
+        let lookup = match self.batcher(kind, &query) {
+            Some(batcher) => Lookup::Batched(batcher),
+            None => Lookup::Single(Box::new(SingleLookup {
+                store: self.store.clone(),
+                query,
+                columns: kind.columns.clone(),
+                metrics: self.metrics.clone(),
+                name: kind.name.clone(),
+            })),
+        };
         let id = id.clone();
-        let metrics = self.metrics.clone();
-        let name = kind.name.clone();
-        let row = self
-            .cache
-            .try_get_with(key, async move {
-                let Some(query) = query else {
-                    return Err(Error::Invalid("singleton kinds have no owner query".into()));
-                };
-                let started = Instant::now();
-                let db = store.clone();
-                let result = store
-                    .offload(async move { fetch_owner(&db, &query, &columns, &id).await })
-                    .await;
-                metrics.owner_query(&name, started.elapsed(), result.is_ok());
-                if let Err(e) = &result {
-                    tracing::warn!(kind = %name, error = %e, "owner query failed; failing closed");
-                }
-                result
-            })
-            .await?;
+        let row = self.cache.try_get_with(key, lookup.run(id)).await?;
         Ok((row, false))
+    }
+
+    /// The kind's batcher, when its query has a batch form and the database is
+    /// PostgreSQL (SQLite runs in process: a query there costs no round trip).
+    fn batcher(&self, kind: &Kind, query: &str) -> Option<Arc<Batcher>> {
+        if !matches!(self.store.pool(), super::Pool::Postgres(_)) {
+            return None;
+        }
+        let mut batchers = self.batchers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = batchers.get(&kind.fingerprint) {
+            return (!found.single_only()).then(|| Arc::clone(found));
+        }
+        let sql = batch_form(query, kind.id_type)?;
+        // Kinds of reloaded rule files leave their batchers behind; keep the map small.
+        if batchers.len() > 256 {
+            batchers.clear();
+        }
+        let batcher = Arc::new(Batcher {
+            store: self.store.clone(),
+            batch_sql: Arc::from(sql),
+            query: Arc::from(query),
+            columns: kind.columns.clone().into(),
+            id_type: kind.id_type,
+            metrics: self.metrics.clone(),
+            name: kind.name.clone(),
+            state: Mutex::new(BatchState::default()),
+        });
+        batchers.insert(kind.fingerprint, Arc::clone(&batcher));
+        Some(batcher)
     }
 
     /// Cached entries, for metrics (pending bookkeeping is applied first, since moka
@@ -128,6 +161,364 @@ impl OwnerResolver {
     pub fn clear(&self) {
         self.cache.invalidate_all();
     }
+}
+
+/// How one cache miss is filled.
+enum Lookup {
+    /// Through the kind's batcher.
+    Batched(Arc<Batcher>),
+    /// With a query of its own.
+    Single(Box<SingleLookup>),
+}
+
+/// What a lookup with a query of its own needs.
+struct SingleLookup {
+    store: Store,
+    query: Arc<str>,
+    columns: Vec<String>,
+    metrics: Metrics,
+    name: String,
+}
+
+impl Lookup {
+    async fn run(self, id: ResourceId) -> Result<Owner, Error> {
+        match self {
+            Lookup::Batched(batcher) => batcher.lookup(id).await,
+            Lookup::Single(lookup) => {
+                let SingleLookup {
+                    store,
+                    query,
+                    columns,
+                    metrics,
+                    name,
+                } = *lookup;
+                single(store, query, columns, metrics, name, id).await
+            }
+        }
+    }
+}
+
+/// One query for one id, on the pool's runtime, timed and logged.
+async fn single(
+    store: Store,
+    query: Arc<str>,
+    columns: Vec<String>,
+    metrics: Metrics,
+    name: String,
+    id: ResourceId,
+) -> Result<Owner, Error> {
+    let started = Instant::now();
+    let db = store.clone();
+    let result = store
+        .offload(async move { fetch_owner(&db, &query, &columns, &id).await })
+        .await;
+    metrics.owner_query(&name, started.elapsed(), result.is_ok());
+    if let Err(e) = &result {
+        tracing::warn!(kind = %name, error = %e, "owner query failed; failing closed");
+    }
+    result
+}
+
+/// Most ids one batch query asks for.
+const MAX_BATCH: usize = 256;
+/// Batch queries of one kind in flight at once.
+const MAX_FLUSHERS: usize = 2;
+
+/// Collects concurrent misses of one kind and answers them with shared queries.
+struct Batcher {
+    store: Store,
+    batch_sql: Arc<str>,
+    query: Arc<str>,
+    columns: Arc<[String]>,
+    id_type: IdType,
+    metrics: Metrics,
+    name: String,
+    state: Mutex<BatchState>,
+}
+
+type Waiter = tokio::sync::oneshot::Sender<Result<Owner, Arc<Error>>>;
+
+#[derive(Default)]
+struct BatchState {
+    pending: Vec<(ResourceId, Waiter)>,
+    flushers: usize,
+    /// PostgreSQL refused the batch form: one query per id from now on.
+    single_only: bool,
+}
+
+impl Batcher {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BatchState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn single_only(&self) -> bool {
+        self.lock().single_only
+    }
+
+    /// Queue `id` and wait for the query that answers it.
+    async fn lookup(self: Arc<Self>, id: ResourceId) -> Result<Owner, Error> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let queued = {
+            let mut state = self.lock();
+            if state.single_only {
+                Err(id)
+            } else {
+                state.pending.push((id, tx));
+                let start = state.flushers < MAX_FLUSHERS;
+                if start {
+                    state.flushers += 1;
+                }
+                Ok(start)
+            }
+        };
+        let start_flusher = match queued {
+            Ok(start) => start,
+            Err(id) => return self.single(id).await,
+        };
+        if start_flusher {
+            let me = Arc::clone(&self);
+            self.store.spawn(async move { me.flush().await });
+        }
+        match rx.await {
+            Ok(answer) => answer.map_err(Error::Shared),
+            Err(_) => Err(Error::Invalid("the owner lookup was abandoned".into())),
+        }
+    }
+
+    /// Answer what is queued, batch after batch, until nothing is left.
+    async fn flush(&self) {
+        loop {
+            let batch: Vec<(ResourceId, Waiter)> = {
+                let mut state = self.lock();
+                if state.pending.is_empty() {
+                    state.flushers -= 1;
+                    return;
+                }
+                let n = state.pending.len().min(MAX_BATCH);
+                state.pending.drain(..n).collect()
+            };
+            let started = Instant::now();
+            let limit = self.store.query_timeout();
+            let result = tokio::time::timeout(limit, self.fetch(&batch))
+                .await
+                .unwrap_or(Err(Error::Timeout(limit)));
+            match result {
+                Ok(mut rows) => {
+                    self.metrics
+                        .owner_query(&self.name, started.elapsed(), true);
+                    for (id, waiter) in batch {
+                        let _ = waiter.send(Ok(rows.remove(&id).flatten()));
+                    }
+                }
+                Err(e) if refuses_batch_form(&e) => {
+                    tracing::warn!(kind = %self.name, error = %e, "the owner query cannot run for many ids at once; one query per id from now on");
+                    self.lock().single_only = true;
+                    for (id, waiter) in batch {
+                        let lookup = self.single(id);
+                        self.store.spawn(async move {
+                            let _ = waiter.send(lookup.await.map_err(Arc::new));
+                        });
+                    }
+                }
+                Err(e) => {
+                    self.metrics
+                        .owner_query(&self.name, started.elapsed(), false);
+                    tracing::warn!(kind = %self.name, error = %e, ids = batch.len(), "owner query failed; failing closed");
+                    let shared = Arc::new(e);
+                    for (_, waiter) in batch {
+                        let _ = waiter.send(Err(Arc::clone(&shared)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The query of one id, as for a kind without a batch form.
+    fn single(&self, id: ResourceId) -> impl Future<Output = Result<Owner, Error>> + use<> {
+        single(
+            self.store.clone(),
+            Arc::clone(&self.query),
+            self.columns.to_vec(),
+            self.metrics.clone(),
+            self.name.clone(),
+            id,
+        )
+    }
+
+    /// Run the batch form for the ids of `batch`: the first row of each id that has one.
+    async fn fetch(
+        &self,
+        batch: &[(ResourceId, Waiter)],
+    ) -> Result<HashMap<ResourceId, Owner>, Error> {
+        let super::Pool::Postgres(pool) = self.store.pool() else {
+            return Err(Error::Invalid(
+                "batched owner lookups need PostgreSQL".into(),
+            ));
+        };
+        let sql = sqlx::AssertSqlSafe(Arc::clone(&self.batch_sql));
+        let query = sqlx::query(sql);
+        let query = match self.id_type {
+            IdType::Integer => query.bind(
+                batch
+                    .iter()
+                    .filter_map(|(id, _)| match id {
+                        ResourceId::Int(i) => Some(*i),
+                        ResourceId::Text(_) => None,
+                    })
+                    .collect::<Vec<i64>>(),
+            ),
+            IdType::Text => query.bind(
+                batch
+                    .iter()
+                    .map(|(id, _)| id.to_string())
+                    .collect::<Vec<String>>(),
+            ),
+        };
+        let rows = query.fetch_all(pool).await?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let id = match self.id_type {
+                IdType::Integer => ResourceId::Int(row.try_get::<i64, _>(BATCH_ID)?),
+                IdType::Text => ResourceId::Text(row.try_get::<String, _>(BATCH_ID)?.into()),
+            };
+            if found.contains_key(&id) {
+                continue;
+            }
+            let mut values = Vec::with_capacity(self.columns.len());
+            for name in self.columns.iter() {
+                values.push(decode(&row, name)?);
+            }
+            found.insert(id, Some(Arc::from(values)));
+        }
+        Ok(found)
+    }
+}
+
+/// Whether PostgreSQL refused the statement itself (SQLSTATE class 42, syntax error or
+/// access rule violation, or 0A, feature not supported), rather than failing to run it.
+fn refuses_batch_form(e: &Error) -> bool {
+    match e {
+        Error::Database(sqlx::Error::Database(db)) => db
+            .code()
+            .is_some_and(|code| code.starts_with("42") || code.starts_with("0A")),
+        _ => false,
+    }
+}
+
+/// Name of the id column the batch form adds.
+const BATCH_ID: &str = "__flexgate_id";
+
+/// The kind's query for many ids at once (PostgreSQL), or `None` when it has no `$1`,
+/// uses another parameter, or cannot be read safely. Every `$1` outside string
+/// literals, quoted names and comments becomes the id of an array element, and the
+/// query runs once per element through a lateral join, keeping its first row as
+/// `fetch_owner` does.
+pub fn batch_form(query: &str, id_type: IdType) -> Option<String> {
+    let body = query.trim().trim_end_matches(';').trim_end();
+    let bytes = body.as_bytes();
+    let mut out = String::with_capacity(body.len() + 256);
+    let mut copied = 0;
+    let mut replaced = 0;
+    let mut i = 0;
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$';
+    while i < bytes.len() {
+        let next = bytes.get(i + 1).copied();
+        match bytes[i] {
+            b'\'' => {
+                // 'it''s'; E'...' also takes backslash escapes.
+                let escapes =
+                    i > 0 && matches!(bytes[i - 1], b'E' | b'e') && (i < 2 || !ident(bytes[i - 2]));
+                i += 1;
+                loop {
+                    match bytes.get(i)? {
+                        b'\\' if escapes => i += 2,
+                        b'\'' if bytes.get(i + 1) == Some(&b'\'') => i += 2,
+                        b'\'' => break,
+                        _ => i += 1,
+                    }
+                }
+                i += 1;
+            }
+            b'"' => {
+                i += 1;
+                loop {
+                    match bytes.get(i)? {
+                        b'"' if bytes.get(i + 1) == Some(&b'"') => i += 2,
+                        b'"' => break,
+                        _ => i += 1,
+                    }
+                }
+                i += 1;
+            }
+            b'-' if next == Some(b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if next == Some(b'*') => {
+                // Comments nest in PostgreSQL.
+                let mut depth = 0;
+                loop {
+                    if bytes.get(i..i + 2)? == b"/*" {
+                        depth += 1;
+                        i += 2;
+                    } else if bytes.get(i..i + 2)? == b"*/" {
+                        depth -= 1;
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+            }
+            b'$' if i > 0 && ident(bytes[i - 1]) => i += 1,
+            b'$' if next.is_some_and(|b| b.is_ascii_digit()) => {
+                let digits = bytes[i + 1..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_digit())
+                    .count();
+                if &body[i + 1..i + 1 + digits] != "1" {
+                    return None;
+                }
+                out.push_str(&body[copied..i]);
+                out.push_str("__flexgate_ids.id");
+                replaced += 1;
+                i += 1 + digits;
+                copied = i;
+            }
+            b'$' => {
+                // A dollar-quoted string: $$...$$ or $tag$...$tag$.
+                let tag_len = bytes[i + 1..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
+                    .count();
+                if bytes.get(i + 1 + tag_len) != Some(&b'$') {
+                    i += 1;
+                    continue;
+                }
+                let tag = &body[i..i + tag_len + 2];
+                let rest = &body[i + tag.len()..];
+                let end = rest.find(tag)?;
+                i += tag.len() + end + tag.len();
+            }
+            _ => i += 1,
+        }
+    }
+    if replaced == 0 {
+        return None;
+    }
+    out.push_str(&body[copied..]);
+    let array = match id_type {
+        IdType::Integer => "bigint[]",
+        IdType::Text => "text[]",
+    };
+    Some(format!(
+        "SELECT __flexgate_ids.id AS {BATCH_ID}, __flexgate_owner.* \
+         FROM unnest($1::{array}) AS __flexgate_ids(id) \
+         CROSS JOIN LATERAL (SELECT * FROM ({out}\n) AS __flexgate_row LIMIT 1) AS __flexgate_owner"
+    ))
 }
 
 /// Run `query` with `$1 = id` and read `columns` of the first row.
@@ -267,4 +658,52 @@ where
         }
     };
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inner(sql: &str) -> String {
+        let full = batch_form(sql, IdType::Integer).unwrap();
+        let start = full.find("(SELECT * FROM (").unwrap() + "(SELECT * FROM (".len();
+        let end = full.rfind("\n) AS __flexgate_row").unwrap();
+        full[start..end].to_owned()
+    }
+
+    #[test]
+    fn every_first_parameter_becomes_the_array_element() {
+        assert_eq!(
+            inner("SELECT account_id FROM asset WHERE id = $1 OR parent = $1;"),
+            "SELECT account_id FROM asset WHERE id = __flexgate_ids.id OR parent = __flexgate_ids.id"
+        );
+        let full = batch_form("SELECT a FROM t WHERE name = $1", IdType::Text).unwrap();
+        assert!(full.contains("unnest($1::text[])"), "{full}");
+        assert!(full.starts_with("SELECT __flexgate_ids.id AS __flexgate_id,"));
+        assert!(full.ends_with("LIMIT 1) AS __flexgate_owner"));
+    }
+
+    #[test]
+    fn literals_quoted_names_and_comments_are_left_alone() {
+        let sql = "SELECT a AS \"$1\" FROM t -- $1 here\n/* $1 /* nested $1 */ */ WHERE x = 'it''s $1' AND y = E'\\'$1' AND z = $q$ $1 $q$ AND w = $$ $1 $$ AND v$1 = $1";
+        assert_eq!(
+            inner(sql),
+            "SELECT a AS \"$1\" FROM t -- $1 here\n/* $1 /* nested $1 */ */ WHERE x = 'it''s $1' AND y = E'\\'$1' AND z = $q$ $1 $q$ AND w = $$ $1 $$ AND v$1 = __flexgate_ids.id"
+        );
+    }
+
+    #[test]
+    fn queries_that_cannot_be_read_safely_have_no_batch_form() {
+        for sql in [
+            "SELECT a FROM t WHERE id = 1",
+            "SELECT a FROM t WHERE id = $1 AND b = $2",
+            "SELECT a FROM t WHERE id = $10",
+            "SELECT a FROM t WHERE id = $1 AND b = 'open",
+            "SELECT a FROM t WHERE id = $1 /* open",
+            "SELECT a FROM t WHERE id = $1 AND b = $x$ open",
+            "SELECT \"open FROM t WHERE id = $1",
+        ] {
+            assert_eq!(batch_form(sql, IdType::Integer), None, "{sql}");
+        }
+    }
 }
