@@ -221,8 +221,10 @@ async fn single(
 
 /// Most ids one batch query asks for.
 const MAX_BATCH: usize = 256;
-/// Batch queries of one kind in flight at once.
-const MAX_FLUSHERS: usize = 2;
+/// Batch queries of one kind in flight at once. One measured best: misses that arrive
+/// meanwhile make the next batch bigger rather than a query of their own (rig: 15k
+/// against 12k uncached requests/s with two).
+const MAX_FLUSHERS: usize = 1;
 
 /// Collects concurrent misses of one kind and answers them with shared queries.
 struct Batcher {
