@@ -89,7 +89,7 @@ async fn run() {
     let issued = auth.issue(5).await.unwrap();
     let token_text = issued.token.clone();
     auth.authenticate(&token_text).await.unwrap();
-    let owners = OwnerResolver::new(store.clone(), &config.server.cache, metrics.clone());
+    let owners = OwnerResolver::new(store.clone(), &config.server.cache, metrics.clone(), 1);
     let asset = rules.kinds.iter().find(|k| k.name == "asset").unwrap();
     owners.resolve(asset, &ResourceId::Int(1)).await.unwrap();
     let identity: std::sync::Arc<Identity> = auth.identity(5).await.unwrap();

@@ -186,8 +186,12 @@ impl ExplainArgs {
         if route.checks.is_empty() {
             trace.push("checks: none (any authenticated user)".into());
         }
-        let owners =
-            OwnerResolver::new(store, &config.server.cache, crate::metrics::Metrics::new());
+        let owners = OwnerResolver::new(
+            store,
+            &config.server.cache,
+            crate::metrics::Metrics::new(),
+            1,
+        );
         Ok(pipeline::authorize(&owners, rules, route, &facts, &identity, trace).await)
     }
 

@@ -153,7 +153,12 @@ impl Gateway {
                 Arc::clone(&config.rules),
                 &metrics,
             ))),
-            owners: OwnerResolver::new(store.clone(), &server.cache, metrics.clone()),
+            owners: OwnerResolver::new(
+                store.clone(),
+                &server.cache,
+                metrics.clone(),
+                server.workers.max(1),
+            ),
             auth: Arc::new(auth),
             upstream,
             signer: UpstreamSigner::new(settings.upstream_secret()?),
@@ -407,6 +412,7 @@ pub async fn start(gateway: Arc<Gateway>) -> Result<Running, Error> {
         std::thread::Builder::new()
             .name(format!("flexgate-worker-{worker}"))
             .spawn(move || {
+                crate::store::owner::set_worker(worker);
                 let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(runtime) => runtime,
                     Err(e) => {

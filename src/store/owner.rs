@@ -12,9 +12,14 @@
 //! flight and the next query takes them all; a lone miss is not delayed. A query that
 //! PostgreSQL cannot run in that form (a syntax it does not allow in a subquery) falls
 //! back to one query per id for that kind.
+//!
+//! A proxy worker thread (marked with [`set_worker`]) runs its batches on database
+//! connections of its own, driven by its own runtime: a lookup then never wakes another
+//! thread. Other callers use the shared pool on the runtime that owns it.
 
+use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
@@ -55,8 +60,30 @@ pub struct OwnerResolver {
     store: Store,
     cache: moka::future::Cache<OwnerKey, Owner>,
     metrics: Metrics,
-    /// One batcher per kind version (fingerprint), PostgreSQL only.
+    /// One batcher per kind version (fingerprint), PostgreSQL only, for callers that
+    /// are not proxy workers.
     batchers: Mutex<HashMap<u64, Arc<Batcher>>>,
+    /// Per proxy worker: its own connections and batchers, made on first use.
+    lanes: Box<[OnceLock<Lane>]>,
+}
+
+/// Database connections for one proxy worker's owner lookups, and its batchers.
+struct Lane {
+    pool: sqlx::PgPool,
+    batchers: Mutex<HashMap<u64, Arc<Batcher>>>,
+}
+
+/// Connections per worker for batched owner lookups (one batch per kind in flight).
+const LANE_CONNECTIONS: u32 = 2;
+
+thread_local! {
+    static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+/// Mark this thread as proxy worker `index` (a single-threaded runtime serving its own
+/// connections): its owner lookups then use database connections of its own.
+pub fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(Some(index)));
 }
 
 impl std::fmt::Debug for OwnerResolver {
@@ -66,8 +93,9 @@ impl std::fmt::Debug for OwnerResolver {
 }
 
 impl OwnerResolver {
-    /// A resolver over `store` with the configured cache sizes and lifetimes.
-    pub fn new(store: Store, settings: &CacheSettings, metrics: Metrics) -> Self {
+    /// A resolver over `store` with the configured cache sizes and lifetimes, for
+    /// `workers` proxy worker threads.
+    pub fn new(store: Store, settings: &CacheSettings, metrics: Metrics, workers: usize) -> Self {
         let evictions = metrics.clone();
         OwnerResolver {
             store,
@@ -86,6 +114,7 @@ impl OwnerResolver {
                 .build(),
             metrics,
             batchers: Mutex::new(HashMap::new()),
+            lanes: (0..workers).map(|_| OnceLock::new()).collect(),
         }
     }
 
@@ -124,10 +153,26 @@ impl OwnerResolver {
     /// The kind's batcher, when its query has a batch form and the database is
     /// PostgreSQL (SQLite runs in process: a query there costs no round trip).
     fn batcher(&self, kind: &Kind, query: &str) -> Option<Arc<Batcher>> {
-        if !matches!(self.store.pool(), super::Pool::Postgres(_)) {
+        let super::Pool::Postgres(shared) = self.store.pool() else {
             return None;
-        }
-        let mut batchers = self.batchers.lock().unwrap_or_else(|p| p.into_inner());
+        };
+        let worker = WORKER.with(Cell::get).and_then(|i| self.lanes.get(i));
+        let (batchers, pool, on_worker) = match worker {
+            Some(lane) => {
+                let lane = lane.get_or_init(|| Lane {
+                    // Lazy: connections are made on first use, by this worker's
+                    // runtime, whose reactor then drives them.
+                    pool: sqlx::postgres::PgPoolOptions::new()
+                        .max_connections(LANE_CONNECTIONS)
+                        .acquire_timeout(self.store.query_timeout())
+                        .connect_lazy_with(shared.connect_options().as_ref().clone()),
+                    batchers: Mutex::new(HashMap::new()),
+                });
+                (&lane.batchers, lane.pool.clone(), true)
+            }
+            None => (&self.batchers, shared.clone(), false),
+        };
+        let mut batchers = batchers.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(found) = batchers.get(&kind.fingerprint) {
             return (!found.single_only()).then(|| Arc::clone(found));
         }
@@ -138,6 +183,8 @@ impl OwnerResolver {
         }
         let batcher = Arc::new(Batcher {
             store: self.store.clone(),
+            pool,
+            on_worker,
             batch_sql: Arc::from(sql),
             query: Arc::from(query),
             columns: kind.columns.clone().into(),
@@ -229,6 +276,11 @@ const MAX_FLUSHERS: usize = 1;
 /// Collects concurrent misses of one kind and answers them with shared queries.
 struct Batcher {
     store: Store,
+    /// Where batch queries run: a worker's own connections, or the shared pool.
+    pool: sqlx::PgPool,
+    /// Whether `pool` belongs to the worker thread that uses this batcher (flushes run
+    /// on its runtime) rather than to the shared pool's runtime.
+    on_worker: bool,
     batch_sql: Arc<str>,
     query: Arc<str>,
     columns: Arc<[String]>,
@@ -279,7 +331,11 @@ impl Batcher {
         };
         if start_flusher {
             let me = Arc::clone(&self);
-            self.store.spawn(async move { me.flush().await });
+            if self.on_worker {
+                tokio::spawn(async move { me.flush().await });
+            } else {
+                self.store.spawn(async move { me.flush().await });
+            }
         }
         match rx.await {
             Ok(answer) => answer.map_err(Error::Shared),
@@ -352,11 +408,7 @@ impl Batcher {
         &self,
         batch: &[(ResourceId, Waiter)],
     ) -> Result<HashMap<ResourceId, Owner>, Error> {
-        let super::Pool::Postgres(pool) = self.store.pool() else {
-            return Err(Error::Invalid(
-                "batched owner lookups need PostgreSQL".into(),
-            ));
-        };
+        let pool = &self.pool;
         let sql = sqlx::AssertSqlSafe(Arc::clone(&self.batch_sql));
         let query = sqlx::query(sql);
         let query = match self.id_type {
