@@ -230,3 +230,86 @@ pub fn authorization_header(data: &[u8]) {
         assert!(header.contains(token));
     }
 }
+
+/// The upstream response codec: a head parses to the same answer however its bytes
+/// arrive (every shorter prefix is "need more" or the same refusal), what is kept of it
+/// holds no hop-by-hop header (a 101 aside), and a body decodes to the same bytes and the
+/// same end whatever the read sizes. The first byte picks the request method and the
+/// read size; the rest is what the upstream sent.
+pub fn upstream_response(data: &[u8]) {
+    use crate::proxy::h1::{self, Decoded, Decoder};
+    use bytes::BytesMut;
+
+    let Some((&control, wire)) = data.split_first() else {
+        return;
+    };
+    let method = if control & 1 == 0 {
+        http::Method::GET
+    } else {
+        http::Method::HEAD
+    };
+    let step = usize::from(control >> 1).max(1);
+    let whole = h1::parse_response_head(wire, &method);
+    let cut = match &whole {
+        Ok(Some((_, len))) => *len,
+        _ => wire.len(),
+    };
+    for end in (0..cut).step_by(step) {
+        match (h1::parse_response_head(&wire[..end], &method), &whole) {
+            (Ok(None), _) => {}
+            (Err(e), Err(w)) if e == *w => {}
+            (other, _) => panic!("prefix of {end} bytes: {other:?}, whole: {whole:?}"),
+        }
+    }
+    let Ok(Some((head, len))) = whole else {
+        return;
+    };
+    assert!(len <= wire.len() && len <= h1::MAX_HEAD_BYTES);
+    if head.status != http::StatusCode::SWITCHING_PROTOCOLS {
+        for name in [
+            "connection",
+            "keep-alive",
+            "transfer-encoding",
+            "upgrade",
+            "te",
+            "trailer",
+        ] {
+            assert!(!head.headers.contains_key(name), "{name} kept");
+        }
+    }
+
+    /// Bytes decoded, then how decoding ended: `Ok(leftover)` after the end of the
+    /// body, or the error (end of input included).
+    fn decode(
+        framing: h1::BodyFraming,
+        body: &[u8],
+        step: usize,
+    ) -> (Vec<u8>, Result<usize, h1::ProtocolError>) {
+        let mut decoder = Decoder::new(framing);
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut fed = 0;
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Decoded::Data(d)) => out.extend_from_slice(&d),
+                Ok(Decoded::Done) => return (out, Ok(buf.len() + body.len() - fed)),
+                Ok(Decoded::NeedMore) if fed < body.len() => {
+                    let next = (fed + step).min(body.len());
+                    buf.extend_from_slice(&body[fed..next]);
+                    fed = next;
+                }
+                Ok(Decoded::NeedMore) => {
+                    return match decoder.at_eof() {
+                        Ok(()) => (out, Ok(0)),
+                        Err(e) => (out, Err(e)),
+                    };
+                }
+                Err(e) => return (out, Err(e)),
+            }
+        }
+    }
+    let body = &wire[len..];
+    let at_once = decode(head.framing, body, body.len().max(1));
+    let piecewise = decode(head.framing, body, step);
+    assert_eq!(at_once, piecewise, "read size {step} changed the body");
+}

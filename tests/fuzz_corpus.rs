@@ -72,3 +72,8 @@ fn a_seed_token_really_decodes() {
     .unwrap();
     assert_eq!(claims.user_id, 5);
 }
+
+#[test]
+fn upstream_response_corpus() {
+    run("upstream_response", properties::upstream_response);
+}
