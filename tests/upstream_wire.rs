@@ -362,32 +362,44 @@ async fn an_answer_before_the_upload_ends_reaches_the_client_at_once() {
     server.abort();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pooled_connection_closed_under_a_request_is_retried_only_when_safe() {
-    let db = TestDb::sqlite();
-    // The first connection answers its first request, then takes the second and closes
-    // without answering: the race a pooled connection can lose. Later connections
-    // answer everything.
+/// An upstream whose first connection answers its first request, then takes the second
+/// and closes without answering: the race a pooled connection can lose. Later
+/// connections answer everything.
+async fn losing_the_race(db: &TestDb) -> (Scripted, TestGateway) {
     let upstream = Scripted::start(|conn, request_no, _| match (conn, request_no) {
         (1, 2) => Act::Close,
         _ => Act::Answer(OK),
     })
     .await;
-    let gw = gateway(&db, &upstream).await;
+    let gw = gateway(db, &upstream).await;
+    (upstream, gw)
+}
+
+/// Send on one client connection (one worker, so one upstream idle list); the status.
+async fn send_on(
+    sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    gw: &TestGateway,
+    method: &str,
+    body: &'static str,
+) -> http::StatusCode {
+    let request = http::Request::builder()
+        .method(method)
+        .uri(gw.url("/r"))
+        .header("host", "localhost")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    sender.ready().await.unwrap();
+    sender.send_request(request).await.unwrap().status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_closed_under_a_request_is_retried_only_when_safe() {
+    let db = TestDb::sqlite();
+    let (upstream, gw) = losing_the_race(&db).await;
     let mut sender = gw.connect::<Full<Bytes>>().await;
-    let mut send = async |method: &str, body: &'static str| {
-        let request = http::Request::builder()
-            .method(method)
-            .uri(gw.url("/r"))
-            .header("host", "localhost")
-            .body(Full::new(Bytes::from_static(body.as_bytes())))
-            .unwrap();
-        sender.ready().await.unwrap();
-        sender.send_request(request).await.unwrap().status()
-    };
-    assert_eq!(send("GET", "").await, 200);
+    assert_eq!(send_on(&mut sender, &gw, "GET", "").await, 200);
     // An idempotent request with nothing received back: sent again on a new connection.
-    assert_eq!(send("GET", "").await, 200);
+    assert_eq!(send_on(&mut sender, &gw, "GET", "").await, 200);
     let seen = upstream.requests();
     assert_eq!(
         seen.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
@@ -398,30 +410,15 @@ async fn a_pooled_connection_closed_under_a_request_is_retried_only_when_safe() 
     upstream.task.abort();
 
     // A POST in the same spot may have had its effect: 502, never sent twice.
-    let upstream = Scripted::start(|conn, request_no, _| match (conn, request_no) {
-        (1, 2) => Act::Close,
-        _ => Act::Answer(OK),
-    })
-    .await;
-    let gw = gateway(&db, &upstream).await;
+    let (upstream, gw) = losing_the_race(&db).await;
     let mut sender = gw.connect::<Full<Bytes>>().await;
-    let mut send = async |method: &str, body: &'static str| {
-        let request = http::Request::builder()
-            .method(method)
-            .uri(gw.url("/r"))
-            .header("host", "localhost")
-            .body(Full::new(Bytes::from_static(body.as_bytes())))
-            .unwrap();
-        sender.ready().await.unwrap();
-        sender.send_request(request).await.unwrap().status()
-    };
-    assert_eq!(send("GET", "").await, 200);
-    assert_eq!(send("POST", "pay 10 EUR").await, 502);
+    assert_eq!(send_on(&mut sender, &gw, "GET", "").await, 200);
+    assert_eq!(send_on(&mut sender, &gw, "POST", "pay 10 EUR").await, 502);
     let seen = upstream.requests();
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert!(seen[1].1.starts_with("POST /r") && seen[1].1.ends_with("pay 10 EUR"));
     // The next request still works, on a fresh connection.
-    assert_eq!(send("GET", "").await, 200);
+    assert_eq!(send_on(&mut sender, &gw, "GET", "").await, 200);
     assert_eq!(upstream.requests().last().unwrap().0, 2);
     gw.stop().await;
     upstream.task.abort();

@@ -59,12 +59,12 @@ impl PathError {
     }
 }
 
-fn is_unreserved(b: u8) -> bool {
+const fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
 /// pchar minus `%` and `;` (handled separately), plus `/`.
-fn is_plain_path_byte(b: u8) -> bool {
+const fn is_plain_path_byte(b: u8) -> bool {
     is_unreserved(b)
         || matches!(
             b,
@@ -98,27 +98,7 @@ const ALREADY_NORMAL: [bool; 256] = {
     let mut table = [false; 256];
     let mut b = 0;
     while b < 256 {
-        let byte = b as u8;
-        table[b] = byte != b'.'
-            && (byte.is_ascii_alphanumeric()
-                || matches!(
-                    byte,
-                    b'-' | b'_'
-                        | b'~'
-                        | b'!'
-                        | b'$'
-                        | b'&'
-                        | b'\''
-                        | b'('
-                        | b')'
-                        | b'*'
-                        | b'+'
-                        | b','
-                        | b'='
-                        | b':'
-                        | b'@'
-                        | b'/'
-                ));
+        table[b] = b as u8 != b'.' && is_plain_path_byte(b as u8);
         b += 1;
     }
     table
