@@ -131,6 +131,11 @@ fn request_len(buf: &[u8]) -> Option<usize> {
     (buf.len() >= head_end + length).then_some(head_end + length)
 }
 
+/// The request target of a raw request (`/path` of `GET /path HTTP/1.1`).
+fn target_of(request: &[u8]) -> &[u8] {
+    request.split(|b| *b == b' ').nth(1).unwrap_or_default()
+}
+
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
 
 async fn gateway(db: &TestDb, upstream: &Scripted) -> TestGateway {
@@ -191,7 +196,7 @@ async fn request_framing_comes_from_the_body_sent_never_from_the_client() {
 async fn chunked_interim_and_close_delimited_answers_arrive_whole() {
     let db = TestDb::sqlite();
     let upstream = Scripted::start(|_, _, request| {
-        let path = request.split(|b| *b == b' ').nth(1).unwrap_or_default();
+        let path = target_of(request);
         match path {
             b"/chunked" => Act::Answer(
                 b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nx-trailer: t\r\n\r\n",
@@ -238,7 +243,7 @@ async fn chunked_interim_and_close_delimited_answers_arrive_whole() {
 async fn malformed_answers_are_502_and_never_reach_the_client() {
     let db = TestDb::sqlite();
     let upstream = Scripted::start(|_, _, request| {
-        let path = request.split(|b| *b == b' ').nth(1).unwrap_or_default();
+        let path = target_of(request);
         Act::AnswerAndClose(match path {
             b"/two-lengths" => {
                 b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nokk"
@@ -274,7 +279,7 @@ async fn malformed_answers_are_502_and_never_reach_the_client() {
 async fn a_body_cut_short_by_the_upstream_is_never_completed_for_the_client() {
     let db = TestDb::sqlite();
     let upstream = Scripted::start(|_, _, request| {
-        let path = request.split(|b| *b == b' ').nth(1).unwrap_or_default();
+        let path = target_of(request);
         Act::AnswerAndClose(match path {
             b"/short" => b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc",
             _ => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhel",

@@ -418,23 +418,16 @@ impl Decoder {
                 State::Length(_) | State::ChunkData(_) if buf.is_empty() => {
                     return Ok(Decoded::NeedMore);
                 }
-                State::Length(n) => {
+                // A counted run of bytes: the whole body, or one chunk.
+                State::Length(n) | State::ChunkData(n) => {
                     let take = n.min(buf.len() as u64);
                     let rest = n - take;
-                    self.state = if rest == 0 {
-                        State::Done
-                    } else {
-                        State::Length(rest)
-                    };
-                    return Ok(Decoded::Data(buf.split_to(take as usize).freeze()));
-                }
-                State::ChunkData(n) => {
-                    let take = n.min(buf.len() as u64);
-                    let rest = n - take;
-                    self.state = if rest == 0 {
-                        State::ChunkEnd
-                    } else {
-                        State::ChunkData(rest)
+                    let chunked = matches!(self.state, State::ChunkData(_));
+                    self.state = match (chunked, rest) {
+                        (false, 0) => State::Done,
+                        (false, _) => State::Length(rest),
+                        (true, 0) => State::ChunkEnd,
+                        (true, _) => State::ChunkData(rest),
                     };
                     return Ok(Decoded::Data(buf.split_to(take as usize).freeze()));
                 }
