@@ -15,7 +15,7 @@ pub mod token;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
 use moka::Expiry;
@@ -25,6 +25,7 @@ pub use password::PasswordHasher;
 use throttle::Throttle;
 use token::{TokenError, TokenKey};
 
+use crate::cache::{Expiring, FrontCache};
 use crate::metrics::Metrics;
 use crate::policy::Principal;
 use crate::rules::{CacheSettings, ThrottleSettings};
@@ -198,7 +199,12 @@ struct Verified {
     issued_at: u64,
     credential_version: u64,
     ttl: Duration,
+    /// `ttl` from when the entry was made, for the front cache.
+    expires: Instant,
 }
+
+/// Front-cache slots per thread for tokens and principals: the hot set of a worker.
+const FRONT_SLOTS: usize = 1024;
 
 struct UntilTokenExpiry;
 
@@ -218,8 +224,12 @@ pub struct Authenticator {
     store: Store,
     key: TokenKey,
     max_age: u64,
-    principals: moka::future::Cache<i64, Arc<Identity>>,
+    principals: moka::future::Cache<i64, Expiring<Arc<Identity>>>,
+    principal_ttl: Duration,
     verified: moka::sync::Cache<[u8; 32], Verified>,
+    /// Recent answers of the two caches above, per thread (see [`crate::cache`]).
+    front_principals: FrontCache<i64, Arc<Identity>>,
+    front_verified: FrontCache<[u8; 32], Verified>,
     hasher: PasswordHasher,
     throttle: Throttle,
     metrics: Metrics,
@@ -271,6 +281,7 @@ impl Authenticator {
                     }
                 })
                 .build(),
+            principal_ttl: s.cache.principal_ttl,
             verified: moka::sync::Cache::builder()
                 .name("tokens")
                 .max_capacity(s.cache.token_capacity)
@@ -281,6 +292,8 @@ impl Authenticator {
                     }
                 })
                 .build(),
+            front_principals: FrontCache::new(FRONT_SLOTS),
+            front_verified: FrontCache::new(FRONT_SLOTS),
             hasher: PasswordHasher::new(s.bcrypt_cost, s.max_concurrent_logins)?,
             throttle: Throttle::new(s.throttle.clone()),
             metrics,
@@ -296,7 +309,7 @@ impl Authenticator {
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
         let now = unix_now();
         let signed = token::verify(&self.key, token)?;
-        let hit = self.verified.get(&signed.tag);
+        let hit = self.verified_token(&signed.tag);
         self.metrics.cache_lookup("tokens", hit.is_some());
         if let Some(hit) = hit {
             token::check_age(hit.issued_at, now, self.max_age)?;
@@ -333,34 +346,64 @@ impl Authenticator {
         if !bound {
             return Err(AuthError::PasswordChanged);
         }
-        self.verified.insert(
-            signed.tag,
-            Verified {
-                user_id: claims.user_id,
-                issued_at: claims.issued_at,
-                credential_version: identity.credential_version,
-                ttl: Duration::from_secs(claims.expires_at.saturating_sub(now).max(1)),
-            },
-        );
+        let ttl = Duration::from_secs(claims.expires_at.saturating_sub(now).max(1));
+        let verified = Verified {
+            user_id: claims.user_id,
+            issued_at: claims.issued_at,
+            credential_version: identity.credential_version,
+            ttl,
+            expires: Instant::now() + ttl,
+        };
+        let epoch = self.front_verified.epoch();
+        self.front_verified
+            .put(signed.tag, verified.clone(), verified.expires, epoch);
+        self.verified.insert(signed.tag, verified);
         Ok(identity)
+    }
+
+    /// What the token cache remembers about the token with this tag, this thread's
+    /// copy first.
+    fn verified_token(&self, tag: &[u8; 32]) -> Option<Verified> {
+        if let Some(hit) = self.front_verified.get(tag, Instant::now()) {
+            return Some(hit);
+        }
+        // Token entries are never invalidated wholesale (a changed credential is caught by
+        // its version), so the epoch only orders this copy after any future bump.
+        let epoch = self.front_verified.epoch();
+        let hit = self.verified.get(tag)?;
+        self.front_verified
+            .put(*tag, hit.clone(), hit.expires, epoch);
+        Some(hit)
     }
 
     /// The cached identity of a user, loading it once under concurrent misses.
     pub async fn identity(&self, user_id: i64) -> Result<Arc<Identity>, AuthError> {
-        if let Some(hit) = self.principals.get(&user_id).await {
+        if let Some(hit) = self.front_principals.get(&user_id, Instant::now()) {
             self.metrics.cache_lookup("principals", true);
             return Ok(hit);
         }
+        let epoch = self.front_principals.epoch();
+        if let Some(hit) = self.principals.get(&user_id).await {
+            self.metrics.cache_lookup("principals", true);
+            self.front_principals
+                .put(user_id, Arc::clone(&hit.value), hit.expires, epoch);
+            return Ok(hit.value);
+        }
         self.metrics.cache_lookup("principals", false);
         let store = self.store.clone();
-        self.principals
+        let ttl = self.principal_ttl;
+        let loaded = self
+            .principals
             .try_get_with(user_id, async move {
                 let db = store.clone();
                 match store
                     .offload(async move { db.principal(user_id).await })
                     .await
                 {
-                    Ok(Some(record)) => Ok(Arc::new(Identity::from_record(record))),
+                    Ok(Some(record)) => Ok(Expiring {
+                        value: Arc::new(Identity::from_record(record)),
+                        expires: Instant::now() + ttl,
+                    }),
                     Ok(None) => Err(None),
                     Err(e) => Err(Some(Arc::new(e))),
                 }
@@ -369,7 +412,10 @@ impl Authenticator {
             .map_err(|e| match &*e {
                 None => AuthError::UnknownUser,
                 Some(err) => AuthError::Unavailable(Arc::clone(err)),
-            })
+            })?;
+        self.front_principals
+            .put(user_id, Arc::clone(&loaded.value), loaded.expires, epoch);
+        Ok(loaded.value)
     }
 
     /// Check email and password (throttled, constant work for unknown emails) and issue
@@ -436,11 +482,14 @@ impl Authenticator {
     /// Forget one user's cached principal (their next request reloads it).
     pub async fn invalidate_user(&self, user_id: i64) {
         self.principals.invalidate(&user_id).await;
+        // After the shared cache, so that no thread can file the old identity again.
+        self.front_principals.invalidate_all();
     }
 
     /// Forget every cached principal (an account's roles or consultancy changed).
     pub fn invalidate_all(&self) {
         self.principals.invalidate_all();
+        self.front_principals.invalidate_all();
     }
 
     /// Entry counts of the principal and token caches, for metrics.

@@ -26,6 +26,7 @@ use moka::Expiry;
 use sqlx::{Column, Row, TypeInfo, ValueRef};
 
 use super::{Error, Store, dispatch};
+use crate::cache::{Expiring, FrontCache};
 use crate::metrics::Metrics;
 use crate::policy::Value;
 use crate::rules::extract::{IdType, ResourceId};
@@ -40,25 +41,32 @@ struct OwnerKey {
     id: ResourceId,
 }
 
-struct OwnerExpiry {
-    found: Duration,
-    missing: Duration,
-}
+/// Entries expire when their value says (found rows live longer than "not found").
+struct OwnerExpiry;
 
-impl Expiry<OwnerKey, Owner> for OwnerExpiry {
-    fn expire_after_create(&self, _: &OwnerKey, v: &Owner, _: Instant) -> Option<Duration> {
-        Some(if v.is_some() {
-            self.found
-        } else {
-            self.missing
-        })
+impl Expiry<OwnerKey, Expiring<Owner>> for OwnerExpiry {
+    fn expire_after_create(
+        &self,
+        _: &OwnerKey,
+        v: &Expiring<Owner>,
+        now: Instant,
+    ) -> Option<Duration> {
+        Some(v.expires.saturating_duration_since(now))
     }
 }
+
+/// Front-cache slots per thread for owners: the hot set of a worker.
+const FRONT_SLOTS: usize = 1024;
 
 /// Looks up owners, cached.
 pub struct OwnerResolver {
     store: Store,
-    cache: moka::future::Cache<OwnerKey, Owner>,
+    cache: moka::future::Cache<OwnerKey, Expiring<Owner>>,
+    /// Recent answers of `cache`, per thread (see [`crate::cache`]).
+    front: FrontCache<OwnerKey, Owner>,
+    /// How long a found row and a "not found" stay cached.
+    found_ttl: Duration,
+    missing_ttl: Duration,
     metrics: Metrics,
     /// One batcher per kind version (fingerprint), PostgreSQL only, for callers that
     /// are not proxy workers.
@@ -102,16 +110,16 @@ impl OwnerResolver {
             cache: moka::future::Cache::builder()
                 .name("owners")
                 .max_capacity(settings.owner_capacity)
-                .expire_after(OwnerExpiry {
-                    found: settings.owner_ttl,
-                    missing: settings.owner_negative_ttl,
-                })
+                .expire_after(OwnerExpiry)
                 .eviction_listener(move |_, _, cause| {
                     if cause.was_evicted() {
                         evictions.cache_eviction("owners");
                     }
                 })
                 .build(),
+            front: FrontCache::new(FRONT_SLOTS),
+            found_ttl: settings.owner_ttl,
+            missing_ttl: settings.owner_negative_ttl,
             metrics,
             batchers: Mutex::new(HashMap::new()),
             lanes: (0..workers).map(|_| OnceLock::new()).collect(),
@@ -125,9 +133,15 @@ impl OwnerResolver {
             kind: kind.fingerprint,
             id: id.clone(),
         };
-        if let Some(hit) = self.cache.get(&key).await {
+        if let Some(hit) = self.front.get(&key, Instant::now()) {
             self.metrics.cache_lookup("owners", true);
             return Ok((hit, true));
+        }
+        let epoch = self.front.epoch();
+        if let Some(hit) = self.cache.get(&key).await {
+            self.metrics.cache_lookup("owners", true);
+            self.front.put(key, hit.value.clone(), hit.expires, epoch);
+            return Ok((hit.value, true));
         }
         self.metrics.cache_lookup("owners", false);
         let Some(query) = kind.query.clone() else {
@@ -145,9 +159,25 @@ impl OwnerResolver {
                 name: kind.name.clone(),
             })),
         };
-        let id = id.clone();
-        let row = self.cache.try_get_with(key, lookup.run(id)).await?;
-        Ok((row, false))
+        let (found_ttl, missing_ttl) = (self.found_ttl, self.missing_ttl);
+        let load = lookup.run(id.clone());
+        let row = self
+            .cache
+            .try_get_with(key.clone(), async move {
+                let value = load.await?;
+                let ttl = if value.is_some() {
+                    found_ttl
+                } else {
+                    missing_ttl
+                };
+                Ok::<_, Error>(Expiring {
+                    value,
+                    expires: Instant::now() + ttl,
+                })
+            })
+            .await?;
+        self.front.put(key, row.value.clone(), row.expires, epoch);
+        Ok((row.value, false))
     }
 
     /// The kind's batcher, when its query has a batch form and the database is
@@ -207,6 +237,7 @@ impl OwnerResolver {
     /// Forget everything (tests; the change feed does not cover upstream data).
     pub fn clear(&self) {
         self.cache.invalidate_all();
+        self.front.invalidate_all();
     }
 }
 
