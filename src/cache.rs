@@ -42,11 +42,14 @@ pub struct Expiring<V> {
 
 /// A small per-thread, direct-mapped cache of recent answers from a shared cache.
 pub struct FrontCache<K: Send, V: Send> {
-    tables: ThreadLocal<RefCell<Box<[Option<Slot<K, V>>]>>>,
+    tables: ThreadLocal<RefCell<Table<K, V>>>,
     epoch: AtomicU64,
     mask: usize,
     hasher: foldhash::fast::RandomState,
 }
+
+/// One thread's slots.
+type Table<K, V> = Box<[Option<Slot<K, V>>]>;
 
 struct Slot<K, V> {
     key: K,
