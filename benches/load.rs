@@ -42,7 +42,7 @@ fn main() {
     let secs: u64 = env_or("FLEXGATE_BENCH_SECS", 5);
     let connections: usize = env_or("FLEXGATE_BENCH_CONNECTIONS", 32);
     let duration = Duration::from_secs(secs);
-    let bench = Bench::setup();
+    let mut bench = Bench::setup();
     let mut results: Vec<Result_> = Vec::new();
     let report = |r: &Result_| println!("{}", r.line());
 
@@ -139,6 +139,19 @@ fn main() {
         fixed(get("/api/v3_0/assets/1", Some(&token))),
     );
     report(&authorized_half);
+    // The same rate through nginx: how much of the added tail any proxy pays here.
+    let nginx_half = bench.nginx.map(|addr| {
+        let r = bench.open_loop(
+            "7 at 50% of 3's rate",
+            Target::Plain(addr),
+            connections,
+            duration,
+            rate,
+            fixed(get("/api/v3_0/assets/1", None)),
+        );
+        report(&r);
+        r
+    });
     let flood = bench.flood_logins(duration + Duration::from_secs(2));
     let flooded = bench.open_loop(
         "6b. 3 at 50% during a login flood",
@@ -161,11 +174,9 @@ fn main() {
         logins,
     ]);
     results.extend(nginx.clone());
-    results.extend([
-        direct_half.clone(),
-        authorized_half.clone(),
-        flooded.clone(),
-    ]);
+    results.push(direct_half.clone());
+    results.extend(nginx_half.clone());
+    results.extend([authorized_half.clone(), flooded.clone()]);
 
     let memory = if std::env::var("FLEXGATE_BENCH_SKIP_MEMORY").is_ok() {
         None
@@ -174,7 +185,7 @@ fn main() {
     };
     if let Some((rss, fill)) = &memory {
         println!(
-            "memory: {:.1} MiB resident after caching 100k tokens and 100k owners (filled in {:.1} s)",
+            "memory: {:.1} MiB resident in a fresh proxy after caching 100k tokens and 100k owners (filled in {:.1} s)",
             *rss as f64 / 1048576.0,
             fill.as_secs_f64()
         );
@@ -184,6 +195,7 @@ fn main() {
         "3_vs_nginx": nginx.as_ref().map(|n| authorized.rps() / n.rps()),
         "3_vs_direct": authorized.rps() / direct.rps(),
         "3_p99_added_ms_at_half_rate": (authorized_half.pct(99.0) as f64 - direct_half.pct(99.0) as f64) / 1000.0,
+        "7_p99_added_ms_at_half_rate": nginx_half.as_ref().map(|n| (n.pct(99.0) as f64 - direct_half.pct(99.0) as f64) / 1000.0),
         "4_p99_ms": uncached.pct(99.0) as f64 / 1000.0,
         "6_p99_flood_ratio": flooded.pct(99.0) as f64 / authorized_half.pct(99.0).max(1) as f64,
         "rss_mib": memory.as_ref().map(|(rss, _)| *rss as f64 / 1048576.0),
@@ -203,6 +215,7 @@ struct Bench {
     tls_client: Arc<rustls::ClientConfig>,
     backend: &'static str,
     database_url: String,
+    config: PathBuf,
     flexgate: Child,
     _nginx: Option<Child>,
     _dir: tempfile::TempDir,
@@ -245,21 +258,8 @@ impl Bench {
             ),
         )
         .unwrap();
-        let ready = dir.path().join("ready.json");
-        let flexgate = Command::new(env!("CARGO_BIN_EXE_flexgate"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .arg("--ready-file")
-            .arg(&ready)
-            .env("DATABASE_URL", &database_url)
-            .env("SECRET_KEY", SECRET_KEY)
-            .env("FLEXGATE_UPSTREAM_SECRET", UPSTREAM_SECRET)
-            .env("SECURITY_TOKEN_MAX_AGE", "2592000")
-            .env("FLEXGATE_LOG", "error")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the flexgate binary");
-        let addresses = wait_for_file(&ready);
+        let (flexgate, addresses) =
+            start_flexgate(&config, &database_url, &dir.path().join("ready.json"));
         let addr = |k: &str| {
             addresses[k]
                 .as_str()
@@ -306,6 +306,7 @@ impl Bench {
             tls_client,
             backend,
             database_url,
+            config,
             flexgate,
             _nginx: nginx_child,
             _dir: dir,
@@ -375,9 +376,16 @@ impl Bench {
         })
     }
 
-    /// Fill the token and owner caches with `n` distinct entries each, then read the
-    /// proxy's resident memory.
-    fn memory_after_filling_caches(&self, n: i64) -> (u64, Duration) {
+    /// Restart the proxy (so that the caches hold only what this fills: the scenarios
+    /// before cached other owners), fill its token and owner caches with `n` distinct
+    /// entries each, then read its resident memory.
+    fn memory_after_filling_caches(&mut self, n: i64) -> (u64, Duration) {
+        let _ = self.flexgate.kill();
+        let _ = self.flexgate.wait();
+        let ready = self._dir.path().join("ready-memory.json");
+        let (flexgate, addresses) = start_flexgate(&self.config, &self.database_url, &ready);
+        self.flexgate = flexgate;
+        self.proxy_http = addresses["http"].as_str().unwrap().parse().unwrap();
         let started = Instant::now();
         let url = self.database_url.clone();
         let tokens = runtime().block_on(async move {
@@ -440,6 +448,25 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Start `flexgate serve` on `config` and wait until it has written its addresses.
+fn start_flexgate(config: &Path, database_url: &str, ready: &Path) -> (Child, Value) {
+    let flexgate = Command::new(env!("CARGO_BIN_EXE_flexgate"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .arg("--ready-file")
+        .arg(ready)
+        .env("DATABASE_URL", database_url)
+        .env("SECRET_KEY", SECRET_KEY)
+        .env("FLEXGATE_UPSTREAM_SECRET", UPSTREAM_SECRET)
+        .env("SECURITY_TOKEN_MAX_AGE", "2592000")
+        .env("FLEXGATE_LOG", "error")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the flexgate binary");
+    let addresses = wait_for_file(ready);
+    (flexgate, addresses)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
