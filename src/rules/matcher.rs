@@ -139,6 +139,15 @@ impl Template {
     }
 
     /// Match an already split path (the matcher splits once for all templates).
+    /// Whether a path of `count` segments has the length this template needs (the
+    /// first test of [`Template::matches`], done once per rule set by the matcher).
+    fn can_match_count(&self, count: usize) -> bool {
+        match self.segments.last() {
+            Some(Segment::CatchAll) => count >= self.segments.len(),
+            _ => count == self.segments.len(),
+        }
+    }
+
     fn matches_split<'p>(&self, path: &Segments<'p>, case_insensitive: bool) -> Option<Params<'p>> {
         let count = self.segments.len();
         match self.segments.last() {
@@ -324,6 +333,11 @@ pub enum Found<'p> {
 #[derive(Debug, Clone, Default)]
 pub struct Matcher {
     entries: Vec<(usize, Template, Methods)>,
+    /// For each segment count (0 to `MAX_SEGMENTS`), the positions in `entries`, in
+    /// precedence order, of the templates that can match a path with that many segments:
+    /// a request is tried against a handful of templates, not every route of a large
+    /// rule file.
+    by_count: Vec<Box<[u32]>>,
     case_insensitive: bool,
 }
 
@@ -337,8 +351,18 @@ impl Matcher {
             .collect();
         // Stable sort: equal keys keep file order.
         entries.sort_by_cached_key(|(_, t, _)| t.precedence_key());
+        let by_count = (0..=MAX_SEGMENTS)
+            .map(|count| {
+                (0u32..)
+                    .zip(&entries)
+                    .filter(|(_, (_, t, _))| t.can_match_count(count))
+                    .map(|(position, _)| position)
+                    .collect()
+            })
+            .collect();
         Matcher {
             entries,
+            by_count,
             case_insensitive,
         }
     }
@@ -349,7 +373,9 @@ impl Matcher {
             return Found::NoRoute;
         };
         let mut path_matched = false;
-        for (index, template, methods) in &self.entries {
+        let candidates = self.by_count.get(split.len()).map_or(&[][..], |c| &c[..]);
+        for &position in candidates {
+            let (index, template, methods) = &self.entries[position as usize];
             if let Some(params) = template.matches_split(&split, self.case_insensitive) {
                 if methods.allows(method) {
                     return Found::Route(*index, params);
@@ -474,6 +500,69 @@ mod tests {
         );
         assert_eq!(matcher.find(&get, "/other"), Found::NoRoute);
         assert_eq!(matcher.order().collect::<Vec<_>>(), vec![2, 1, 3, 4, 0]);
+    }
+
+    #[test]
+    fn the_segment_count_index_finds_what_trying_every_route_finds() {
+        let templates = [
+            "/",
+            "/api/",
+            "/api/{*rest}",
+            "/api/v3_0/{*rest}",
+            "/api/v3_0/assets",
+            "/api/v3_0/assets/{id}",
+            "/api/v3_0/assets/{id}/sensors",
+            "/api/{v}/assets/{id}",
+            "/{a}/{b}/{c}",
+            "/{*all}",
+            "/x/{*rest}",
+        ];
+        let routes: Vec<_> = templates
+            .iter()
+            .enumerate()
+            .map(|(i, text)| (t(text), m(if i % 2 == 0 { &["GET"] } else { &["POST"] })))
+            .collect();
+        let matcher = Matcher::build(routes, false);
+        // Every route tried in precedence order, with no index.
+        let linear = |method: &Method, path: &str| {
+            let split = Segments::split(path).unwrap();
+            let mut matched = false;
+            for (index, template, methods) in &matcher.entries {
+                if template.matches_split(&split, false).is_some() {
+                    if methods.allows(method) {
+                        return Some(*index);
+                    }
+                    matched = true;
+                }
+            }
+            if matched { Some(usize::MAX) } else { None }
+        };
+        let found = |method: &Method, path: &str| match matcher.find(method, path) {
+            Found::Route(i, _) => Some(i),
+            Found::MethodNotAllowed => Some(usize::MAX),
+            Found::NoRoute => None,
+        };
+        // Every path of up to five segments over a small alphabet.
+        let words = ["api", "v3_0", "assets", "sensors", "1", "x", ""];
+        let mut paths = vec![String::new()];
+        let mut checked = 0;
+        for _ in 0..5 {
+            paths = paths
+                .iter()
+                .flat_map(|p| words.iter().map(move |w| format!("{p}/{w}")))
+                .collect();
+            for path in &paths {
+                for method in [Method::GET, Method::POST] {
+                    assert_eq!(
+                        found(&method, path),
+                        linear(&method, path),
+                        "{method} {path}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 30_000);
     }
 
     #[test]
