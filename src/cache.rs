@@ -30,6 +30,11 @@ use std::time::Instant;
 
 use thread_local::ThreadLocal;
 
+/// Front-cache slots per thread and cache: enough for a worker's hot set (the tokens,
+/// users and resources of its busy clients) at about 100 KB per thread for the
+/// largest entries.
+pub const FRONT_SLOTS: usize = 1024;
+
 /// A value together with the instant it stops being valid, as stored in a shared cache
 /// so that a front cache in front of it knows how long it may keep a copy.
 #[derive(Debug, Clone)]

@@ -25,7 +25,7 @@ pub use password::PasswordHasher;
 use throttle::Throttle;
 use token::{TokenError, TokenKey};
 
-use crate::cache::{Expiring, FrontCache};
+use crate::cache::{Expiring, FRONT_SLOTS, FrontCache};
 use crate::metrics::Metrics;
 use crate::policy::Principal;
 use crate::rules::{CacheSettings, ThrottleSettings};
@@ -198,13 +198,9 @@ struct Verified {
     user_id: i64,
     issued_at: u64,
     credential_version: u64,
-    ttl: Duration,
-    /// `ttl` from when the entry was made, for the front cache.
+    /// When the token expires: the entry's end in the shared and the front cache.
     expires: Instant,
 }
-
-/// Front-cache slots per thread for tokens and principals: the hot set of a worker.
-const FRONT_SLOTS: usize = 1024;
 
 struct UntilTokenExpiry;
 
@@ -213,9 +209,9 @@ impl Expiry<[u8; 32], Verified> for UntilTokenExpiry {
         &self,
         _: &[u8; 32],
         v: &Verified,
-        _: std::time::Instant,
+        now: std::time::Instant,
     ) -> Option<Duration> {
-        Some(v.ttl)
+        Some(v.expires.saturating_duration_since(now))
     }
 }
 
@@ -351,7 +347,6 @@ impl Authenticator {
             user_id: claims.user_id,
             issued_at: claims.issued_at,
             credential_version: identity.credential_version,
-            ttl,
             expires: Instant::now() + ttl,
         };
         let epoch = self.front_verified.epoch();

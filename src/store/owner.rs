@@ -26,7 +26,7 @@ use moka::Expiry;
 use sqlx::{Column, Row, TypeInfo, ValueRef};
 
 use super::{Error, Store, dispatch};
-use crate::cache::{Expiring, FrontCache};
+use crate::cache::{Expiring, FRONT_SLOTS, FrontCache};
 use crate::metrics::Metrics;
 use crate::policy::Value;
 use crate::rules::extract::{IdType, ResourceId};
@@ -54,9 +54,6 @@ impl Expiry<OwnerKey, Expiring<Owner>> for OwnerExpiry {
         Some(v.expires.saturating_duration_since(now))
     }
 }
-
-/// Front-cache slots per thread for owners: the hot set of a worker.
-const FRONT_SLOTS: usize = 1024;
 
 /// Looks up owners, cached.
 pub struct OwnerResolver {
