@@ -1,7 +1,8 @@
 //! Authorization through the rules engine, end to end: the shipped FlexMeasures preset
 //! (config/flexmeasures.toml) over FlexMeasures-shaped tables, the full permission matrix
 //! by HTTP, every id extractor, precedence, deny by default, missing resources, the
-//! coalescing of concurrent cache misses, and failing closed when the database errs.
+//! coalescing of concurrent cache misses, how long a cached owner is used, and failing
+//! closed when the database errs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -366,6 +367,41 @@ both_backends_async! {
         // Errors are not cached: the next request after repair works.
         store.execute_script("ALTER TABLE generic_asset_away RENAME TO generic_asset").await.unwrap();
         assert!(eventually(Duration::from_secs(5), || async { gw.get("/things/1", Some(&token)).await.status == 200 }).await);
+        store.close().await;
+        gw.stop().await;
+    }
+}
+
+both_backends_async! {
+    async fn a_cached_owner_is_used_for_its_lifetime_and_not_longer(db) {
+        // The owner of asset 1 moves from account 1 to account 4 in the database. Until
+        // the cached row expires every worker's answer stays the old one (the caches are
+        // the point); after it, every worker sees the move, including the per-thread
+        // front caches that served the repeated requests.
+        let upstream = Upstream::start().await;
+        let store = Store::connect(&db.url, &Default::default()).await.unwrap();
+        seed_flexmeasures(&store).await;
+        let rules = format!("[cache]\nowner_ttl_secs = 3\nowner_negative_ttl_secs = 3\n\n{CUSTOM_RULES}");
+        let gw = GatewayBuilder::new(db, &upstream).rules(&rules).start().await;
+        let member = gw.login("member@a", "password-1").await; // account 1
+        let outsider = gw.login("unrelated@e", "password-1").await; // account 4
+        // Many requests, so that every worker's front cache holds the row.
+        for _ in 0..20 {
+            assert_eq!(gw.get("/things/1", Some(&member)).await.status, 200);
+            assert_eq!(gw.get("/things/1", Some(&outsider)).await.status, 403);
+            assert_eq!(gw.get("/things/99", Some(&member)).await.status, 404);
+        }
+        let moved = std::time::Instant::now();
+        store.execute_script("UPDATE generic_asset SET account_id = 4 WHERE id = 1").await.unwrap();
+        store.execute_script("INSERT INTO generic_asset (id, name, account_id) VALUES (99, 'new', 1)").await.unwrap();
+        assert_eq!(gw.get("/things/1", Some(&member)).await.status, 200, "still cached");
+        assert_eq!(gw.get("/things/99", Some(&member)).await.status, 404, "\"not found\" still cached");
+        tokio::time::sleep(Duration::from_millis(3100).saturating_sub(moved.elapsed())).await;
+        for _ in 0..20 {
+            assert_eq!(gw.get("/things/1", Some(&member)).await.status, 403, "the move is seen once the row expires");
+            assert_eq!(gw.get("/things/1", Some(&outsider)).await.status, 200);
+            assert_eq!(gw.get("/things/99", Some(&member)).await.status, 200, "the new asset is seen");
+        }
         store.close().await;
         gw.stop().await;
     }
