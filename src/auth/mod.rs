@@ -316,7 +316,8 @@ impl Authenticator {
             if identity.credential_version == hit.credential_version {
                 return Ok(identity);
             }
-            // The user's credentials changed since: check from scratch.
+            // The user's credentials changed since: check from scratch. (A front copy
+            // of this entry may stay; it carries the old version, so it leads here too.)
             self.verified.invalidate(&signed.tag);
         }
         let claims = signed.claims(now, self.max_age)?;
