@@ -106,17 +106,18 @@ fn main() {
         )),
     );
     report(&logins);
-    let nginx = bench.nginx.map(|addr| {
-        let r = bench.closed_loop(
-            "7. nginx, plain reverse proxy",
-            Target::Plain(addr),
-            connections,
-            duration,
-            fixed(get("/api/v3_0/assets/1", None)),
-        );
-        report(&r);
-        r
-    });
+    let nginx = bench
+        .nginx
+        .map(|addr| {
+            bench.closed_loop(
+                "7. nginx, plain reverse proxy",
+                Target::Plain(addr),
+                connections,
+                duration,
+                fixed(get("/api/v3_0/assets/1", None)),
+            )
+        })
+        .inspect(report);
 
     // Latency at half of scenario 3's rate: direct vs flexgate, and flexgate under a
     // flood of wrong passwords (many emails, so bcrypt runs for each).
@@ -140,18 +141,19 @@ fn main() {
     );
     report(&authorized_half);
     // The same rate through nginx: how much of the added tail any proxy pays here.
-    let nginx_half = bench.nginx.map(|addr| {
-        let r = bench.open_loop(
-            "7 at 50% of 3's rate",
-            Target::Plain(addr),
-            connections,
-            duration,
-            rate,
-            fixed(get("/api/v3_0/assets/1", None)),
-        );
-        report(&r);
-        r
-    });
+    let nginx_half = bench
+        .nginx
+        .map(|addr| {
+            bench.open_loop(
+                "7 at 50% of 3's rate",
+                Target::Plain(addr),
+                connections,
+                duration,
+                rate,
+                fixed(get("/api/v3_0/assets/1", None)),
+            )
+        })
+        .inspect(report);
     let flood = bench.flood_logins(duration + Duration::from_secs(2));
     let flooded = bench.open_loop(
         "6b. 3 at 50% during a login flood",
