@@ -101,38 +101,12 @@ pub fn encode_request_head(
         RequestFraming::None => {}
         RequestFraming::Length(n) => {
             out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(itoa_u64(n).as_bytes());
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
-}
-
-/// Decimal digits of `n` without allocating.
-struct Digits {
-    buf: [u8; 20],
-    start: usize,
-}
-
-impl Digits {
-    fn as_bytes(&self) -> &[u8] {
-        &self.buf[self.start..]
-    }
-}
-
-fn itoa_u64(mut n: u64) -> Digits {
-    let mut buf = [0u8; 20];
-    let mut start = buf.len();
-    loop {
-        start -= 1;
-        buf[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    Digits { buf, start }
 }
 
 /// The frame header of one chunk of a chunked request body: `<hex size>\r\n`.
@@ -595,9 +569,6 @@ mod tests {
             RequestFraming::for_body(&Method::PATCH, None),
             RequestFraming::Chunked
         );
-        for n in [0u64, 7, 10, 4096, u64::MAX] {
-            assert_eq!(itoa_u64(n).as_bytes(), n.to_string().as_bytes());
-        }
         for n in [1usize, 15, 16, 255, 65536] {
             let mut out = Vec::new();
             chunk_header(n, &mut out);

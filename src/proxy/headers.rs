@@ -188,8 +188,8 @@ impl UpstreamSigner {
 
     /// `v1=<hex>` over the canonical lines (see the module doc).
     pub fn sign(&self, timestamp: u64, method: &Method, path: &str, id: &Identity) -> HeaderValue {
-        let ts = timestamp.to_string();
-        HeaderValue::from_bytes(&self.signature(ts.as_bytes(), method, path, id))
+        let mut ts = itoa::Buffer::new();
+        HeaderValue::from_bytes(&self.signature(ts.format(timestamp).as_bytes(), method, path, id))
             .expect("hex is a valid header value")
     }
 
@@ -314,7 +314,8 @@ pub fn inject_identity(
     path: &str,
     now: u64,
 ) {
-    let ts = now.to_string();
+    let mut ts = itoa::Buffer::new();
+    let ts = ts.format(now);
     write_line(out, &names.user_id, id.headers.user_id.as_bytes());
     write_line(out, &names.email, id.headers.email.as_bytes());
     write_line(out, &names.account_id, id.headers.account_id.as_bytes());
