@@ -243,6 +243,7 @@ impl Gateway {
     fn audit(
         &self,
         conn: &ConnInfo,
+        rules: &RuleSet,
         route: &str,
         method: &Method,
         decision: &str,
@@ -255,6 +256,11 @@ impl Gateway {
             return;
         }
         let checked = outcome.checked.as_ref();
+        let permission = checked.map(|(p, _, _)| rules.permission_name(*p));
+        let kind = checked
+            .and_then(|(_, k, _)| rules.kinds.get(*k))
+            .map(|k| k.name.as_str());
+        let id = checked.and_then(|(_, _, id)| id.as_ref());
         tracing::info!(
             target: "flexgate::audit",
             decision,
@@ -265,9 +271,9 @@ impl Gateway {
             http.status = status,
             user.id = outcome.user_id,
             account.id = outcome.account_id,
-            permission = checked.map(|c| c.permission.as_str()),
-            resource.kind = checked.map(|c| c.kind.as_str()),
-            resource.id = checked.and_then(|c| c.id.as_deref()),
+            permission,
+            resource.kind = kind,
+            resource.id = id.map(tracing::field::display),
             duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             "request"
         );

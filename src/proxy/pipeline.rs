@@ -150,19 +150,10 @@ pub(super) struct Outcome {
     route_index: Option<usize>,
     pub(super) user_id: Option<i64>,
     pub(super) account_id: Option<i64>,
-    pub(super) checked: Option<Checked>,
+    /// `(permission, kind index, resource id)` of the last check; names are looked up
+    /// only when an audit line is written, so an unaudited allow formats nothing.
+    pub(super) checked: Option<(Permission, usize, Option<ResourceId>)>,
     deny: Option<(&'static str, &'static str)>,
-}
-
-/// The resource a request was last checked against, for the audit line.
-#[derive(Debug, Clone, Default)]
-pub struct Checked {
-    /// Permission name.
-    pub permission: String,
-    /// Resource kind.
-    pub kind: String,
-    /// Resource id (absent for a singleton kind or an unreadable id).
-    pub id: Option<String>,
 }
 
 /// Handle one request from start to finish; never fails (a failure is a response).
@@ -200,7 +191,15 @@ pub async fn handle(
         .request(route_metrics, route, &method, decision, status, elapsed);
     gw.metrics.in_flight().dec();
     gw.audit(
-        conn, route, &method, decision, reason, status, &outcome, elapsed,
+        conn,
+        &installed.rules,
+        route,
+        &method,
+        decision,
+        reason,
+        status,
+        &outcome,
+        elapsed,
     );
     response
 }
@@ -257,14 +256,7 @@ async fn serve(
         outcome.account_id = Some(identity.principal.account_id);
         let mut checking = Checking::default();
         let decided = authorize(&gw.owners, rules, route, &facts, &identity, &mut checking).await;
-        outcome.checked = checking.last.map(|(permission, kind, id)| Checked {
-            permission: rules.permission_name(permission).to_owned(),
-            kind: rules
-                .kinds
-                .get(kind)
-                .map_or_else(String::new, |k| k.name.clone()),
-            id: id.map(|i| i.to_string()),
-        });
+        outcome.checked = checking.last;
         decided?;
         (Permit::new(route, Some(identity)), forward_body)
     };
