@@ -254,17 +254,27 @@ pub fn check_binding(password_hash: &str, binding: &str) -> bool {
 /// `Bearer <token>`. Anything else (other schemes, spaces inside, control bytes) is
 /// `None`.
 pub fn token_from_authorization(value: &[u8]) -> Option<&str> {
-    let value = std::str::from_utf8(value).ok()?.trim_matches(' ');
-    let token = match value.split_once(' ') {
-        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => {
-            rest.trim_start_matches(' ')
+    let start = value.iter().position(|&b| b != b' ')?;
+    let end = value.iter().rposition(|&b| b != b' ')? + 1;
+    let value = &value[start..end];
+    // Bytes, not text, until the token is known to be ASCII: one pass over it. A value
+    // with a space that is not a Bearer scheme's fails the token-text check below.
+    let token = match value.split_at_checked(BEARER.len()) {
+        Some((scheme, rest))
+            if scheme.eq_ignore_ascii_case(BEARER) && rest.first() == Some(&b' ') =>
+        {
+            let skip = rest.iter().take_while(|&&b| b == b' ').count();
+            &rest[skip..]
         }
-        Some(_) => return None,
-        None => value,
+        _ => value,
     };
-    let valid = !token.is_empty() && is_token_text(token.as_bytes());
-    valid.then_some(token)
+    if token.is_empty() || !is_token_text(token) {
+        return None;
+    }
+    std::str::from_utf8(token).ok()
 }
+
+const BEARER: &[u8] = b"bearer";
 
 /// Whether every byte is one a token may hold (URL-safe base64 and the dots between its
 /// parts). This runs over every byte of every token on the request path, so it is
@@ -455,6 +465,59 @@ mod tests {
         assert_ne!(bind_password(hash), binding, "salted");
     }
 
+    /// The header grammar written the obvious way, on text: what the byte-level parser
+    /// must agree with.
+    fn reference_token(value: &[u8]) -> Option<&str> {
+        let value = std::str::from_utf8(value).ok()?.trim_matches(' ');
+        let token = match value.split_once(' ') {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => {
+                rest.trim_start_matches(' ')
+            }
+            Some(_) => return None,
+            None => value,
+        };
+        (!token.is_empty() && is_token_text(token.as_bytes())).then_some(token)
+    }
+
+    #[test]
+    fn authorization_parser_agrees_with_the_reference() {
+        let prefixes: &[&[u8]] = &[
+            b"",
+            b" ",
+            b"bearer",
+            b"Bearer",
+            b"BEARER",
+            b"bearer ",
+            b"Bearer  ",
+            b" bEaReR ",
+            b"bear",
+            b"bearerx",
+            b"Basic ",
+            b"B\xc3\xa9arer ",
+            b"\xff",
+        ];
+        let alphabet: &[u8] = b" .x=\t\xffBr";
+        let mut value = Vec::new();
+        for prefix in prefixes {
+            for len in 0..=4u32 {
+                for mut n in 0..alphabet.len().pow(len) {
+                    value.clear();
+                    value.extend_from_slice(prefix);
+                    for _ in 0..len {
+                        value.push(alphabet[n % alphabet.len()]);
+                        n /= alphabet.len();
+                    }
+                    assert_eq!(
+                        token_from_authorization(&value),
+                        reference_token(&value),
+                        "{:?}",
+                        String::from_utf8_lossy(&value)
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn authorization_header_forms() {
         let cases: &[(&[u8], Option<&str>)] = &[
@@ -471,6 +534,12 @@ mod tests {
             (b"abc\tdef", None),
             (b"Bearer abc=", None),
             (&[0xff, 0xfe], None),
+            (b"  Bearer abc  ", Some("abc")),
+            (b"Bearerabc", Some("Bearerabc")),
+            (b"Token abc", None),
+            (b"   ", None),
+            (b"Bearer \xffabc", None),
+            (b"B\xc3\xa9arer abc", None),
         ];
         for (value, expected) in cases {
             assert_eq!(
