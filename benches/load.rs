@@ -69,13 +69,26 @@ fn main() {
     );
     report(&public);
     let token = bench.token.clone();
-    let authorized = bench.closed_loop(
-        "3. flexgate, authorized (token and owner cached)",
-        Target::Plain(bench.proxy_http),
-        connections,
-        duration,
-        fixed(get("/api/v3_0/assets/1", Some(&token))),
-    );
+    // Scenarios 3 and 7 run again in alternating pairs below: one definition of each.
+    let authorized_run = |name: &str| {
+        bench.closed_loop(
+            name,
+            Target::Plain(bench.proxy_http),
+            connections,
+            duration,
+            fixed(get("/api/v3_0/assets/1", Some(&token))),
+        )
+    };
+    let nginx_run = |name: &str, addr: SocketAddr| {
+        bench.closed_loop(
+            name,
+            Target::Plain(addr),
+            connections,
+            duration,
+            fixed(get("/api/v3_0/assets/1", None)),
+        )
+    };
+    let authorized = authorized_run("3. flexgate, authorized (token and owner cached)");
     report(&authorized);
     let uncached = {
         let token = token.clone();
@@ -114,15 +127,7 @@ fn main() {
     report(&logins);
     let nginx = bench
         .nginx
-        .map(|addr| {
-            bench.closed_loop(
-                "7. nginx, plain reverse proxy",
-                Target::Plain(addr),
-                connections,
-                duration,
-                fixed(get("/api/v3_0/assets/1", None)),
-            )
-        })
+        .map(|addr| nginx_run("7. nginx, plain reverse proxy", addr))
         .inspect(report);
     // One pair of runs is at the mercy of a noisy neighbour: scenarios 3 and 7 again,
     // alternately, and the median of the pairs' ratios.
@@ -131,20 +136,8 @@ fn main() {
         .map(|addr| {
             (1..=PAIRS)
                 .map(|i| {
-                    let ours = bench.closed_loop(
-                        &format!("3, pair {i}"),
-                        Target::Plain(bench.proxy_http),
-                        connections,
-                        duration,
-                        fixed(get("/api/v3_0/assets/1", Some(&token))),
-                    );
-                    let theirs = bench.closed_loop(
-                        &format!("7, pair {i}"),
-                        Target::Plain(addr),
-                        connections,
-                        duration,
-                        fixed(get("/api/v3_0/assets/1", None)),
-                    );
+                    let ours = authorized_run(&format!("3, pair {i}"));
+                    let theirs = nginx_run(&format!("7, pair {i}"), addr);
                     let ratio = ours.rps() / theirs.rps();
                     println!(
                         "pair {i}: 3 at {:.0} req/s, 7 at {:.0} req/s: {:.0}%",
