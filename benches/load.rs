@@ -10,6 +10,8 @@
 //! they add over the direct and nginx runs at the same rate. With nginx,
 //! scenarios 3 and 7 then run again alternately, three times each, and the median of the
 //! pairs' ratios is reported too: one pair alone is at the mercy of a noisy neighbour.
+//! For the same reason the half-rate runs (direct, flexgate, nginx in turn) make three
+//! rounds, and the latency target reads the median of the p99 each round adds.
 //!
 //! PostgreSQL is used when `DATABASE_URL` names one (scenario 4 needs it to mean what it
 //! says); otherwise SQLite. Knobs: `FLEXGATE_BENCH_SECS` (default 5),
@@ -37,7 +39,8 @@ use flexgate::store::Store;
 const SECRET_KEY: &str = "bench-secret-key-0123456789abcdef0123456789";
 const UPSTREAM_SECRET: &str = "bench-upstream-secret-0123456789abcdef0123";
 const ASSETS: i64 = 300_000;
-/// Alternating runs of scenarios 3 and 7 after the table's, for a steadier ratio.
+/// Alternating runs of scenarios 3 and 7, and rounds of the half-rate runs, for
+/// steadier comparisons on a shared machine.
 const PAIRS: usize = 3;
 
 fn main() {
