@@ -194,25 +194,28 @@ fn main() {
         let theirs = bench
             .nginx
             .map(|addr| table_row(half_run(&label("7", "3's"), Target::Plain(addr), None)));
-        let ours_added = p99_added_ms(&ours, &direct);
-        let theirs_added = theirs.as_ref().map(|t| p99_added_ms(t, &direct));
         println!(
-            "half-rate round {round}: direct p99 {:.3} ms; 3 adds {ours_added:.3} ms{}",
+            "half-rate round {round}: direct p99 {:.3} ms; 3 adds {:.3} ms{}",
             direct.pct(99.0) as f64 / 1000.0,
-            theirs_added.map_or(String::new(), |t| format!(", 7 adds {t:.3} ms")),
+            p99_added_ms(&ours, &direct),
+            theirs.as_ref().map_or(String::new(), |t| format!(
+                ", 7 adds {:.3} ms",
+                p99_added_ms(t, &direct)
+            )),
         );
-        (direct, ours, theirs, ours_added, theirs_added)
+        (direct, ours, theirs)
     };
-    let (direct_half, authorized_half, nginx_half, added, nginx_added) = half_round(1);
-    let mut added_rounds = vec![added];
-    let mut authorized_half_p99s = vec![f64::from(authorized_half.pct(99.0))];
-    let mut nginx_added_rounds: Vec<f64> = nginx_added.into_iter().collect();
-    for round in 2..=PAIRS {
-        let (_, ours, _, added, nginx_added) = half_round(round);
-        authorized_half_p99s.push(f64::from(ours.pct(99.0)));
-        added_rounds.push(added);
-        nginx_added_rounds.extend(nginx_added);
-    }
+    let rounds: Vec<_> = (1..=PAIRS).map(half_round).collect();
+    let (direct_half, authorized_half, nginx_half) = rounds[0].clone();
+    let added_rounds: Vec<f64> = rounds.iter().map(|(d, o, _)| p99_added_ms(o, d)).collect();
+    let nginx_added_rounds: Vec<f64> = rounds
+        .iter()
+        .filter_map(|(d, _, n)| n.as_ref().map(|n| p99_added_ms(n, d)))
+        .collect();
+    let authorized_half_p99s: Vec<f64> = rounds
+        .iter()
+        .map(|(_, o, _)| f64::from(o.pct(99.0)))
+        .collect();
     let flood = bench.flood_logins(duration + Duration::from_secs(2));
     let flooded = bench.open_loop(
         "6b. 3 at 50% during a login flood",
