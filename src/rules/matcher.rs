@@ -138,7 +138,6 @@ impl Template {
         self.matches_split(&Segments::split(path)?, case_insensitive)
     }
 
-    /// Match an already split path (the matcher splits once for all templates).
     /// Whether a path of `count` segments has the length this template needs (the
     /// first test of [`Template::matches`], done once per rule set by the matcher).
     fn can_match_count(&self, count: usize) -> bool {
@@ -148,13 +147,10 @@ impl Template {
         }
     }
 
+    /// Match an already split path (the matcher splits once for all templates).
     fn matches_split<'p>(&self, path: &Segments<'p>, case_insensitive: bool) -> Option<Params<'p>> {
-        let count = self.segments.len();
-        match self.segments.last() {
-            Some(Segment::CatchAll) if path.len() < count => return None,
-            Some(Segment::CatchAll) => {}
-            _ if path.len() != count => return None,
-            _ => {}
+        if !self.can_match_count(path.len()) {
+            return None;
         }
         // Static segments first, last to first: templates of one API share their
         // leading segments (`api`, `v3_0`) and differ further on, so a template that
