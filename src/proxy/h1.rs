@@ -8,6 +8,8 @@
 //! ambiguous is an error (the request answers 502) or at least closes the connection
 //! after use, never a guess that could desynchronise a reused connection.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version, header};
 
@@ -162,9 +164,16 @@ pub fn parse_response_head(
     buf: &[u8],
     method: &Method,
 ) -> Result<Option<(ResponseHead, usize)>, ProtocolError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Response::new(&mut slots);
-    let len = match parsed.parse(buf) {
+    // Uninitialised slots: filling 128 empty headers (4 KiB) before every parse cost
+    // about 400 instructions per proxied request (callgrind).
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let parsing = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        buf,
+        &mut slots,
+    );
+    let len = match parsing {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD_BYTES => {
             return Err(ProtocolError::HeadTooLarge);
@@ -682,6 +691,11 @@ mod tests {
             "X: y\r\n".repeat(MAX_HEADERS + 1)
         );
         assert_eq!(head(&many).unwrap_err(), ProtocolError::HeadTooLarge);
+        let most = format!("HTTP/1.1 200 OK\r\n{}\r\n", "X: y\r\n".repeat(MAX_HEADERS));
+        let (kept, _) = head(&most)
+            .unwrap()
+            .expect("exactly MAX_HEADERS is accepted");
+        assert_eq!(kept.headers.get_all("x").iter().count(), MAX_HEADERS);
         let long = format!("HTTP/1.1 200 OK\r\nX: {}", "y".repeat(MAX_HEAD_BYTES));
         assert_eq!(head(&long).unwrap_err(), ProtocolError::HeadTooLarge);
     }
