@@ -313,3 +313,84 @@ pub fn upstream_response(data: &[u8]) {
     let piecewise = decode(head.framing, body, step);
     assert_eq!(at_once, piecewise, "read size {step} changed the body");
 }
+
+/// The `Host` parser: what it accepts is exactly `host[:port]` with the host made of
+/// the allowed characters and the port the digits written; an allow-list built from
+/// the host (exact or as a wildcard's parent) decides as the rules say.
+pub fn host_authority(data: &[u8]) {
+    use crate::proxy::host::split_authority;
+    use crate::rules::AllowedHosts;
+
+    let Some((host, port)) = split_authority(data) else {
+        return;
+    };
+    let text = std::str::from_utf8(data).expect("accepted input is UTF-8");
+    let rest = text
+        .strip_prefix(host)
+        .expect("the host is the input's start");
+    match port {
+        None => assert!(rest.is_empty(), "{text:?}: unparsed rest {rest:?}"),
+        Some(p) => {
+            let digits = rest.strip_prefix(':').expect("a port follows a colon");
+            assert!(
+                !digits.is_empty()
+                    && digits.len() <= 5
+                    && digits.bytes().all(|b| b.is_ascii_digit())
+            );
+            assert_eq!(digits.parse::<u16>().ok(), Some(p));
+        }
+    }
+    assert!(!host.is_empty());
+    if let Some(inner) = host.strip_prefix('[') {
+        let inner = inner.strip_suffix(']').expect("a bracketed host closes");
+        assert!(
+            inner
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        );
+    } else {
+        assert!(
+            host.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+        );
+        let exact = AllowedHosts::new([host]);
+        assert!(exact.allows(host) && exact.allows(&host.to_ascii_uppercase()));
+        let wildcard = format!("*.{host}");
+        let parent = AllowedHosts::new([wildcard.as_str()]);
+        assert!(
+            !parent.allows(host),
+            "a wildcard never matches its own parent"
+        );
+        assert!(parent.allows(&format!("a.{host}")));
+    }
+}
+
+/// The HTTP/2 frame tracker: fed in any slicing (the first byte picks the slice size)
+/// it reports the same events and ends in the same state as when fed at once, and a
+/// block is open exactly when a HEADERS (or PUSH_PROMISE) began and no END_HEADERS
+/// frame has been read whole since.
+pub fn h2_frames(data: &[u8]) {
+    use crate::proxy::conn::{FrameEvents, FrameTracker};
+
+    let Some((&control, wire)) = data.split_first() else {
+        return;
+    };
+    let step = usize::from(control).max(1);
+    let mut whole = FrameTracker::new();
+    let mut at_once = FrameEvents::default();
+    whole.feed(wire, &mut at_once);
+    let mut sliced = FrameTracker::new();
+    let mut piecewise = FrameEvents::default();
+    for chunk in wire.chunks(step) {
+        sliced.feed(chunk, &mut piecewise);
+    }
+    assert_eq!(at_once, piecewise, "slice size {step} changed the events");
+    assert_eq!(whole, sliced, "slice size {step} changed the state");
+    assert!(at_once.blocks_finished <= at_once.blocks_started);
+    assert!(at_once.streams_opened <= at_once.blocks_started);
+    assert_eq!(
+        whole.block_open(),
+        at_once.blocks_started > at_once.blocks_finished,
+        "open state disagrees with the counts"
+    );
+}

@@ -77,3 +77,13 @@ fn a_seed_token_really_decodes() {
 fn upstream_response_corpus() {
     run("upstream_response", properties::upstream_response);
 }
+
+#[test]
+fn host_corpus() {
+    run("host", properties::host_authority);
+}
+
+#[test]
+fn h2_frames_corpus() {
+    run("h2_frames", properties::h2_frames);
+}

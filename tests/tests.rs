@@ -11,6 +11,8 @@ mod authorization;
 mod cli;
 mod faults;
 mod fuzz_corpus;
+mod h2_attacks;
+mod hardening;
 mod observability;
 mod operations;
 mod proxy;

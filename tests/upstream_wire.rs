@@ -428,3 +428,157 @@ async fn a_pooled_connection_closed_under_a_request_is_retried_only_when_safe() 
     gw.stop().await;
     upstream.task.abort();
 }
+
+const UPGRADE_RULES: &str = r#"
+[[route]]
+name = "public"
+methods = ["GET"]
+path = "/public/{*rest}"
+auth = "public"
+
+[[route]]
+name = "plain"
+methods = ["GET"]
+path = "/plain/{*rest}"
+auth = "public"
+upgrades = []
+
+[[route]]
+name = "private"
+methods = ["GET", "DELETE"]
+path = "/private/{*rest}"
+"#;
+
+/// Answers every request with a switch to h2c, as an upstream open to h2c smuggling
+/// does.
+const SWITCH_H2C: &[u8] =
+    b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n";
+
+async fn read_answer<S: tokio::io::AsyncRead + Unpin>(io: &mut S) -> String {
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, io.read(&mut chunk)).await {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&out);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if out.len() >= end + 4 + len {
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Issue 18, defect 1: `Upgrade: h2c` is never forwarded, and an upstream's 101 to a
+/// request that did not (or could not) ask for it never turns the client's connection
+/// into an unchecked tunnel: the next request on it is decided like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_upgrade_never_becomes_an_unchecked_tunnel() {
+    let db = TestDb::sqlite();
+    let upstream = Scripted::start(|_, _, _| Act::Answer(SWITCH_H2C)).await;
+    let placeholder = Upstream::start().await;
+    let gw = GatewayBuilder::new(&db, &placeholder)
+        .upstream_addr(upstream.addr)
+        .rules(UPGRADE_RULES)
+        .server("workers = 1")
+        .start()
+        .await;
+    let mut tls = h2raw::tls_connect(gw.https, &gw.tls.client, &[b"http/1.1"]).await;
+    tls.write_all(
+        b"GET /public/x HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let answer = read_answer(&mut tls).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 502"),
+        "the upstream's 101 was passed on: {answer}"
+    );
+    // The same client connection, now with a forged identity and no token.
+    tls.write_all(
+        b"DELETE /private/x HTTP/1.1\r\nHost: localhost\r\nX-Flexgate-User-Id: 1\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let answer = read_answer(&mut tls).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 401"),
+        "a request after the 101 was not decided: {answer}"
+    );
+    let seen = upstream.requests();
+    assert_eq!(
+        seen.len(),
+        1,
+        "only the first request reached the upstream: {seen:?}"
+    );
+    let first = seen[0].1.to_ascii_lowercase();
+    assert!(!first.contains("upgrade"), "Upgrade was forwarded: {first}");
+    assert!(
+        !first.contains("http2-settings"),
+        "HTTP2-Settings was forwarded: {first}"
+    );
+    gw.stop().await;
+}
+
+/// A WebSocket upgrade passes only where the route allows it, and a 101 naming another
+/// protocol than the one asked for is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_pass_only_for_the_protocols_a_route_allows() {
+    let db = TestDb::sqlite();
+    let upstream = Scripted::start(|_, _, _| Act::Answer(SWITCH_H2C)).await;
+    let placeholder = Upstream::start().await;
+    let gw = GatewayBuilder::new(&db, &placeholder)
+        .upstream_addr(upstream.addr)
+        .rules(UPGRADE_RULES)
+        .server("workers = 1")
+        .start()
+        .await;
+    let websocket = |path: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+    };
+    // Allowed protocol, but the upstream switches to h2c: refused.
+    let mut tls = h2raw::tls_connect(gw.https, &gw.tls.client, &[b"http/1.1"]).await;
+    tls.write_all(websocket("/public/ws").as_bytes())
+        .await
+        .unwrap();
+    let answer = read_answer(&mut tls).await;
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    let seen = upstream.requests();
+    assert!(
+        seen[0]
+            .1
+            .to_ascii_lowercase()
+            .contains("upgrade: websocket"),
+        "an allowed upgrade is forwarded"
+    );
+    // A route with `upgrades = []`: the offer is removed.
+    let mut tls = h2raw::tls_connect(gw.https, &gw.tls.client, &[b"http/1.1"]).await;
+    tls.write_all(websocket("/plain/ws").as_bytes())
+        .await
+        .unwrap();
+    let answer = read_answer(&mut tls).await;
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    let seen = upstream.requests();
+    assert!(
+        !seen[1].1.to_ascii_lowercase().contains("upgrade"),
+        "{}",
+        seen[1].1
+    );
+    gw.stop().await;
+}

@@ -54,9 +54,7 @@ impl ServeArgs {
 pub(crate) fn load_config(path: &Path) -> anyhow::Result<Config> {
     match rules::load(path) {
         Ok(config) => {
-            if !config.warnings.warnings.is_empty() {
-                eprint!("{}", config.warnings);
-            }
+            config.warnings.log_warnings();
             Ok(config)
         }
         Err(diagnostics) => {

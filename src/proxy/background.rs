@@ -110,9 +110,7 @@ pub fn reload(gw: &Gateway, path: &Path) -> Result<(), Diagnostics> {
             if config.server != *gw.server() {
                 tracing::warn!(file = %path.display(), "[server], [cache] and [auth.throttle] changes take effect after a restart");
             }
-            if !config.warnings.warnings.is_empty() {
-                tracing::warn!(file = %path.display(), "rule file warnings:\n{}", config.warnings);
-            }
+            config.warnings.log_warnings();
             let routes = config.rules.routes.len();
             gw.install(config.rules);
             tracing::info!(file = %path.display(), routes, "rules reloaded");

@@ -60,6 +60,12 @@ pub enum Deny {
     },
     /// The same parameter twice, duplicate JSON keys, several tokens (400).
     Ambiguous(String),
+    /// `Host` missing, repeated, malformed, disagreeing with `:authority`, or not in
+    /// `allowed_hosts` (400); the label says which.
+    BadHost(&'static str),
+    /// The client's request body broke off or was malformed (bad chunk framing) while
+    /// it was being forwarded (400; the upstream connection that saw it is closed).
+    BadRequestBody,
     /// The body exceeds the buffering limit (413).
     BodyTooLarge,
     /// The JSON body does not parse (400).
@@ -80,7 +86,11 @@ impl Deny {
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
         match self {
-            Deny::BadPath(_) | Deny::Ambiguous(_) | Deny::MalformedJson => StatusCode::BAD_REQUEST,
+            Deny::BadPath(_)
+            | Deny::Ambiguous(_)
+            | Deny::MalformedJson
+            | Deny::BadHost(_)
+            | Deny::BadRequestBody => StatusCode::BAD_REQUEST,
             Deny::NoRoute(s) | Deny::MethodNotAllowed(s) => *s,
             Deny::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Deny::Forbidden(_) | Deny::RoleForbidden { .. } => StatusCode::FORBIDDEN,
@@ -104,6 +114,8 @@ impl Deny {
             Deny::BadPath(_)
             | Deny::Invalid { .. }
             | Deny::Ambiguous(_)
+            | Deny::BadHost(_)
+            | Deny::BadRequestBody
             | Deny::BodyTooLarge
             | Deny::MalformedJson
             | Deny::WrongMethod(_) => "bad_request",
@@ -121,7 +133,9 @@ impl Deny {
             Deny::Unauthenticated(r)
             | Deny::Forbidden(r)
             | Deny::Unavailable(r)
-            | Deny::WrongMethod(r) => r,
+            | Deny::WrongMethod(r)
+            | Deny::BadHost(r) => r,
+            Deny::BadRequestBody => "malformed_request_body",
             Deny::RoleForbidden { reason, .. } => reason,
             Deny::NotFound { .. } => "resource_not_found",
             Deny::Invalid { .. } => "invalid_input",
@@ -167,6 +181,13 @@ impl Deny {
             } => unprocessable(location, field, message),
             Deny::BadPath(_) => simple(status, "The request path is malformed or ambiguous."),
             Deny::Ambiguous(what) => simple(status, what),
+            Deny::BadHost(_) => simple(
+                status,
+                "The Host header is missing, repeated or not accepted here.",
+            ),
+            Deny::BadRequestBody => {
+                simple(status, "The request body is malformed or was cut short.")
+            }
             Deny::MalformedJson => simple(status, "The request body is not valid JSON."),
             Deny::BodyTooLarge => simple(status, "The request body is too large."),
             Deny::WrongMethod(_) => {

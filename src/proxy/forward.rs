@@ -192,7 +192,7 @@ impl Upstream {
         &self,
         permit: Permit,
         outgoing: Outgoing,
-        client_upgrade: Option<OnUpgrade>,
+        client_upgrade: Option<(OnUpgrade, HeaderValue)>,
         route_metrics: Option<&RouteMetrics>,
         worker: usize,
     ) -> Result<Response<ProxyBody>, Deny> {
@@ -207,6 +207,12 @@ impl Upstream {
             .upstream(route_metrics, permit.route(), started.elapsed());
         let answer = match result {
             Err(_) => return Err(Deny::GatewayTimeout),
+            // The client's fault, not the upstream's: the request is refused and the
+            // upstream connection that saw part of it was closed, never reused.
+            Ok(Err(PoolError::RequestBody(e))) => {
+                tracing::debug!(route = permit.route(), error = %e, "the request body broke off while being forwarded");
+                return Err(Deny::BadRequestBody);
+            }
             Ok(Err(e)) => {
                 tracing::warn!(route = permit.route(), error = %error_chain(&e), "upstream request failed");
                 return Err(
@@ -223,7 +229,21 @@ impl Upstream {
         let response = match (answer, client_upgrade) {
             // Its hop-by-hop headers were dropped as the head was parsed (`h1`).
             (Answer::Response(response), _) => response.map(Either::Left),
-            (Answer::Switching(mut head, upstream), Some(client_side)) => {
+            // A switch to anything but the protocol the client asked for (and the route
+            // allows) never becomes a tunnel.
+            (Answer::Switching(head, _), Some((_, asked)))
+                if !head
+                    .headers()
+                    .get(http::header::UPGRADE)
+                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(asked.as_bytes())) =>
+            {
+                tracing::warn!(
+                    route = permit.route(),
+                    "the upstream switched to a protocol the client did not ask for; refused"
+                );
+                return Err(Deny::BadGateway);
+            }
+            (Answer::Switching(mut head, upstream), Some((client_side, _))) => {
                 let idle = self.tunnel_idle;
                 tokio::spawn(async move {
                     match client_side.await {

@@ -22,8 +22,8 @@ use crate::auth::Identity;
 use crate::rules::IdentityHeaders;
 use crate::settings::Secret;
 
-/// Always hop-by-hop (RFC 9110 7.6.1, plus the legacy ones).
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// Always hop-by-hop (RFC 9110 7.6.1, plus the legacy ones and h2c's `HTTP2-Settings`).
+const HOP_BY_HOP: [HeaderName; 10] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -33,7 +33,88 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,
     header::PROXY_AUTHENTICATE,
+    HeaderName::from_static("http2-settings"),
 ];
+
+/// Headers many frameworks read to run a request as another method; a request checked
+/// as `POST` must not run as `DELETE`.
+pub const METHOD_OVERRIDE: [HeaderName; 3] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+];
+
+/// Why method-override headers cannot be honoured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverrideError {
+    /// Several override headers (or values) that disagree, or one that is not a method.
+    Ambiguous,
+}
+
+/// The method the override headers ask for, if any: all given values must name the
+/// same method (compared as sent, upper-cased by the caller's framework or not).
+pub fn method_override(headers: &HeaderMap) -> Result<Option<Method>, OverrideError> {
+    let mut found: Option<&HeaderValue> = None;
+    for name in &METHOD_OVERRIDE {
+        for value in headers.get_all(name) {
+            match found {
+                Some(f) if !f.as_bytes().eq_ignore_ascii_case(value.as_bytes()) => {
+                    return Err(OverrideError::Ambiguous);
+                }
+                _ => found = Some(value),
+            }
+        }
+    }
+    let Some(value) = found else { return Ok(None) };
+    let upper = value.as_bytes().to_ascii_uppercase();
+    if upper.is_empty() || !upper.iter().all(u8::is_ascii_alphabetic) {
+        return Err(OverrideError::Ambiguous);
+    }
+    Method::from_bytes(&upper)
+        .map(Some)
+        .map_err(|_| OverrideError::Ambiguous)
+}
+
+/// Remove every method-override header.
+pub fn strip_method_override(headers: &mut HeaderMap) {
+    for name in &METHOD_OVERRIDE {
+        headers.remove(name);
+    }
+}
+
+/// The one protocol an upgrade request asks for (`websocket`); `None` when the request
+/// does not ask to switch, or offers several protocols at once (never passed on).
+pub fn upgrade_protocol(headers: &HeaderMap) -> Option<&HeaderValue> {
+    if !is_upgrade_request(headers) {
+        return None;
+    }
+    let mut values = headers.get_all(header::UPGRADE).iter();
+    let (value, extra) = (values.next()?, values.next());
+    if extra.is_some() || value.as_bytes().contains(&b',') || value.is_empty() {
+        return None;
+    }
+    Some(value)
+}
+
+/// Join HTTP/2 cookie crumbs (several `cookie` fields) into one `Cookie` line with
+/// `; `, as RFC 9113 section 8.2.3 requires before HTTP/1.1.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    // Each crumb was a valid header value and "; " is too, so the join is one.
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
 
 /// Headers a backend may trust for the original URL or the client's address; a client
 /// must never set them. Compared after mapping `_` to `-`.
@@ -414,5 +495,81 @@ mod tests {
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["sec-websocket-key"], "k");
         assert!(!is_upgrade_request(&map(&[("Upgrade", "websocket")])));
+    }
+
+    #[test]
+    fn http2_settings_is_always_hop_by_hop() {
+        let mut h = map(&[
+            ("HTTP2-Settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
+            ("Connection", "keep-alive"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get("http2-settings").is_none());
+    }
+
+    #[test]
+    fn the_upgrade_protocol_is_one_token_or_none() {
+        let one = map(&[("Connection", "Upgrade"), ("Upgrade", "websocket")]);
+        assert_eq!(upgrade_protocol(&one).unwrap(), "websocket");
+        for pairs in [
+            &[("Connection", "Upgrade"), ("Upgrade", "h2c, websocket")][..],
+            &[
+                ("Connection", "Upgrade"),
+                ("Upgrade", "websocket"),
+                ("Upgrade", "h2c"),
+            ],
+            &[("Upgrade", "websocket")],
+            &[("Connection", "Upgrade"), ("Upgrade", "")],
+        ] {
+            assert!(upgrade_protocol(&map(pairs)).is_none(), "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn method_overrides_must_agree_and_name_a_method() {
+        assert_eq!(method_override(&map(&[])), Ok(None));
+        assert_eq!(
+            method_override(&map(&[
+                ("X-HTTP-Method-Override", "delete"),
+                ("X-Method-Override", "DELETE")
+            ])),
+            Ok(Some(Method::DELETE))
+        );
+        for pairs in [
+            &[
+                ("X-HTTP-Method-Override", "DELETE"),
+                ("X-HTTP-Method", "PUT"),
+            ][..],
+            &[
+                ("X-HTTP-Method-Override", "DELETE"),
+                ("X-HTTP-Method-Override", "PATCH"),
+            ],
+            &[("X-HTTP-Method", "DEL ETE")],
+            &[("X-HTTP-Method", "")],
+            &[("X-HTTP-Method", "GET2")],
+        ] {
+            assert_eq!(
+                method_override(&map(pairs)),
+                Err(OverrideError::Ambiguous),
+                "{pairs:?}"
+            );
+        }
+        let mut h = map(&[
+            ("X-HTTP-Method", "PUT"),
+            ("x-http-method-override", "PUT"),
+            ("Keep", "1"),
+        ]);
+        strip_method_override(&mut h);
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn cookie_crumbs_are_joined_and_a_single_cookie_is_left_alone() {
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2")]);
+        join_cookies(&mut h);
+        assert_eq!(h.get_all("cookie").iter().collect::<Vec<_>>(), ["a=1; b=2"]);
+        let mut h = map(&[("cookie", "a=1; b=2")]);
+        join_cookies(&mut h);
+        assert_eq!(h["cookie"], "a=1; b=2");
     }
 }

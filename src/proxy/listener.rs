@@ -15,21 +15,18 @@ use std::sync::Arc;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
+use super::conn::{self, Protocol};
 use super::deny::json_response;
+use super::host::split_authority;
 use super::pipeline::ConnInfo;
 use super::{Error, Gateway, ProxyBody, admin, pipeline};
-use crate::rules::Limits;
 
 /// Build the rustls server config from PEM files: TLS 1.2 and 1.3 only, ALPN h2 and
 /// http/1.1.
@@ -70,22 +67,6 @@ pub enum Role {
     Admin,
 }
 
-fn builder(limits: &Limits) -> Builder<TokioExecutor> {
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .keep_alive_interval(Some(limits.idle_timeout))
-        .keep_alive_timeout(limits.header_read_timeout);
-    builder
-}
-
 /// Accept connections until `shutdown` flips, then drain for the grace period.
 pub async fn run(
     listener: TcpListener,
@@ -95,12 +76,10 @@ pub async fn run(
     permits: Arc<Semaphore>,
     worker: usize,
 ) {
-    let limits = gw.limits().clone();
-    let graceful = GracefulShutdown::new();
-    // The protocol is known before the first byte (ALPN, or plain HTTP/1.1), so each
-    // connection gets a single-protocol builder: no sniffing, no rewind wrapper.
-    let http1 = builder(&limits).http1_only();
-    let http2 = builder(&limits).http2_only();
+    let limits = Arc::new(gw.limits().clone());
+    // Every connection task holds a clone of `drain`; when the last one is gone, the
+    // receiver learns that all connections have finished.
+    let (drain, mut drained) = tokio::sync::mpsc::channel::<()>(1);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -123,61 +102,71 @@ pub async fn run(
         };
         let _ = stream.set_nodelay(true);
         let gw = Arc::clone(&gw);
-        let (http1, http2) = (http1.clone(), http2.clone());
         let role = role.clone();
-        let watcher = graceful.watcher();
-        let handshake_timeout = limits.header_read_timeout;
+        let limits = Arc::clone(&limits);
+        let signal = shutdown.clone();
+        let drain = drain.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _drain = drain;
             match role {
                 Role::Https(acceptor) => {
-                    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
+                    let handshake = acceptor.accept(stream);
+                    let tls =
+                        match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    // ALPN decides, never the first bytes: a client that agreed on
+                    // http/1.1 and sends the HTTP/2 preface (or the reverse) gets a
+                    // protocol error from the codec ALPN chose.
+                    let protocol = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        Protocol::Http2
+                    } else {
+                        Protocol::Http1
                     };
                     let conn = ConnInfo::new(peer, true, worker);
-                    let builder = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                        &http2
-                    } else {
-                        &http1
-                    };
-                    serve(builder, tls, watcher, proxy_service(gw, conn)).await;
+                    conn::serve(protocol, tls, &limits, signal, proxy_service(gw, conn)).await;
                 }
                 Role::PlainProxy => {
                     let conn = ConnInfo::new(peer, false, worker);
-                    serve(&http1, stream, watcher, proxy_service(gw, conn)).await;
+                    conn::serve(
+                        Protocol::Http1,
+                        stream,
+                        &limits,
+                        signal,
+                        proxy_service(gw, conn),
+                    )
+                    .await;
                 }
                 Role::Redirect(port) => {
-                    let service = service_fn(move |req: Request<Incoming>| async move {
-                        Ok::<_, Infallible>(redirect(&req, port))
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let gw = Arc::clone(&gw);
+                        async move { Ok::<_, Infallible>(redirect(&gw, &req, port)) }
                     });
-                    serve(&http1, stream, watcher, service).await;
+                    conn::serve(Protocol::Http1, stream, &limits, signal, service).await;
                 }
                 Role::Admin => {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let gw = Arc::clone(&gw);
                         async move { Ok::<_, Infallible>(admin::handle(&gw, req).await) }
                     });
-                    serve(&http1, stream, watcher, service).await;
+                    conn::serve(Protocol::Http1, stream, &limits, signal, service).await;
                 }
             }
         });
     }
     drop(listener);
+    drop(drain);
     let grace = limits.shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, drained.recv()).await.is_err() {
         tracing::warn!(
             ?grace,
             "shutdown grace period ended with requests still in flight"
@@ -194,7 +183,8 @@ fn proxy_service(
     Error = Infallible,
     Future = impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send,
 > + Clone
-+ Send {
++ Send
++ Sync {
     let conn = Arc::new(conn);
     service_fn(move |req: Request<Incoming>| {
         let gw = Arc::clone(&gw);
@@ -203,46 +193,22 @@ fn proxy_service(
     })
 }
 
-async fn serve<I, S>(
-    builder: &Builder<TokioExecutor>,
-    io: I,
-    watcher: hyper_util::server::graceful::Watcher,
-    service: S,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<
-            Request<Incoming>,
-            Response = Response<ProxyBody>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
-        tracing::debug!(error = %e, "connection ended with an error");
-    }
-}
-
 /// 308 to the same path and query on HTTPS.
-fn redirect(req: &Request<Incoming>, https_port: u16) -> Response<ProxyBody> {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.parse::<http::uri::Authority>().ok())
-        .map(|a| a.host().to_owned());
+/// Only a host in `allowed_hosts` is redirected to: a forged `Host` must not turn the
+/// redirect into a link to somewhere else.
+fn redirect(gw: &Gateway, req: &Request<Incoming>, https_port: u16) -> Response<ProxyBody> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (Some(value), None) => split_authority(value.as_bytes())
+            .map(|(host, _)| host)
+            .filter(|host| gw.server().allowed_hosts.allows(host)),
+        _ => None,
+    };
     let Some(host) = host else {
         return json_response(
             StatusCode::BAD_REQUEST,
             &serde_json::json!({"message": "A valid Host header is required.", "status": 400}),
         );
-    };
-    let host = if host.contains(':') && !host.starts_with('[') {
-        format!("[{host}]")
-    } else {
-        host
     };
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let location = if https_port == 443 {

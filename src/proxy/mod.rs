@@ -18,10 +18,12 @@
 
 pub mod admin;
 pub mod background;
+pub mod conn;
 pub mod deny;
 pub mod forward;
 pub mod h1;
 pub mod headers;
+pub mod host;
 pub mod listener;
 pub mod login;
 pub mod normalize;

@@ -21,7 +21,7 @@ use serde_json::Value as Json;
 use super::deny::Deny;
 use super::forward::{Outgoing, UpstreamBody};
 use super::normalize::normalize;
-use super::{Gateway, Installed, ProxyBody, headers, login};
+use super::{Gateway, Installed, ProxyBody, headers, host, login};
 use crate::auth::token::token_from_authorization;
 use crate::auth::{AuthError, Identity, unix_now};
 use crate::metrics;
@@ -156,22 +156,96 @@ pub(super) struct Outcome {
     deny: Option<(&'static str, &'static str)>,
 }
 
+/// Status recorded for a request the client abandoned (nginx's "client closed
+/// request"): the stream was reset or the connection dropped before an answer.
+const CLIENT_CLOSED: u16 = 499;
+
+/// The bookkeeping of one request: the in-flight gauge, the request counter and
+/// histogram, and the audit line. It runs however the request ends: when the answer
+/// is ready, or when the request's future is dropped because the client reset the
+/// stream or went away (then as `cancelled`, status 499).
+struct Bookkeeping<'a> {
+    gw: &'a Gateway,
+    conn: &'a ConnInfo,
+    installed: Arc<Installed>,
+    method: http::Method,
+    started: Instant,
+    outcome: Outcome,
+    done: bool,
+}
+
+impl<'a> Bookkeeping<'a> {
+    fn start(gw: &'a Gateway, conn: &'a ConnInfo, method: http::Method) -> Bookkeeping<'a> {
+        gw.metrics.in_flight().inc();
+        Bookkeeping {
+            gw,
+            conn,
+            installed: gw.installed(),
+            method,
+            started: Instant::now(),
+            outcome: Outcome::default(),
+            done: false,
+        }
+    }
+
+    fn finish(&mut self, status: u16) {
+        self.done = true;
+        let (decision, reason) = self.outcome.deny.unwrap_or(("allow", "allowed"));
+        self.record(decision, reason, status);
+    }
+
+    fn record(&self, decision: &str, reason: &str, status: u16) {
+        let route_metrics = self
+            .outcome
+            .route_index
+            .and_then(|i| self.installed.routes.get(i));
+        let route = self.outcome.route.as_deref().unwrap_or(metrics::NO_ROUTE);
+        let elapsed = self.started.elapsed();
+        let gw = self.gw;
+        gw.metrics.request(
+            route_metrics,
+            route,
+            &self.method,
+            decision,
+            status,
+            elapsed,
+        );
+        gw.metrics.in_flight().dec();
+        gw.audit(
+            self.conn,
+            &self.installed.rules,
+            route,
+            &self.method,
+            decision,
+            reason,
+            status,
+            &self.outcome,
+            elapsed,
+        );
+    }
+}
+
+impl Drop for Bookkeeping<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.record("cancelled", "client_cancelled", CLIENT_CLOSED);
+        }
+    }
+}
+
 /// Handle one request from start to finish; never fails (a failure is a response).
 pub async fn handle(
     gw: &Gateway,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let started = Instant::now();
-    gw.metrics.in_flight().inc();
-    let installed = gw.installed();
-    let method = req.method().clone();
+    let mut book = Bookkeeping::start(gw, conn, req.method().clone());
+    let installed = Arc::clone(&book.installed);
     let upgrade = headers::is_upgrade_request(req.headers()).then(|| hyper::upgrade::on(&mut req));
-    let mut outcome = Outcome::default();
-    let mut response = match serve(gw, &installed, conn, req, upgrade, &mut outcome).await {
+    let mut response = match serve(gw, &installed, conn, req, upgrade, &mut book.outcome).await {
         Ok(response) => response,
         Err(deny) => {
-            outcome.deny = Some((deny.decision(), deny.reason()));
+            book.outcome.deny = Some((deny.decision(), deny.reason()));
             deny.into_response()
         }
     };
@@ -182,25 +256,7 @@ pub async fn handle(
             .headers_mut()
             .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
-    let route_metrics = outcome.route_index.and_then(|i| installed.routes.get(i));
-    let route = outcome.route.as_deref().unwrap_or(metrics::NO_ROUTE);
-    let (decision, reason) = outcome.deny.unwrap_or(("allow", "allowed"));
-    let status = response.status().as_u16();
-    let elapsed = started.elapsed();
-    gw.metrics
-        .request(route_metrics, route, &method, decision, status, elapsed);
-    gw.metrics.in_flight().dec();
-    gw.audit(
-        conn,
-        &installed.rules,
-        route,
-        &method,
-        decision,
-        reason,
-        status,
-        &outcome,
-        elapsed,
-    );
+    book.finish(response.status().as_u16());
     response
 }
 
@@ -214,18 +270,27 @@ async fn serve(
 ) -> Result<Response<ProxyBody>, Deny> {
     let rules = &*installed.rules;
     let (mut parts, body) = req.into_parts();
+    let authority = host::take_authority(&mut parts, &gw.server().allowed_hosts)?;
     // Borrowed from the request URI (no copy unless an escape was decoded).
     let path = normalize(parts.uri.path(), &rules.paths).map_err(Deny::BadPath)?;
     if path == rules.token_endpoint {
         outcome.route = Some(Arc::from(metrics::TOKEN_ENDPOINT));
         return login::handle(gw, rules, conn, &parts, body).await;
     }
-    let matched = match_rule(rules, &parts.method, &path)?;
+    let matched = match_with_override(rules, &parts.method, &mut parts.headers, &path)?;
     let route = matched.route;
     outcome.route = Some(Arc::clone(&route.name));
     outcome.route_index = Some(matched.index);
     let route_metrics = installed.routes.get(matched.index);
     let query = parts.uri.query();
+    // Only a protocol the route allows may be switched to; any other offer (h2c above
+    // all) is removed with the hop-by-hop headers and the request goes on as a plain one.
+    let upgrade = match (upgrade, headers::upgrade_protocol(&parts.headers)) {
+        (Some(on), Some(protocol)) if route_allows_upgrade(route, protocol) => {
+            Some((on, protocol.clone()))
+        }
+        _ => None,
+    };
 
     let (permit, body) = if route.public {
         (Permit::new(route, None), UpstreamBody::Streamed(body))
@@ -271,6 +336,7 @@ async fn serve(
         &path,
         upgrade.is_some(),
         route.forward_authorization,
+        &authority,
     );
     let uri = gw.upstream().uri_for(&parts.uri, &path)?;
     drop(path);
@@ -284,6 +350,43 @@ async fn serve(
             conn.worker,
         )
         .await
+}
+
+/// Whether `route` lets a client switch to `protocol` (compared without case; a
+/// versioned token such as `websocket/13` counts as its name).
+fn route_allows_upgrade(route: &Route, protocol: &HeaderValue) -> bool {
+    let name = protocol.as_bytes();
+    let name = name.split(|b| *b == b'/').next().unwrap_or(name);
+    !name.eq_ignore_ascii_case(b"h2c")
+        && route
+            .upgrades
+            .iter()
+            .any(|p| p.as_bytes().eq_ignore_ascii_case(name))
+}
+
+/// Stage: match the route, honouring a method-override header only on `POST` and only
+/// where the route matched by the overriding method opts in (`method_override`); then
+/// that method is the one matched and checked, and the header goes upstream. Anywhere
+/// else the override headers are removed, so the upstream runs the method checked.
+pub fn match_with_override<'r, 'p>(
+    rules: &'r RuleSet,
+    method: &http::Method,
+    headers: &mut HeaderMap,
+    path: &'p str,
+) -> Result<Matched<'r, 'p>, Deny> {
+    let wanted = headers::method_override(headers).map_err(|_| {
+        Deny::Ambiguous("The method-override headers disagree or name no method.".into())
+    })?;
+    if let Some(wanted) = wanted {
+        if method == http::Method::POST
+            && let Ok(found) = match_rule(rules, &wanted, path)
+            && found.route.method_override
+        {
+            return Ok(found);
+        }
+        headers::strip_method_override(headers);
+    }
+    match_rule(rules, method, path)
 }
 
 /// The route a request matched.
@@ -732,8 +835,10 @@ fn rewrite_headers(
     path: &str,
     upgrade: bool,
     keep_authorization: bool,
+    authority: &HeaderValue,
 ) -> Vec<u8> {
     headers::strip_hop_by_hop(h, upgrade);
+    headers::join_cookies(h);
     headers::strip_client_identity(h, &rules.identity.prefix);
     if !gw.forwards_authorization() && !keep_authorization {
         h.remove(AUTHORIZATION);
@@ -742,12 +847,17 @@ fn rewrite_headers(
     // client's Content-Length (alone, doubled, or beside Transfer-Encoding) never
     // reaches the upstream.
     h.remove(CONTENT_LENGTH);
-    let client_host = h.remove(HOST);
     // What flexgate adds is written once, as header lines, after what is left of the
-    // client's headers (none of which can share these names any more).
+    // client's headers (none of which can share these names any more; `Host` was taken
+    // out when the authority was checked).
     let mut added = Vec::with_capacity(512);
-    headers::write_line(&mut added, &HOST, gw.upstream().host().as_bytes());
-    headers::set_forwarded(&mut added, &conn.client, conn.tls, client_host.as_ref());
+    let upstream_host = if gw.server().preserve_host {
+        authority
+    } else {
+        gw.upstream().host()
+    };
+    headers::write_line(&mut added, &HOST, upstream_host.as_bytes());
+    headers::set_forwarded(&mut added, &conn.client, conn.tls, Some(authority));
     if let Some(identity) = permit.identity() {
         headers::inject_identity(
             &mut added,

@@ -16,8 +16,8 @@ use super::extract::{IdType, JsonPointer, Source};
 use super::matcher::{Matcher, Methods, Template};
 use super::raw::{RawAcl, RawCheck, RawConfig, RawItem, RawKind, RawRoute, RawSource};
 use super::{
-    CacheSettings, Check, Config, Diagnostic, Diagnostics, HttpMode, IdentityHeaders, IfAbsent,
-    Kind, Limits, PathOptions, Route, RuleSet, ServerConfig, Target, ThrottleSettings,
+    AllowedHosts, CacheSettings, Check, Config, Diagnostic, Diagnostics, HttpMode, IdentityHeaders,
+    IfAbsent, Kind, Limits, PathOptions, Route, RuleSet, ServerConfig, Target, ThrottleSettings,
 };
 use crate::policy::acl::parse_term;
 use crate::policy::{
@@ -430,7 +430,42 @@ impl Compiler<'_> {
             max_concurrent_logins: raw.auth.max_concurrent_logins.unwrap_or(4).max(1),
             forward_authorization: raw.identity.forward_authorization.unwrap_or(false),
             audit_allows: raw.audit.log_allows.unwrap_or(false),
+            allowed_hosts: self.allowed_hosts(s.allowed_hosts.as_deref()),
+            preserve_host: s.preserve_host.unwrap_or(false),
         }
+    }
+
+    fn allowed_hosts(&mut self, patterns: Option<&[String]>) -> AllowedHosts {
+        let ctx = Some("[server]".to_owned());
+        let patterns = patterns.unwrap_or_default();
+        if patterns.is_empty() {
+            self.warn(
+                None,
+                ctx.clone(),
+                "allowed_hosts is empty: any Host is accepted and forwarded; list the names clients use, e.g. allowed_hosts = [\"api.example.com\", \"*.example.com\"]".into(),
+            );
+        }
+        for p in patterns {
+            let name = p.strip_prefix("*.").unwrap_or(p);
+            let valid = !name.is_empty()
+                && name.len() <= 253
+                && !name.starts_with('.')
+                && !name.ends_with('.')
+                && !name.contains("..")
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
+                || name.parse::<std::net::Ipv4Addr>().is_ok()
+                || (name.starts_with('[') && name.ends_with(']'));
+            if !valid || (p.starts_with('*') && !p.starts_with("*.")) {
+                self.error(
+                    None,
+                    ctx.clone(),
+                    format!("allowed_hosts: {p:?} is not a host name; write a name such as \"api.example.com\" or a wildcard such as \"*.example.com\" (no port, no scheme)"),
+                );
+            }
+        }
+        AllowedHosts::new(patterns.iter().map(String::as_str))
     }
 
     fn permissions(&mut self, declared: &[Spanned<String>]) -> Vec<String> {
@@ -833,8 +868,36 @@ impl Compiler<'_> {
             Target::Sources(s) => s.iter().any(|(_, src)| src.needs_body()),
             Target::Singleton(_) => false,
         });
+        let upgrades: Vec<String> = r
+            .upgrades
+            .clone()
+            .unwrap_or_else(|| vec!["websocket".to_owned()])
+            .iter()
+            .map(|p| p.to_ascii_lowercase())
+            .collect();
+        for p in &upgrades {
+            if p == "h2c" {
+                self.error(l, Some(rule.into()), "upgrades: \"h2c\" is never allowed: an h2c upgrade turns the connection into an HTTP/2 tunnel that flexgate cannot check; remove it".into());
+            } else if p.is_empty()
+                || !p
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'/'))
+            {
+                self.error(
+                    l,
+                    Some(rule.into()),
+                    format!("upgrades: {p:?} is not a protocol name such as \"websocket\""),
+                );
+            }
+        }
+        let method_override = r.method_override.unwrap_or(false);
+        if method_override && public {
+            self.warn(l, Some(rule.into()), "method_override on a public route lets any client choose the method the upstream runs".into());
+        }
         Some(Route {
             name: Arc::from(r.name.get_ref().as_str()),
+            upgrades,
+            method_override,
             line,
             methods: methods?,
             template,

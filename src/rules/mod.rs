@@ -63,6 +63,23 @@ impl Diagnostics {
     }
 }
 
+impl Diagnostics {
+    /// Log each warning as one structured line (target `flexgate::config`), so a
+    /// JSON log stays JSON.
+    pub fn log_warnings(&self) {
+        for d in &self.warnings {
+            tracing::warn!(
+                target: "flexgate::config",
+                file = %self.file.display(),
+                line = d.line,
+                rule = d.rule.as_deref(),
+                "{}",
+                d.message
+            );
+        }
+    }
+}
+
 impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.render(f, "error", &self.errors)?;
@@ -207,6 +224,55 @@ pub struct ServerConfig {
     pub forward_authorization: bool,
     /// Log allowed requests too.
     pub audit_allows: bool,
+    /// Host names clients may address (empty: any).
+    pub allowed_hosts: AllowedHosts,
+    /// Forward the client's `Host` rather than the upstream's authority.
+    pub preserve_host: bool,
+}
+
+/// The `Host` names a deployment answers to: exact names and `*.suffix` wildcards,
+/// compared without the port and without regard to ASCII case. Refusing other names
+/// keeps an upstream's own host check meaningful behind flexgate and stops forged
+/// hosts from reaching redirects and links.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowedHosts {
+    exact: Vec<String>,
+    /// `.example.com` for `*.example.com`.
+    suffixes: Vec<String>,
+}
+
+impl AllowedHosts {
+    /// Compile the configured patterns (already validated by the compiler).
+    pub fn new<'a>(patterns: impl IntoIterator<Item = &'a str>) -> AllowedHosts {
+        let mut hosts = AllowedHosts::default();
+        for p in patterns {
+            let p = p.to_ascii_lowercase();
+            match p.strip_prefix('*') {
+                Some(suffix) => hosts.suffixes.push(suffix.to_owned()),
+                None => hosts.exact.push(p),
+            }
+        }
+        hosts
+    }
+
+    /// Whether no list is configured (every host is accepted).
+    pub fn is_any(&self) -> bool {
+        self.exact.is_empty() && self.suffixes.is_empty()
+    }
+
+    /// Whether `host` (the host part of an authority, without port) is allowed.
+    pub fn allows(&self, host: &str) -> bool {
+        if self.is_any() {
+            return true;
+        }
+        self.exact.iter().any(|e| e.eq_ignore_ascii_case(host))
+            || self.suffixes.iter().any(|s| {
+                host.len() > s.len()
+                    && host
+                        .get(host.len() - s.len()..)
+                        .is_some_and(|tail| tail.eq_ignore_ascii_case(s))
+            })
+    }
 }
 
 /// Path normalisation switches.
@@ -329,6 +395,10 @@ pub struct Route {
     pub needs_body: bool,
     /// Pass the client's `Authorization` header upstream on this route.
     pub forward_authorization: bool,
+    /// Protocols a client may switch to (lower-case; never `h2c`).
+    pub upgrades: Vec<String>,
+    /// Honour method-override headers on `POST` (the overriding method is checked).
+    pub method_override: bool,
 }
 
 /// Everything a request is decided with; swapped whole on reload.

@@ -68,6 +68,12 @@ pub struct RawServer {
     pub rules_poll_secs: Option<u64>,
     /// Worker threads serving the public listeners (default: one per CPU).
     pub workers: Option<usize>,
+    /// Host names clients may address (`api.example.com`, `*.example.com`); any other
+    /// `Host` is refused with 400 before authentication. Empty: every host (warned).
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Send the client's `Host` upstream instead of the upstream's own authority, so an
+    /// upstream that checks host names (FlexMeasures' `TRUSTED_HOSTS`) still can.
+    pub preserve_host: Option<bool>,
     /// Connection and size limits.
     #[serde(default)]
     pub limits: RawLimits,
@@ -276,6 +282,13 @@ pub struct RawRoute {
     /// Pass the client's `Authorization` header to the upstream on this route (for
     /// upstream-checked secrets such as FlexMeasures' task-check token).
     pub forward_authorization: Option<bool>,
+    /// Protocols a client may switch to with `Upgrade` on this route (default
+    /// `["websocket"]`; `h2c` is never allowed). Any other upgrade offer is removed.
+    pub upgrades: Option<Vec<String>>,
+    /// Honour `X-HTTP-Method-Override` (and its variants) on `POST`: the overriding
+    /// method is matched and checked, and the header is forwarded. Off by default: the
+    /// headers are removed.
+    pub method_override: Option<bool>,
     /// Permission checks, all of which must pass.
     #[serde(default, rename = "check")]
     pub checks: Vec<RawCheck>,

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sqlx::Connection;
 
+pub mod h2raw;
 pub mod net;
 pub use net::*;
 
