@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use flexgate::auth::token::{self, TokenKey};
-use flexgate::auth::{AuthSettings, Authenticator, Identity};
+use flexgate::auth::{AuthSettings, Identity, NativeAuthenticator as Authenticator};
 use flexgate::metrics::Metrics;
 use flexgate::policy::{self, Permission, Value};
 use flexgate::proxy::headers;

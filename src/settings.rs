@@ -111,6 +111,42 @@ pub struct Settings {
     pub upstream_secret: Option<Secret>,
     /// `FLEXGATE_LOG_FORMAT`: `text` or `json`.
     pub log_format: LogFormat,
+    /// FlexMeasures' own secrets, for FlexMeasures mode.
+    pub flexmeasures: FlexMeasuresSecrets,
+}
+
+/// FlexMeasures' secrets as flexgate needs them in FlexMeasures mode, from
+/// `FLEXMEASURES_*` variables or the files their `*_FILE` variants name (Kubernetes
+/// secrets); never from the rule file, never logged.
+#[derive(Debug, Clone, Default)]
+pub struct FlexMeasuresSecrets {
+    /// `FLEXMEASURES_SECRET_KEY`: FlexMeasures' `SECRET_KEY`.
+    pub secret_key: Option<Secret>,
+    /// `FLEXMEASURES_SECRET_KEY_FALLBACKS`: a JSON list of older keys (or one per line
+    /// in the file); tokens signed with any of them verify.
+    pub fallbacks: Vec<Secret>,
+    /// `FLEXMEASURES_SECURITY_PASSWORD_SALT` (FlexMeasures defaults it to `SECRET_KEY`).
+    pub password_salt: Option<Secret>,
+    /// `FLEXMEASURES_SECURITY_REMEMBER_SALT` (default `remember-salt`).
+    pub remember_salt: String,
+}
+
+impl FlexMeasuresSecrets {
+    /// The secret key, required in FlexMeasures mode.
+    pub fn secret_key(&self) -> Result<&Secret, Error> {
+        self.secret_key.as_ref().ok_or(Error::Missing {
+            var: "FLEXMEASURES_SECRET_KEY",
+            hint: "set it (or FLEXMEASURES_SECRET_KEY_FILE) to FlexMeasures' SECRET_KEY: FlexMeasures mode checks and issues FlexMeasures' own tokens",
+        })
+    }
+
+    /// The password salt: the configured one, else the secret key (as FlexMeasures does).
+    pub fn password_salt(&self) -> Result<&Secret, Error> {
+        match &self.password_salt {
+            Some(salt) => Ok(salt),
+            None => self.secret_key(),
+        }
+    }
 }
 
 /// The variables exactly as found; every field is validated in [`Settings::from_vars`].
@@ -124,6 +160,13 @@ struct RawSettings {
     flexgate_migrate_on_start: Option<String>,
     flexgate_upstream_secret: Option<String>,
     flexgate_log_format: Option<String>,
+    flexmeasures_secret_key: Option<String>,
+    flexmeasures_secret_key_file: Option<String>,
+    flexmeasures_secret_key_fallbacks: Option<String>,
+    flexmeasures_secret_key_fallbacks_file: Option<String>,
+    flexmeasures_security_password_salt: Option<String>,
+    flexmeasures_security_password_salt_file: Option<String>,
+    flexmeasures_security_remember_salt: Option<String>,
 }
 
 impl Settings {
@@ -220,10 +263,33 @@ impl Settings {
             }
         };
 
+        let flexmeasures = FlexMeasuresSecrets {
+            secret_key: secret_or_file(
+                raw.flexmeasures_secret_key,
+                raw.flexmeasures_secret_key_file,
+                "FLEXMEASURES_SECRET_KEY",
+                &mut problems,
+            ),
+            fallbacks: fallbacks(
+                raw.flexmeasures_secret_key_fallbacks,
+                raw.flexmeasures_secret_key_fallbacks_file,
+                &mut problems,
+            ),
+            password_salt: secret_or_file(
+                raw.flexmeasures_security_password_salt,
+                raw.flexmeasures_security_password_salt_file,
+                "FLEXMEASURES_SECURITY_PASSWORD_SALT",
+                &mut problems,
+            ),
+            remember_salt: nonempty(raw.flexmeasures_security_remember_salt)
+                .unwrap_or_else(|| "remember-salt".to_owned()),
+        };
+
         if !problems.is_empty() {
             return Err(Error::Invalid(problems));
         }
         Ok(Settings {
+            flexmeasures,
             database_url,
             secret_key,
             token_max_age: Duration::from_secs(token_max_age),
@@ -261,7 +327,110 @@ const KNOWN_VARS: &[&str] = &[
     "FLEXGATE_MIGRATE_ON_START",
     "FLEXGATE_UPSTREAM_SECRET",
     "FLEXGATE_LOG_FORMAT",
+    "FLEXMEASURES_SECRET_KEY",
+    "FLEXMEASURES_SECRET_KEY_FILE",
+    "FLEXMEASURES_SECRET_KEY_FALLBACKS",
+    "FLEXMEASURES_SECRET_KEY_FALLBACKS_FILE",
+    "FLEXMEASURES_SECURITY_PASSWORD_SALT",
+    "FLEXMEASURES_SECURITY_PASSWORD_SALT_FILE",
+    "FLEXMEASURES_SECURITY_REMEMBER_SALT",
 ];
+
+/// A secret given either directly or as a file (the file's content without its final
+/// line break). Both at once is a mistake, reported.
+fn secret_or_file(
+    value: Option<String>,
+    file: Option<String>,
+    var: &'static str,
+    problems: &mut Vec<Problem>,
+) -> Option<Secret> {
+    match (nonempty(value), nonempty(file)) {
+        (Some(_), Some(_)) => {
+            problems.push(Problem {
+                var,
+                message: format!("set either {var} or {var}_FILE, not both"),
+            });
+            None
+        }
+        (Some(v), None) => Some(Secret(v.into_bytes())),
+        (None, Some(path)) => match read_secret_file(&path) {
+            Ok(v) if !v.is_empty() => Some(Secret(v.into_bytes())),
+            Ok(_) => {
+                problems.push(Problem {
+                    var,
+                    message: format!("{var}_FILE names an empty file"),
+                });
+                None
+            }
+            Err(e) => {
+                problems.push(Problem {
+                    var,
+                    message: format!("{var}_FILE cannot be read: {e}"),
+                });
+                None
+            }
+        },
+        (None, None) => None,
+    }
+}
+
+fn read_secret_file(path: &str) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text
+        .strip_suffix("\r\n")
+        .or_else(|| text.strip_suffix('\n'))
+        .unwrap_or(&text)
+        .to_owned())
+}
+
+/// `FLEXMEASURES_SECRET_KEY_FALLBACKS`: a JSON list of strings (FlexMeasures' own config
+/// syntax); the `_FILE` variant holds one key per line.
+fn fallbacks(
+    value: Option<String>,
+    file: Option<String>,
+    problems: &mut Vec<Problem>,
+) -> Vec<Secret> {
+    const VAR: &str = "FLEXMEASURES_SECRET_KEY_FALLBACKS";
+    match (nonempty(value), nonempty(file)) {
+        (Some(_), Some(_)) => {
+            problems.push(Problem {
+                var: VAR,
+                message: format!("set either {VAR} or {VAR}_FILE, not both"),
+            });
+            Vec::new()
+        }
+        (Some(v), None) => match serde_json::from_str::<Vec<String>>(&v) {
+            Ok(keys) => keys
+                .into_iter()
+                .filter(|k| !k.is_empty())
+                .map(|k| Secret(k.into_bytes()))
+                .collect(),
+            Err(_) => {
+                problems.push(Problem {
+                    var: VAR,
+                    message: "expected a JSON list of strings, e.g. [\"old-key\"] (or use the _FILE variant, one key per line)".into(),
+                });
+                Vec::new()
+            }
+        },
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(text) => text
+                .lines()
+                .map(|l| l.trim_end_matches('\r'))
+                .filter(|l| !l.is_empty())
+                .map(|l| Secret(l.as_bytes().to_vec()))
+                .collect(),
+            Err(e) => {
+                problems.push(Problem {
+                    var: VAR,
+                    message: format!("{VAR}_FILE cannot be read: {e}"),
+                });
+                Vec::new()
+            }
+        },
+        (None, None) => Vec::new(),
+    }
+}
 
 fn nonempty(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.trim().is_empty())

@@ -10,6 +10,7 @@ mod attacks;
 mod authorization;
 mod cli;
 mod faults;
+mod flexmeasures;
 mod fuzz_corpus;
 mod h2_attacks;
 mod hardening;

@@ -8,6 +8,8 @@
 //! Authorization (what the caller may do) is not here; see [`crate::policy`].
 
 pub mod crypt_threads;
+pub mod flexmeasures;
+pub mod itsdangerous;
 pub mod password;
 pub mod throttle;
 pub mod token;
@@ -41,6 +43,9 @@ pub enum Error {
     /// bcrypt or sha256_crypt could not run.
     #[error("password hashing failed: {0}")]
     Hash(String),
+    /// A secret the identity source needs is missing or unusable.
+    #[error(transparent)]
+    Settings(#[from] crate::settings::Error),
 }
 
 /// `bytes` random bytes from the OS, hex encoded: uniquifiers, salts, demo secrets.
@@ -74,6 +79,8 @@ pub struct Identity {
     uniquifier: String,
     password_hash: String,
     credential_version: u64,
+    /// FlexMeasures mode: the database's fingerprint of the user row (empty otherwise).
+    fingerprint: Box<str>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -127,7 +134,43 @@ impl Identity {
             uniquifier: r.uniquifier,
             password_hash: r.password_hash,
             credential_version: hasher.finish(),
+            fingerprint: Box::from(""),
         }
+    }
+
+    /// Build from a FlexMeasures user row (FlexMeasures mode).
+    pub fn from_flexmeasures(u: store::FmUser) -> Identity {
+        let mut hasher = DefaultHasher::new();
+        u.fingerprint.hash(&mut hasher);
+        let fingerprint = u.fingerprint.into_boxed_str();
+        let mut identity = Identity::from_record(PrincipalRecord {
+            user_id: u.user_id,
+            email: u.email,
+            active: u.active,
+            uniquifier: u.uniquifier,
+            password_hash: String::new(),
+            account_id: u.account_id,
+            consultancy_account_id: u.consultancy_account_id,
+            roles: u.roles,
+            account_roles: u.account_roles,
+        });
+        identity.credential_version = hasher.finish();
+        identity.fingerprint = fingerprint;
+        identity
+    }
+
+    /// Whether the user may authenticate at all.
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+
+    /// The uniquifier tokens and sessions carry (`fs_uniquifier` in FlexMeasures mode).
+    pub fn uniquifier(&self) -> &str {
+        &self.uniquifier
+    }
+
+    fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 }
 
@@ -215,8 +258,8 @@ impl Expiry<[u8; 32], Verified> for UntilTokenExpiry {
     }
 }
 
-/// Checks tokens and passwords; owns the principal and token caches.
-pub struct Authenticator {
+/// Checks flexgate's native tokens and passwords; owns the principal and token caches.
+pub struct NativeAuthenticator {
     store: Store,
     key: TokenKey,
     max_age: u64,
@@ -231,9 +274,9 @@ pub struct Authenticator {
     metrics: Metrics,
 }
 
-impl std::fmt::Debug for Authenticator {
+impl std::fmt::Debug for NativeAuthenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authenticator")
+        f.debug_struct("NativeAuthenticator")
             .field("max_age", &self.max_age)
             .finish_non_exhaustive()
     }
@@ -254,7 +297,7 @@ pub struct AuthSettings {
     pub throttle: ThrottleSettings,
 }
 
-impl Authenticator {
+impl NativeAuthenticator {
     /// An authenticator over `store`, signing with a key derived from `secret`.
     pub fn new(
         store: Store,
@@ -263,7 +306,7 @@ impl Authenticator {
         metrics: Metrics,
     ) -> Result<Self, Error> {
         let (principal_evictions, token_evictions) = (metrics.clone(), metrics.clone());
-        Ok(Authenticator {
+        Ok(NativeAuthenticator {
             store,
             key: TokenKey::derive(secret),
             max_age: s.max_age.as_secs(),
@@ -504,6 +547,107 @@ impl Authenticator {
             .run(work)
             .await
             .map_err(|e| Error::Hash(e.to_string()))
+    }
+}
+
+/// Where identities come from: flexgate's own tables and tokens, or an unmodified
+/// FlexMeasures' (its tables, its tokens, its password hashes). The pipeline asks this
+/// one seam for an [`Identity`] and never learns which source answered.
+// One per process, behind an `Arc`: the variants' sizes do not matter, and boxing the
+// native one would add a pointer hop to every request.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Authenticator {
+    /// flexgate's identity tables and native tokens.
+    Native(NativeAuthenticator),
+    /// FlexMeasures' tables and Flask-Security tokens.
+    FlexMeasures(flexmeasures::FmAuthenticator),
+}
+
+impl Authenticator {
+    /// A native authenticator (flexgate's own tables and tokens).
+    pub fn new(
+        store: Store,
+        secret: &crate::settings::Secret,
+        s: &AuthSettings,
+        metrics: Metrics,
+    ) -> Result<Self, Error> {
+        NativeAuthenticator::new(store, secret, s, metrics).map(Authenticator::Native)
+    }
+
+    /// A FlexMeasures-mode authenticator over FlexMeasures' database.
+    pub fn flexmeasures(
+        store: Store,
+        secrets: &crate::settings::FlexMeasuresSecrets,
+        s: &AuthSettings,
+        metrics: Metrics,
+    ) -> Result<Self, Error> {
+        flexmeasures::FmAuthenticator::new(
+            store,
+            secrets,
+            s.max_age,
+            s.max_concurrent_logins,
+            &s.cache,
+            &s.throttle,
+            metrics,
+        )
+        .map(Authenticator::FlexMeasures)
+    }
+
+    /// Whether identities come from FlexMeasures' tables.
+    pub fn is_flexmeasures(&self) -> bool {
+        matches!(self, Authenticator::FlexMeasures(_))
+    }
+
+    /// The database identities are read from.
+    pub fn store(&self) -> &Store {
+        match self {
+            Authenticator::Native(a) => a.store(),
+            Authenticator::FlexMeasures(a) => a.store(),
+        }
+    }
+
+    /// Check a token and return who it belongs to.
+    pub async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
+        match self {
+            Authenticator::Native(a) => a.authenticate(token).await,
+            Authenticator::FlexMeasures(a) => a.authenticate(token).await,
+        }
+    }
+
+    /// Check email and password and issue a token of the source's own format.
+    pub async fn login(
+        &self,
+        email: &str,
+        password: String,
+        client: IpAddr,
+    ) -> Result<IssuedToken, LoginError> {
+        match self {
+            Authenticator::Native(a) => a.login(email, password, client).await,
+            Authenticator::FlexMeasures(a) => a.login(email, password, client).await,
+        }
+    }
+
+    /// Forget one user's cached principal (native change feed).
+    pub async fn invalidate_user(&self, user_id: i64) {
+        if let Authenticator::Native(a) = self {
+            a.invalidate_user(user_id).await;
+        }
+    }
+
+    /// Forget every cached principal (native change feed).
+    pub fn invalidate_all(&self) {
+        if let Authenticator::Native(a) = self {
+            a.invalidate_all();
+        }
+    }
+
+    /// Entry counts of the principal and token caches, for metrics.
+    pub async fn cache_sizes(&self) -> (u64, u64) {
+        match self {
+            Authenticator::Native(a) => a.cache_sizes().await,
+            Authenticator::FlexMeasures(a) => a.cache_sizes().await,
+        }
     }
 }
 

@@ -21,6 +21,13 @@ impl DbCommand {
                 let store = Store::connect(&settings.database_url, &ConnectOptions::default())
                     .await
                     .context("connecting to the database")?;
+                if store.flexmeasures_schema().await? == Some(false) {
+                    anyhow::bail!(
+                        "DATABASE_URL is FlexMeasures' database: flexgate adds no tables there. \
+                         FlexMeasures mode ([identity] source = \"flexmeasures\") needs no migration; \
+                         for native mode give flexgate a database of its own"
+                    );
+                }
                 store.migrate().await?;
                 println!("{} database is up to date", store.backend());
                 Ok(ExitCode::SUCCESS)

@@ -123,7 +123,7 @@ impl ExplainArgs {
             return Ok(Ok(()));
         }
         let pipeline::Matched { route, params, .. } =
-            match pipeline::match_rule(rules, &method, &path) {
+            match pipeline::match_with_override(rules, &method, &mut headers, &path) {
                 Ok(found) => found,
                 Err(deny) => {
                     trace.push(format!(
@@ -144,7 +144,7 @@ impl ExplainArgs {
             trace.push("the rule is public: no authentication, no identity headers".into());
             return Ok(Ok(()));
         }
-        let identity = match self.identity(settings, store.clone()).await? {
+        let identity = match self.identity(settings, config, store.clone()).await? {
             Ok(identity) => identity,
             Err(deny) => return Ok(Err(deny)),
         };
@@ -198,8 +198,38 @@ impl ExplainArgs {
     async fn identity(
         &self,
         settings: &Settings,
+        config: &crate::rules::Config,
         store: Store,
     ) -> anyhow::Result<Result<std::sync::Arc<Identity>, Deny>> {
+        if let crate::rules::IdentitySource::FlexMeasures { .. } = config.server.identity_source {
+            let fm = crate::auth::flexmeasures::FmAuthenticator::new(
+                store,
+                &settings.flexmeasures,
+                settings.token_max_age,
+                1,
+                &config.server.cache,
+                &config.server.throttle,
+                crate::metrics::Metrics::new(),
+            )?;
+            if let Some(token) = &self.token {
+                return Ok(fm
+                    .authenticate(token)
+                    .await
+                    .map_err(|e| Deny::Unauthenticated(e.as_str())));
+            }
+            let who = self
+                .email
+                .as_deref()
+                .context("pass --email USER or --token TOKEN")?;
+            let identity = fm
+                .lookup(who)
+                .await?
+                .with_context(|| format!("no FlexMeasures user {who:?}"))?;
+            if !identity.is_active() {
+                return Ok(Err(Deny::Unauthenticated("inactive")));
+            }
+            return Ok(Ok(identity));
+        }
         if let Some(token) = &self.token {
             let auth = super::authenticator(store, settings)?;
             return Ok(auth

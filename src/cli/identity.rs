@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
-use super::{OutputArgs, open_store};
+use super::{OutputArgs, open_identity_store};
 use crate::auth::PasswordHasher;
 use crate::settings::Settings;
 use crate::store::{Account, NewAccount, NewUser, User, UserRef};
@@ -156,7 +156,7 @@ impl AddCommand {
                 roles,
                 output,
             } => {
-                let store = open_store(settings).await?;
+                let store = open_identity_store(settings).await?;
                 let account = store
                     .add_account(&NewAccount {
                         id,
@@ -178,7 +178,7 @@ impl AddCommand {
                 let password = read_password(password_stdin)?;
                 let hasher = PasswordHasher::new(settings.bcrypt_cost, 1)?;
                 let password_hash = hasher.hash(password).await?;
-                let store = open_store(settings).await?;
+                let store = open_identity_store(settings).await?;
                 let user = store
                     .add_user(&NewUser {
                         id,
@@ -197,7 +197,7 @@ impl AddCommand {
 
 impl ListCommand {
     pub(crate) async fn run(self, settings: &Settings) -> anyhow::Result<ExitCode> {
-        let store = open_store(settings).await?;
+        let store = open_identity_store(settings).await?;
         match self {
             ListCommand::Accounts { output } => {
                 let accounts = store.list_accounts().await?;
@@ -255,7 +255,7 @@ impl RolesCommand {
         } else {
             (Vec::new(), roles)
         };
-        let store = open_store(settings).await?;
+        let store = open_identity_store(settings).await?;
         match (edit.user, edit.account) {
             (Some(user), None) => {
                 let user = store
@@ -276,7 +276,7 @@ impl RolesCommand {
 
 impl ConsultancyCommand {
     pub(crate) async fn run(self, settings: &Settings) -> anyhow::Result<ExitCode> {
-        let store = open_store(settings).await?;
+        let store = open_identity_store(settings).await?;
         let (account, output) = match self {
             ConsultancyCommand::Set {
                 account,
@@ -298,7 +298,7 @@ impl ConsultancyCommand {
 impl ActivationCommand {
     pub(crate) async fn run(self, settings: &Settings, active: bool) -> anyhow::Result<ExitCode> {
         let ActivationCommand::User { user, output } = self;
-        let store = open_store(settings).await?;
+        let store = open_identity_store(settings).await?;
         let user = store.set_active(&UserRef::parse(&user), active).await?;
         let verb = if active { "activated" } else { "deactivated" };
         print_user(verb, &user, output)?;
@@ -308,7 +308,7 @@ impl ActivationCommand {
 
 impl PasswdArgs {
     pub(crate) async fn run(self, settings: &Settings) -> anyhow::Result<ExitCode> {
-        let store = open_store(settings).await?;
+        let store = open_identity_store(settings).await?;
         let who = UserRef::parse(&self.user);
         // Fail on an unknown user before asking for a password.
         store.user(&who).await?;

@@ -114,7 +114,8 @@ impl Command {
 }
 
 /// Connect to the configured database and bring its schema up to date, so admin commands
-/// work on a fresh SQLite file without a separate `db migrate`.
+/// work on a fresh SQLite file without a separate `db migrate`. A FlexMeasures database
+/// (one with `fm_user`) is never migrated: FlexMeasures mode writes nothing there.
 pub(crate) async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     let store = Store::connect(&settings.database_url, &ConnectOptions::default())
         .await
@@ -124,19 +125,40 @@ pub(crate) async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
                 scheme(&settings.database_url)
             )
         })?;
-    if settings.migrate_on_start {
+    let flexmeasures = store
+        .flexmeasures_schema()
+        .await
+        .context("inspecting the database")?;
+    if settings.migrate_on_start && flexmeasures.is_none() {
         store.migrate().await.context("migrating the database")?;
     }
     Ok(store)
 }
+
+/// [`open_store`] for commands that read or change flexgate's own identity tables:
+/// refused on a FlexMeasures database, whose users live in FlexMeasures.
+pub(crate) async fn open_identity_store(settings: &Settings) -> anyhow::Result<Store> {
+    let store = open_store(settings).await?;
+    if store.flexmeasures_schema().await? == Some(false) {
+        anyhow::bail!("{FLEXMEASURES_IDENTITIES}");
+    }
+    Ok(store)
+}
+
+/// Why identity commands refuse a FlexMeasures database.
+pub(crate) const FLEXMEASURES_IDENTITIES: &str = "DATABASE_URL is FlexMeasures' database: \
+    its accounts, users, roles and passwords are FlexMeasures' own, and flexgate's FlexMeasures \
+    mode only reads them. Manage them with FlexMeasures (`flexmeasures add account`, \
+    `flexmeasures add user`, `flexmeasures edit ...`, its API or UI); flexgate sees each change \
+    within [identity] revalidate_ms";
 
 /// An authenticator for one-shot commands (issuing and checking tokens): default
 /// caches, one hashing thread, metrics nobody scrapes.
 pub(crate) fn authenticator(
     store: Store,
     settings: &Settings,
-) -> anyhow::Result<crate::auth::Authenticator> {
-    Ok(crate::auth::Authenticator::new(
+) -> anyhow::Result<crate::auth::NativeAuthenticator> {
+    Ok(crate::auth::NativeAuthenticator::new(
         store,
         settings.secret_key()?,
         &crate::auth::AuthSettings {

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::open_store;
 use crate::proxy::{self, Gateway, Running, background};
-use crate::rules::{self, Config};
+use crate::rules::{self, Config, IdentitySource};
 use crate::settings::Settings;
 use crate::store::Store;
 
@@ -33,9 +33,23 @@ impl ServeArgs {
             .or_else(|| settings.config_path.clone())
             .context("no rule file: pass --config FILE or set FLEXGATE_CONFIG")?;
         let config = load_config(&path)?;
-        settings.secret_key()?;
         settings.upstream_secret()?;
         let store = open_store(settings).await?;
+        match config.server.identity_source {
+            IdentitySource::Native => {
+                settings.secret_key()?;
+            }
+            IdentitySource::FlexMeasures { .. } => {
+                settings.flexmeasures.secret_key()?;
+                if store.flexmeasures_schema().await?.is_none() {
+                    bail!(
+                        "{}: [identity] source = \"flexmeasures\" needs DATABASE_URL to be FlexMeasures' \
+                         PostgreSQL database (no fm_user table found there)",
+                        path.display()
+                    );
+                }
+            }
+        }
         check_queries(&store, &config).await?;
         serve(
             settings,

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use serde_json::json;
 
-use super::{OutputArgs, open_store};
+use super::{OutputArgs, open_identity_store};
 use crate::settings::Settings;
 use crate::store::UserRef;
 
@@ -33,7 +33,7 @@ pub(crate) enum TokenCommand {
 
 impl TokenCommand {
     pub(crate) async fn run(self, settings: &Settings) -> anyhow::Result<ExitCode> {
-        let store = open_store(settings).await?;
+        let store = open_identity_store(settings).await?;
         match self {
             TokenCommand::Issue { email, output } => {
                 let user = store.user(&UserRef::parse(&email)).await?;

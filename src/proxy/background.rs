@@ -13,16 +13,43 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::Gateway;
-use crate::rules::{self, Diagnostics};
+use crate::auth::Authenticator;
+use crate::rules::{self, Diagnostics, IdentitySource};
 
 /// How often the change feed is polled by default.
 pub const CHANGE_POLL_INTERVAL: Duration = Duration::from_secs(1);
-/// Poll the change feed until shutdown.
+/// Keep cached identities current until shutdown: poll the native change feed every
+/// `interval`, or in FlexMeasures mode compare the cached users with FlexMeasures'
+/// tables every `[identity] revalidate_ms`.
 pub async fn follow_changes(
     gw: Arc<Gateway>,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    if let (Authenticator::FlexMeasures(fm), IdentitySource::FlexMeasures { revalidate }) =
+        (&*gw.auth, gw.server().identity_source)
+    {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(revalidate) => {}
+                _ = shutdown.changed() => return,
+            }
+            match fm.revalidate().await {
+                Ok((checked, dropped)) if dropped > 0 => {
+                    tracing::debug!(
+                        checked,
+                        dropped,
+                        "FlexMeasures users changed; dropped from the caches"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    gw.metrics.change_feed_error();
+                    tracing::warn!(error = %e, "cannot revalidate cached FlexMeasures users; they expire on their own");
+                }
+            }
+        }
+    }
     let store = gw.store().clone();
     let mut last = loop {
         match store.latest_change().await {

@@ -96,6 +96,58 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<&HeaderValue> {
     Some(value)
 }
 
+/// FlexMeasures' browser-session cookies (Flask's `session`, Flask-Login's
+/// `remember_token`): with either present, FlexMeasures acts as the session's user even
+/// when a token authenticated the request.
+pub const FLEXMEASURES_SESSION_COOKIES: &[&str] = &["session", "remember_token"];
+
+/// Remove the named cookies from the (joined) `Cookie` header, keeping the others as
+/// sent; the header goes when nothing is left.
+pub fn strip_cookies(headers: &mut HeaderMap, names: &[&str]) {
+    let Some(value) = headers.get(header::COOKIE) else {
+        return;
+    };
+    let Ok(text) = value.to_str() else {
+        // Not text: no cookie can be told apart safely; drop them all.
+        headers.remove(header::COOKIE);
+        return;
+    };
+    let is_named = |pair: &str| {
+        let name = pair.split('=').next().unwrap_or("").trim();
+        names.contains(&name)
+    };
+    if !text.split(';').any(is_named) {
+        return;
+    }
+    let kept: Vec<&str> = text
+        .split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty() && !is_named(p))
+        .collect();
+    match HeaderValue::from_str(&kept.join("; ")) {
+        Ok(v) if !kept.is_empty() => {
+            headers.insert(header::COOKIE, v);
+        }
+        _ => {
+            headers.remove(header::COOKIE);
+        }
+    }
+}
+
+/// Send the token of an `Authorization: Bearer <token>` header raw, as FlexMeasures
+/// reads the header (a `Bearer ` prefix makes it fail).
+pub fn raw_authorization(headers: &mut HeaderMap) {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return;
+    };
+    if let Some(token) = crate::auth::token::token_from_authorization(value.as_bytes())
+        && token.len() != value.len()
+        && let Ok(raw) = HeaderValue::from_str(token)
+    {
+        headers.insert(header::AUTHORIZATION, raw);
+    }
+}
+
 /// Join HTTP/2 cookie crumbs (several `cookie` fields) into one `Cookie` line with
 /// `; `, as RFC 9113 section 8.2.3 requires before HTTP/1.1.
 pub fn join_cookies(headers: &mut HeaderMap) {
@@ -571,5 +623,28 @@ mod tests {
         let mut h = map(&[("cookie", "a=1; b=2")]);
         join_cookies(&mut h);
         assert_eq!(h["cookie"], "a=1; b=2");
+    }
+
+    #[test]
+    fn session_cookies_are_stripped_and_others_kept() {
+        let mut h = map(&[("cookie", "a=1; session=xyz; remember_token=u|h; b=2")]);
+        strip_cookies(&mut h, FLEXMEASURES_SESSION_COOKIES);
+        assert_eq!(h["cookie"], "a=1; b=2");
+        let mut h = map(&[("cookie", "session=xyz")]);
+        strip_cookies(&mut h, FLEXMEASURES_SESSION_COOKIES);
+        assert!(h.get("cookie").is_none());
+        let mut h = map(&[("cookie", "sessionx=1; xsession=2")]);
+        strip_cookies(&mut h, FLEXMEASURES_SESSION_COOKIES);
+        assert_eq!(h["cookie"], "sessionx=1; xsession=2");
+    }
+
+    #[test]
+    fn bearer_tokens_go_upstream_raw() {
+        let mut h = map(&[("authorization", "Bearer abc.def.ghi")]);
+        raw_authorization(&mut h);
+        assert_eq!(h["authorization"], "abc.def.ghi");
+        let mut h = map(&[("authorization", "abc.def.ghi")]);
+        raw_authorization(&mut h);
+        assert_eq!(h["authorization"], "abc.def.ghi");
     }
 }

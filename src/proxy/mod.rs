@@ -6,7 +6,8 @@
 //! 3. [`pipeline::match_rule`]: method + template, deny by default;
 //! 4. [`pipeline::authenticate`]: exactly one token, checked ([`crate::auth`]);
 //! 5. [`pipeline::check_roles`]: `roles_required` / `roles_accepted` / account roles;
-//! 6. [`pipeline::read_body`]: only for routes that read ids from a JSON body;
+//! 6. [`pipeline::collect_body`] and [`pipeline::checked_json`]: only for routes that read
+//!    ids from a JSON body (and, in FlexMeasures mode, for JSON bodies that may carry a token);
 //! 7. [`pipeline::authorize`]: ids extracted, owners resolved (cache, then SQL), ACLs decided;
 //! 8. headers rewritten ([`headers`]): hop-by-hop and client identity out, ours in, signed;
 //! 9. [`forward::Upstream::forward`]: streamed to the upstream with a `Permit`, on a
@@ -43,7 +44,7 @@ use tokio::task::JoinHandle;
 
 use crate::auth::{AuthSettings, Authenticator};
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::rules::{Config, HttpMode, Limits, RuleSet, ServerConfig};
+use crate::rules::{Config, HttpMode, IdentitySource, Limits, RuleSet, ServerConfig};
 use crate::settings::Settings;
 use crate::store::Store;
 use crate::store::owner::OwnerResolver;
@@ -137,18 +138,27 @@ impl Gateway {
             server.workers,
             metrics.clone(),
         )?;
-        let auth = Authenticator::new(
-            store.clone(),
-            settings.secret_key()?,
-            &AuthSettings {
-                max_age: settings.token_max_age,
-                bcrypt_cost: settings.bcrypt_cost,
-                max_concurrent_logins: server.max_concurrent_logins,
-                cache: server.cache.clone(),
-                throttle: server.throttle.clone(),
-            },
-            metrics.clone(),
-        )?;
+        let auth_settings = AuthSettings {
+            max_age: settings.token_max_age,
+            bcrypt_cost: settings.bcrypt_cost,
+            max_concurrent_logins: server.max_concurrent_logins,
+            cache: server.cache.clone(),
+            throttle: server.throttle.clone(),
+        };
+        let auth = match server.identity_source {
+            IdentitySource::Native => Authenticator::new(
+                store.clone(),
+                settings.secret_key()?,
+                &auth_settings,
+                metrics.clone(),
+            )?,
+            IdentitySource::FlexMeasures { .. } => Authenticator::flexmeasures(
+                store.clone(),
+                &settings.flexmeasures,
+                &auth_settings,
+                metrics.clone(),
+            )?,
+        };
         metrics.reload(true, config.rules.routes.len(), crate::auth::unix_now());
         Ok(Arc::new(Gateway {
             installed: ArcSwap::new(Arc::new(Installed::new(

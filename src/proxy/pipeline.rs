@@ -304,15 +304,40 @@ async fn serve(
         if route.resolve_before_auth {
             preresolve(&gw.owners, rules, route, &facts).await?;
         }
-        let identity = authenticate(gw, rules, &parts.headers, query).await?;
+        let limit = gw.limits().max_json_body_bytes;
+        let mut body = Some(body);
+        // FlexMeasures reads a token from a JSON body too (before the query and the
+        // header): in FlexMeasures mode such a body is read first, so flexgate checks
+        // the very token FlexMeasures will use.
+        let early = if gw.auth.is_flexmeasures() && is_json(parts.headers.get(CONTENT_TYPE)) {
+            match body.take() {
+                Some(b) => Some(collect_body(&parts.headers, b, limit).await?),
+                None => None,
+            }
+        } else {
+            None
+        };
+        let body_token = match &early {
+            Some(bytes) => body_token(bytes)?,
+            None => None,
+        };
+        let identity =
+            authenticate(gw, rules, &parts.headers, query, body_token.as_deref()).await?;
         outcome.user_id = Some(identity.principal.user_id);
         check_roles(rules, route, &identity)?;
-        let (forward_body, json) = if route.needs_body {
-            let (bytes, json) =
-                read_body(&parts.headers, body, gw.limits().max_json_body_bytes).await?;
-            (UpstreamBody::Buffered(bytes), json)
-        } else {
-            (UpstreamBody::Streamed(body), None)
+        let (forward_body, json) = match (route.needs_body, early, body.take()) {
+            (true, Some(bytes), _) => {
+                let json = checked_json(&parts.headers, &bytes)?;
+                (UpstreamBody::Buffered(bytes), json)
+            }
+            (true, None, Some(body)) => {
+                let bytes = collect_body(&parts.headers, body, limit).await?;
+                let json = checked_json(&parts.headers, &bytes)?;
+                (UpstreamBody::Buffered(bytes), json)
+            }
+            (false, Some(bytes), _) => (UpstreamBody::Buffered(bytes), None),
+            (_, None, Some(body)) => (UpstreamBody::Streamed(body), None),
+            (_, None, None) => (UpstreamBody::Buffered(Bytes::new()), None),
         };
         let facts = Facts {
             body: json.as_ref(),
@@ -421,13 +446,19 @@ pub fn match_rule<'r, 'p>(
     }
 }
 
-/// Stage: find exactly one token (header, or query when enabled) and check it.
+/// Stage: find exactly one token and check it. Native mode reads the `Authorization`
+/// header (raw or `Bearer`) and, when enabled, `?auth_token=`; FlexMeasures mode reads
+/// every place FlexMeasures does (JSON body `auth_token`, then the query, then the
+/// header) and refuses a request that uses more than one (400), so the token checked is
+/// the token FlexMeasures will use.
 pub async fn authenticate(
     gw: &Gateway,
     rules: &RuleSet,
     headers: &HeaderMap,
     query: Option<&str>,
+    body_token: Option<&str>,
 ) -> Result<Arc<Identity>, Deny> {
+    let flexmeasures = gw.auth.is_flexmeasures();
     let result = async {
         let mut values = headers.get_all(AUTHORIZATION).iter();
         let from_header = match (values.next(), values.next()) {
@@ -440,16 +471,23 @@ pub async fn authenticate(
                 return Err(Deny::Unauthenticated("several_authorization_headers"));
             }
         };
-        let from_query = match (rules.query_token, query) {
+        let from_query = match (rules.query_token || flexmeasures, query) {
             (true, Some(q)) => extract::query_value(q, &["auth_token".to_owned()])
                 .map_err(|_| Deny::Unauthenticated("several_query_tokens"))?,
             _ => None,
         };
-        let token: &str = match (&from_header, &from_query) {
-            (Some(t), None) => t,
-            (None, Some(t)) => t,
-            (None, None) => return Err(Deny::Unauthenticated("no_token")),
-            (Some(_), Some(_)) => return Err(Deny::Unauthenticated("token_in_header_and_query")),
+        let token: &str = match (&from_header, &from_query, body_token) {
+            (Some(t), None, None) => t,
+            (None, Some(t), None) => t,
+            (None, None, Some(t)) => t,
+            (None, None, None) => return Err(Deny::Unauthenticated("no_token")),
+            _ if flexmeasures => {
+                return Err(Deny::Ambiguous(
+                    "A token was given in more than one place (JSON body, query, header); send it once."
+                        .into(),
+                ));
+            }
+            _ => return Err(Deny::Unauthenticated("token_in_header_and_query")),
         };
         gw.auth.authenticate(token).await.map_err(|e| match e {
             AuthError::Unavailable(_) => Deny::Unavailable("identity_store"),
@@ -462,6 +500,27 @@ pub async fn authenticate(
         Err(d) => d.reason(),
     });
     result
+}
+
+/// FlexMeasures mode: the `auth_token` of a JSON object body, as Flask-Security reads it
+/// (`request.get_json(silent=True)`): a body that does not parse carries no token; a
+/// key that is not a string is a token that cannot verify. Two `auth_token` keys are
+/// ambiguous (400).
+fn body_token(bytes: &Bytes) -> Result<Option<String>, Deny> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    match extract::parse_json_strict(bytes) {
+        Ok(Json::Object(map)) => Ok(map.get("auth_token").map(|v| match v {
+            Json::String(s) => s.clone(),
+            _ => String::new(),
+        })),
+        Ok(_) => Ok(None),
+        Err(e) if e.contains("duplicate key") => {
+            Err(Deny::Ambiguous("The JSON body has a duplicate key.".into()))
+        }
+        Err(_) => Ok(None),
+    }
 }
 
 /// Stage: the route's role requirements (FlexMeasures decorator semantics).
@@ -483,12 +542,12 @@ pub fn check_roles(rules: &RuleSet, route: &Route, who: &Identity) -> Result<(),
     )
 }
 
-/// Stage: buffer a JSON body (only for routes that read ids from it), up to `limit`.
-pub async fn read_body(
+/// Read a whole request body, up to `limit` bytes (413 beyond).
+pub async fn collect_body(
     headers: &HeaderMap,
     body: Incoming,
     limit: usize,
-) -> Result<(Bytes, Option<Json>), Deny> {
+) -> Result<Bytes, Deny> {
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -496,7 +555,7 @@ pub async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(Deny::BodyTooLarge);
     }
-    let bytes = Limited::new(body, limit)
+    Ok(Limited::new(body, limit)
         .collect()
         .await
         .map_err(|e| {
@@ -506,9 +565,14 @@ pub async fn read_body(
                 Deny::Ambiguous("The request body could not be read.".into())
             }
         })?
-        .to_bytes();
+        .to_bytes())
+}
+
+/// The JSON a route reads ids from: none for an empty body; otherwise it must be
+/// declared JSON (422), parse (400) and repeat no key (400).
+pub fn checked_json(headers: &HeaderMap, bytes: &Bytes) -> Result<Option<Json>, Deny> {
     if bytes.is_empty() {
-        return Ok((bytes, None));
+        return Ok(None);
     }
     if !is_json(headers.get(CONTENT_TYPE)) {
         // The upstream might parse it as JSON anyway; the ids in it were not checked.
@@ -518,14 +582,14 @@ pub async fn read_body(
             message: "Invalid input type: send the body as application/json.".into(),
         });
     }
-    let json = extract::parse_json_strict(&bytes).map_err(|e| {
+    let json = extract::parse_json_strict(bytes).map_err(|e| {
         if e.contains("duplicate key") {
             Deny::Ambiguous("The JSON body has a duplicate key.".into())
         } else {
             Deny::MalformedJson
         }
     })?;
-    Ok((bytes, Some(json)))
+    Ok(Some(json))
 }
 
 /// Whether a Content-Type is JSON (`application/json`, `application/*+json`).
@@ -840,7 +904,13 @@ fn rewrite_headers(
     headers::strip_hop_by_hop(h, upgrade);
     headers::join_cookies(h);
     headers::strip_client_identity(h, &rules.identity.prefix);
-    if !gw.forwards_authorization() && !keep_authorization {
+    if gw.auth.is_flexmeasures() && permit.identity().is_some() {
+        // FlexMeasures authenticates the request again: it must get the very token
+        // flexgate checked (raw, as it reads the header), and no session cookie that
+        // would make it act as the session's user instead.
+        headers::raw_authorization(h);
+        headers::strip_cookies(h, headers::FLEXMEASURES_SESSION_COOKIES);
+    } else if !gw.forwards_authorization() && !keep_authorization {
         h.remove(AUTHORIZATION);
     }
     // Framing is re-derived by the upstream client from the body actually sent, so a

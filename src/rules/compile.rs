@@ -17,7 +17,8 @@ use super::matcher::{Matcher, Methods, Template};
 use super::raw::{RawAcl, RawCheck, RawConfig, RawItem, RawKind, RawRoute, RawSource};
 use super::{
     AllowedHosts, CacheSettings, Check, Config, Diagnostic, Diagnostics, HttpMode, IdentityHeaders,
-    IfAbsent, Kind, Limits, PathOptions, Route, RuleSet, ServerConfig, Target, ThrottleSettings,
+    IdentitySource, IfAbsent, Kind, Limits, PathOptions, Route, RuleSet, ServerConfig, Target,
+    ThrottleSettings,
 };
 use crate::policy::acl::parse_term;
 use crate::policy::{
@@ -432,6 +433,36 @@ impl Compiler<'_> {
             audit_allows: raw.audit.log_allows.unwrap_or(false),
             allowed_hosts: self.allowed_hosts(s.allowed_hosts.as_deref()),
             preserve_host: s.preserve_host.unwrap_or(false),
+            identity_source: self.identity_source(&raw.identity),
+        }
+    }
+
+    fn identity_source(&mut self, raw: &super::raw::RawIdentity) -> IdentitySource {
+        let ctx = Some("[identity]".to_owned());
+        let revalidate = match raw.revalidate_ms {
+            None => Duration::from_secs(1),
+            Some(ms) if (100..=5000).contains(&ms) => Duration::from_millis(ms),
+            Some(ms) => {
+                self.error(None, ctx.clone(), format!("revalidate_ms = {ms}: use 100 to 5000 (changes in FlexMeasures must reach flexgate within seconds)"));
+                Duration::from_secs(1)
+            }
+        };
+        match raw.source.as_deref() {
+            None | Some("native") => {
+                if raw.revalidate_ms.is_some() {
+                    self.warn(
+                        None,
+                        ctx,
+                        "revalidate_ms only applies with source = \"flexmeasures\"".into(),
+                    );
+                }
+                IdentitySource::Native
+            }
+            Some("flexmeasures") => IdentitySource::FlexMeasures { revalidate },
+            Some(other) => {
+                self.error(None, ctx, format!("source = {other:?}: use \"native\" (flexgate's own tables) or \"flexmeasures\" (FlexMeasures' tables, tokens and passwords)"));
+                IdentitySource::Native
+            }
         }
     }
 

@@ -228,6 +228,20 @@ pub struct ServerConfig {
     pub allowed_hosts: AllowedHosts,
     /// Forward the client's `Host` rather than the upstream's authority.
     pub preserve_host: bool,
+    /// Where identities come from.
+    pub identity_source: IdentitySource,
+}
+
+/// Where identities come from (`[identity] source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentitySource {
+    /// flexgate's own tables and tokens.
+    Native,
+    /// An unmodified FlexMeasures' tables, tokens and passwords, read only.
+    FlexMeasures {
+        /// How often cached users are compared with FlexMeasures' tables.
+        revalidate: Duration,
+    },
 }
 
 /// The `Host` names a deployment answers to: exact names and `*.suffix` wildcards,

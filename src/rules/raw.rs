@@ -162,6 +162,13 @@ pub struct RawIdentity {
     /// Pass the client's `Authorization` header upstream (default false: the upstream
     /// trusts the signed identity headers instead).
     pub forward_authorization: Option<bool>,
+    /// Where identities come from: `native` (flexgate's tables and tokens, the default)
+    /// or `flexmeasures` (an unmodified FlexMeasures' tables, tokens and passwords).
+    pub source: Option<String>,
+    /// FlexMeasures mode: how often the cached users are compared with FlexMeasures'
+    /// tables, milliseconds (a password change, deactivation or role change made in
+    /// FlexMeasures takes effect within this).
+    pub revalidate_ms: Option<u64>,
 }
 
 /// `[audit]`.

@@ -7,6 +7,7 @@
 //! query is written once and run through [`dispatch!`] on whichever pool is configured.
 //! Migrations for both databases live in `migrations/` and are compiled into the binary.
 
+pub mod flexmeasures;
 mod identity;
 pub mod owner;
 
@@ -18,6 +19,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
+pub use flexmeasures::{FmCredentials, FmUser};
 pub use identity::{
     Account, Change, Credentials, NewAccount, NewUser, PrincipalRecord, User, UserRef,
     normalize_email, validate_role_name,

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sqlx::Connection;
 
+pub mod fm;
 pub mod h2raw;
 pub mod net;
 pub use net::*;
@@ -27,6 +28,8 @@ pub enum Backend {
 pub struct TestDb {
     pub url: String,
     pub backend: Backend,
+    /// Someone else's database (FlexMeasures'): never migrated or dropped by the harness.
+    pub external: bool,
     _dir: Option<tempfile::TempDir>,
     pg: Option<(String, String)>,
 }
@@ -50,6 +53,7 @@ impl TestDb {
         TestDb {
             url,
             backend: Backend::Sqlite,
+            external: false,
             _dir: Some(dir),
             pg: None,
         }
@@ -95,9 +99,22 @@ impl TestDb {
         Some(TestDb {
             url,
             backend: Backend::Postgres,
+            external: false,
             _dir: None,
             pg: Some((admin_url, name)),
         })
+    }
+
+    /// An existing PostgreSQL database that belongs to someone else (FlexMeasures'):
+    /// gateways use it as it is, without migrating it, and it is left in place.
+    pub fn external(url: &str) -> TestDb {
+        TestDb {
+            url: url.to_owned(),
+            backend: Backend::Postgres,
+            external: true,
+            _dir: None,
+            pg: None,
+        }
     }
 
     /// The path of the SQLite file (SQLite only).
@@ -284,6 +301,13 @@ impl Run {
         serde_json::from_str(self.ok())
             .unwrap_or_else(|e| panic!("bad JSON ({e}): {}", self.stdout))
     }
+}
+
+/// Run `flexgate args...` against `db` with extra environment variables.
+pub fn run_env(db: &TestDb, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = flexgate(db);
+    cmd.args(args).envs(env.iter().copied());
+    Run::from(cmd.output().expect("run flexgate"))
 }
 
 /// Run `flexgate args...` against `db`, feeding `stdin` if given.

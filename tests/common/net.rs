@@ -436,7 +436,9 @@ impl<'a> GatewayBuilder<'a> {
         let seeding = Store::connect(&self.db.url, &Default::default())
             .await
             .unwrap();
-        seeding.migrate().await.unwrap();
+        if !self.db.external {
+            seeding.migrate().await.unwrap();
+        }
         if self.seed_demo {
             flexgate::demo::seed(&seeding, 4).await.unwrap();
         }

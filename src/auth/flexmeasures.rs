@@ -1,0 +1,529 @@
+//! FlexMeasures mode: identities, tokens and passwords of an unmodified FlexMeasures,
+//! read from its own tables (see `crate::store::flexmeasures`), checked exactly as
+//! FlexMeasures checks them, and nothing written anywhere.
+//!
+//! * **Tokens** are Flask-Security's: itsdangerous-signed JSON (see [`super::itsdangerous`])
+//!   with key `SHA1(SECURITY_REMEMBER_SALT + "signer" + secret)` for `SECRET_KEY` and each
+//!   of `SECRET_KEY_FALLBACKS` (the last one signs), refused when older than
+//!   `SECURITY_TOKEN_MAX_AGE`, dated in the future, past a non-zero `exp`, or naming a
+//!   `fs_uniquifier` that is unknown or belongs to an inactive user.
+//! * **Passwords** are argon2id (or, in older databases, bcrypt of the first 72 bytes)
+//!   over `base64(HMAC-SHA512(SECURITY_PASSWORD_SALT, password))`, verified on the
+//!   hashing threads; an unknown email and an inactive user cost the same argon2 work as
+//!   a wrong password and get the same answer.
+//! * **Revocation**: FlexMeasures rotates `fs_uniquifier` on password change, reset and
+//!   deactivation, and changes roles in place. [`FmAuthenticator::revalidate`] compares
+//!   the fingerprints of every cached user with the database in one query per thousand
+//!   users; a changed or vanished user is dropped from the caches, so the next request
+//!   sees FlexMeasures' current state.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, KeyInit, Mac};
+use moka::Expiry;
+use sha2::{Digest, Sha256, Sha512};
+
+use super::crypt_threads::CryptThreads;
+use super::itsdangerous::{self, Derivation, Keys};
+use super::throttle::Throttle;
+use super::token::TokenError;
+use super::{AuthError, Error, Identity, IssuedToken, LoginError, unix_now};
+use crate::metrics::Metrics;
+use crate::rules::{CacheSettings, ThrottleSettings};
+use crate::settings::FlexMeasuresSecrets;
+use crate::store::{self, Store};
+
+/// Users whose fingerprints one revalidation query asks for.
+const REVALIDATE_BATCH: usize = 1000;
+
+/// argon2id with FlexMeasures' (passlib's) parameters, of a password nobody knows:
+/// verified in place of a missing user's hash, so an unknown email costs the same.
+const DUMMY_ARGON2: &str = "$argon2id$v=19$m=65536,t=3,p=4$AAECAwQFBgcICQoLDA0ODw$c53R05Lwd7DB9NqeK6AwMqGq6FV45KS5YaiFfkUtyJ4";
+
+/// Flask-Security's password pre-hash: `base64(HMAC-SHA512(salt, password))`, 88
+/// ASCII characters.
+pub fn password_hmac(salt: &[u8], password: &str) -> String {
+    let mut mac = Hmac::<Sha512>::new_from_slice(salt).expect("HMAC takes keys of any length");
+    mac.update(password.as_bytes());
+    STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// Whether `password` matches a hash from `fm_user.password`: argon2id/argon2i (the
+/// parameters come from the hash) or bcrypt (`$2a$`, `$2b$`, `$2y$`, over the first 72
+/// bytes of the HMAC, as Flask-Security truncates for bcrypt). Any other or malformed
+/// hash is a mismatch.
+pub fn verify_password(stored: &str, password: &str, salt: &[u8]) -> bool {
+    let hmac = password_hmac(salt, password);
+    if stored.starts_with("$argon2") {
+        use argon2::PasswordVerifier;
+        let Ok(hash) = argon2::PasswordHash::new(stored) else {
+            return false;
+        };
+        argon2::Argon2::default()
+            .verify_password(hmac.as_bytes(), &hash)
+            .is_ok()
+    } else if stored.starts_with("$2") {
+        let truncated = &hmac.as_bytes()[..hmac.len().min(72)];
+        bcrypt::verify(truncated, stored).unwrap_or(false)
+    } else {
+        false
+    }
+}
+
+/// The claims flexgate reads from a FlexMeasures token payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    /// The `fs_uniquifier` the token names.
+    pub uid: String,
+    /// A non-zero `exp` (Unix seconds), after which the token is dead.
+    pub exp: Option<u64>,
+}
+
+/// Read a token payload as Flask-Security's `parse_auth_token` does: a JSON object with
+/// `ver`, `uid` and `exp` (a truthy `exp` in the past kills it), or one of the older
+/// lists `[uid]` and `[id, hash, uid, ...]`. The uid must be a string, since it is
+/// compared with `fs_uniquifier`.
+pub fn parse_claims(payload: &[u8], now: u64) -> Result<Claims, TokenError> {
+    let json: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|_| TokenError::BadPayload)?;
+    let (uid, exp) = match &json {
+        serde_json::Value::Object(map) => {
+            if !(map.contains_key("ver") && map.contains_key("uid") && map.contains_key("exp")) {
+                return Err(TokenError::BadPayload);
+            }
+            (&map["uid"], map.get("exp"))
+        }
+        serde_json::Value::Array(list) if list.len() == 1 => (&list[0], None),
+        serde_json::Value::Array(list) if list.len() >= 3 => (&list[2], None),
+        _ => return Err(TokenError::BadPayload),
+    };
+    let uid = uid.as_str().ok_or(TokenError::BadPayload)?;
+    if uid.is_empty() || uid.len() > 255 {
+        return Err(TokenError::BadPayload);
+    }
+    // Python truthiness: 0, 0.0, null, false and "" mean "no expiry".
+    let exp = match exp {
+        None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => None,
+        Some(serde_json::Value::String(s)) if s.is_empty() => None,
+        Some(serde_json::Value::Number(n)) => {
+            let at = n.as_f64().ok_or(TokenError::BadPayload)?;
+            if at == 0.0 {
+                None
+            } else if at < now as f64 {
+                return Err(TokenError::Expired);
+            } else {
+                Some(at as u64)
+            }
+        }
+        // `True < now` holds in Python: an `exp` of true is already past.
+        Some(serde_json::Value::Bool(true)) => return Err(TokenError::Expired),
+        Some(_) => return Err(TokenError::BadPayload),
+    };
+    Ok(Claims {
+        uid: uid.to_owned(),
+        exp,
+    })
+}
+
+/// The payload of a token FlexMeasures itself would issue for this user now.
+pub fn token_payload(uid: &str, now: std::time::SystemTime) -> Vec<u8> {
+    let at = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    // Written by hand to keep Flask-Security's key order; a string always serialises.
+    let uid = serde_json::to_string(uid).unwrap_or_default();
+    format!(r#"{{"ver":"5","uid":{uid},"fs_paa":{at:?},"exp":0}}"#).into_bytes()
+}
+
+/// What the token cache remembers about a token that passed every check.
+#[derive(Debug, Clone)]
+struct Verified {
+    uid: Arc<str>,
+    issued_at: u64,
+    exp: Option<u64>,
+    expires: Instant,
+}
+
+struct UntilExpiry;
+
+impl Expiry<[u8; 32], Verified> for UntilExpiry {
+    fn expire_after_create(&self, _: &[u8; 32], v: &Verified, now: Instant) -> Option<Duration> {
+        Some(v.expires.saturating_duration_since(now))
+    }
+}
+
+/// The FlexMeasures identity source.
+pub struct FmAuthenticator {
+    store: Store,
+    keys: Keys,
+    password_salt: Vec<u8>,
+    max_age: u64,
+    /// Identities by `fs_uniquifier`; revalidated every interval.
+    users: moka::future::Cache<Arc<str>, Arc<Identity>>,
+    /// Tokens that passed every check, by the SHA-256 of the whole token.
+    verified: moka::sync::Cache<[u8; 32], Verified>,
+    threads: CryptThreads,
+    throttle: Throttle,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for FmAuthenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FmAuthenticator")
+            .field("max_age", &self.max_age)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FmAuthenticator {
+    /// A FlexMeasures identity source over FlexMeasures' database.
+    pub fn new(
+        store: Store,
+        secrets: &FlexMeasuresSecrets,
+        max_age: Duration,
+        max_concurrent_logins: usize,
+        cache: &CacheSettings,
+        throttle: &ThrottleSettings,
+        metrics: Metrics,
+    ) -> Result<FmAuthenticator, Error> {
+        let secret = secrets.secret_key()?;
+        let keys = Keys::derive(
+            std::iter::once(secret.expose()).chain(secrets.fallbacks.iter().map(|s| s.expose())),
+            secrets.remember_salt.as_bytes(),
+            Derivation::DjangoConcat,
+        );
+        let evictions = metrics.clone();
+        Ok(FmAuthenticator {
+            store,
+            keys,
+            password_salt: secrets.password_salt()?.expose().to_vec(),
+            max_age: max_age.as_secs(),
+            users: moka::future::Cache::builder()
+                .name("principals")
+                .max_capacity(cache.principal_capacity)
+                .time_to_live(cache.principal_ttl)
+                .build(),
+            verified: moka::sync::Cache::builder()
+                .name("tokens")
+                .max_capacity(cache.token_capacity)
+                .expire_after(UntilExpiry)
+                .eviction_listener(move |_, _, cause| {
+                    if cause.was_evicted() {
+                        evictions.cache_eviction("tokens");
+                    }
+                })
+                .build(),
+            threads: CryptThreads::start(max_concurrent_logins)
+                .map_err(|e| Error::Hash(format!("cannot start hashing threads: {e}")))?,
+            throttle: Throttle::new(throttle.clone()),
+            metrics,
+        })
+    }
+
+    /// The database this source reads.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Check a FlexMeasures token and return its user.
+    pub async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
+        let now = unix_now();
+        let tag: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let hit = self.verified.get(&tag);
+        self.metrics.cache_lookup("tokens", hit.is_some());
+        let (uid, issued_at, exp) = match hit {
+            Some(v) => (v.uid, v.issued_at, v.exp),
+            None => {
+                let unsigned = itsdangerous::unsign(&self.keys, token)?;
+                itsdangerous::check_age(unsigned.timestamp, now, self.max_age)?;
+                let claims = parse_claims(&unsigned.payload, now)?;
+                let uid: Arc<str> = Arc::from(claims.uid);
+                let mut until = unsigned.timestamp.saturating_add(self.max_age + 1);
+                if let Some(exp) = claims.exp {
+                    until = until.min(exp.saturating_add(1));
+                }
+                let verified = Verified {
+                    uid: Arc::clone(&uid),
+                    issued_at: unsigned.timestamp,
+                    exp: claims.exp,
+                    expires: Instant::now() + Duration::from_secs(until.saturating_sub(now)),
+                };
+                self.verified.insert(tag, verified);
+                (uid, unsigned.timestamp, claims.exp)
+            }
+        };
+        itsdangerous::check_age(issued_at, now, self.max_age)?;
+        if exp.is_some_and(|exp| exp < now) {
+            return Err(AuthError::Token(TokenError::Expired));
+        }
+        let identity = self.user(&uid).await?;
+        if !identity.active {
+            return Err(AuthError::Inactive);
+        }
+        Ok(identity)
+    }
+
+    /// The cached identity of the user with this `fs_uniquifier`.
+    pub async fn user(&self, uid: &Arc<str>) -> Result<Arc<Identity>, AuthError> {
+        if let Some(hit) = self.users.get(uid).await {
+            self.metrics.cache_lookup("principals", true);
+            return Ok(hit);
+        }
+        self.metrics.cache_lookup("principals", false);
+        let store = self.store.clone();
+        let key = Arc::clone(uid);
+        self.users
+            .try_get_with(Arc::clone(uid), async move {
+                let db = store.clone();
+                match store
+                    .offload(async move { db.fm_user_by_uniquifier(&key).await })
+                    .await
+                {
+                    Ok(Some(user)) => Ok(Arc::new(Identity::from_flexmeasures(user))),
+                    Ok(None) => Err(None),
+                    Err(e) => Err(Some(Arc::new(e))),
+                }
+            })
+            .await
+            .map_err(|e| match &*e {
+                None => AuthError::UnknownUser,
+                Some(err) => AuthError::Unavailable(Arc::clone(err)),
+            })
+    }
+
+    /// The identity of a user named by email or id (for `explain`), from the database.
+    pub async fn lookup(&self, who: &str) -> Result<Option<Arc<Identity>>, store::Error> {
+        let user = match who.parse::<i64>() {
+            Ok(id) => self.store.fm_user_by_id(id).await?,
+            Err(_) => self.store.fm_user_by_email(who).await?,
+        };
+        Ok(user.map(|u| Arc::new(Identity::from_flexmeasures(u))))
+    }
+
+    /// Check email and password against `fm_user` and issue a FlexMeasures token. An
+    /// unknown email, a wrong password and an inactive user get one answer after the
+    /// same work.
+    pub async fn login(
+        &self,
+        email: &str,
+        password: String,
+        client: IpAddr,
+    ) -> Result<IssuedToken, LoginError> {
+        // FlexMeasures compares emails exactly; the throttle counts them exactly too.
+        self.throttle
+            .check(email, client)
+            .map_err(LoginError::Throttled)?;
+        let db = self.store.clone();
+        let lookup = email.to_owned();
+        let credentials = self
+            .store
+            .offload(async move { db.fm_credentials(&lookup).await })
+            .await
+            .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+        let (hash, real) = match &credentials {
+            Some(c) => (c.password_hash.clone(), true),
+            None => (DUMMY_ARGON2.to_owned(), false),
+        };
+        let salt = self.password_salt.clone();
+        let matched = self
+            .threads
+            .run(move || verify_password(&hash, &password, &salt))
+            .await
+            .map_err(|e| LoginError::Unavailable(e.to_string()))?
+            && real;
+        match credentials {
+            Some(c) if matched && c.user.active => {
+                self.throttle.success(email);
+                Ok(self.issue(&c.user.uniquifier, c.user.user_id))
+            }
+            _ => {
+                self.throttle.failure(email, client);
+                Err(LoginError::BadCredentials)
+            }
+        }
+    }
+
+    /// A token FlexMeasures accepts for the user with this uniquifier, signed as
+    /// FlexMeasures signs (the last of `SECRET_KEY` and its fallbacks). Its timestamp is
+    /// one second in the past, so that a FlexMeasures whose clock lags flexgate's by up
+    /// to a second does not see it as "signed in the future".
+    pub fn issue(&self, uid: &str, user_id: i64) -> IssuedToken {
+        let now = std::time::SystemTime::now();
+        let timestamp = unix_now().saturating_sub(1);
+        let token = itsdangerous::sign(&self.keys, &token_payload(uid, now), timestamp);
+        IssuedToken { token, user_id }
+    }
+
+    /// Compare every cached user with FlexMeasures' tables and drop those that changed
+    /// or vanished. Returns how many users were checked and how many dropped.
+    pub async fn revalidate(&self) -> Result<(usize, usize), store::Error> {
+        self.users.run_pending_tasks().await;
+        let cached: Vec<(Arc<str>, String)> = self
+            .users
+            .iter()
+            .map(|(uid, identity)| (Arc::clone(&*uid), identity.fingerprint().to_owned()))
+            .collect();
+        let mut dropped = 0;
+        for batch in cached.chunks(REVALIDATE_BATCH) {
+            let uids: Vec<String> = batch.iter().map(|(u, _)| u.to_string()).collect();
+            let db = self.store.clone();
+            let current = self
+                .store
+                .offload(async move { db.fm_fingerprints(&uids).await })
+                .await?;
+            let current: std::collections::HashMap<&str, &str> = current
+                .iter()
+                .map(|(u, f)| (u.as_str(), f.as_str()))
+                .collect();
+            for (uid, fingerprint) in batch {
+                if current.get(&**uid) != Some(&fingerprint.as_str()) {
+                    self.users.invalidate(uid).await;
+                    dropped += 1;
+                }
+            }
+        }
+        Ok((cached.len(), dropped))
+    }
+
+    /// Entry counts of the user and token caches, for metrics.
+    pub async fn cache_sizes(&self) -> (u64, u64) {
+        self.users.run_pending_tasks().await;
+        self.verified.run_pending_tasks();
+        (self.users.entry_count(), self.verified.entry_count())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vectors() -> serde_json::Value {
+        serde_json::from_str(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fm/vectors.json"
+        )))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_password_hmac_is_flask_securitys() {
+        let v = vectors();
+        let salt = v["inputs"]["SECURITY_PASSWORD_SALT"].as_str().unwrap();
+        let p = &v["passwords"];
+        assert_eq!(
+            password_hmac(salt.as_bytes(), p["password"].as_str().unwrap()),
+            p["get_hmac_b64"].as_str().unwrap()
+        );
+    }
+
+    #[test]
+    fn argon2_and_bcrypt_hashes_made_by_flexmeasures_verify() {
+        let v = vectors();
+        let salt = v["inputs"]["SECURITY_PASSWORD_SALT"]
+            .as_str()
+            .unwrap()
+            .as_bytes();
+        let p = &v["passwords"];
+        let password = p["password"].as_str().unwrap();
+        for field in [
+            "argon2id_by_hash_password",
+            "argon2id_fixed_salt",
+            "bcrypt_fixed_salt",
+        ] {
+            let hash = p[field].as_str().unwrap();
+            assert!(verify_password(hash, password, salt), "{field}");
+            assert!(!verify_password(hash, "wrong-password", salt), "{field}");
+            assert!(!verify_password(hash, password, b"another-salt"), "{field}");
+        }
+        assert!(!verify_password("plaintext", password, salt));
+        assert!(!verify_password("$argon2id$garbage", password, salt));
+        assert!(!verify_password(DUMMY_ARGON2, "", salt));
+    }
+
+    #[test]
+    fn claims_follow_parse_auth_token() {
+        let now = 1_000_000;
+        let ok = |json: &str| parse_claims(json.as_bytes(), now);
+        assert_eq!(
+            ok(r#"{"ver":"5","uid":"abc","fs_paa":1.5,"exp":0}"#).unwrap(),
+            Claims {
+                uid: "abc".into(),
+                exp: None
+            }
+        );
+        assert_eq!(
+            ok(r#"{"ver":"4","uid":"abc","exp":null}"#).unwrap().exp,
+            None
+        );
+        assert_eq!(
+            ok(r#"{"ver":"5","uid":"abc","exp":2000000}"#).unwrap().exp,
+            Some(2_000_000)
+        );
+        assert_eq!(ok(r#"["abc"]"#).unwrap().uid, "abc");
+        assert_eq!(ok(r#"[7,"hash","abc"]"#).unwrap().uid, "abc");
+        for (bad, why) in [
+            (r#"{"ver":"5","uid":"abc"}"#, TokenError::BadPayload),
+            (r#"{"uid":"abc","exp":0}"#, TokenError::BadPayload),
+            (r#"{"ver":"5","uid":7,"exp":0}"#, TokenError::BadPayload),
+            (
+                r#"{"ver":"5","uid":"abc","exp":999999}"#,
+                TokenError::Expired,
+            ),
+            (r#"{"ver":"5","uid":"abc","exp":true}"#, TokenError::Expired),
+            (
+                r#"{"ver":"5","uid":"abc","exp":"soon"}"#,
+                TokenError::BadPayload,
+            ),
+            (r#"[7,"hash"]"#, TokenError::BadPayload),
+            (r#"[]"#, TokenError::BadPayload),
+            (r#""abc""#, TokenError::BadPayload),
+            ("not json", TokenError::BadPayload),
+        ] {
+            assert_eq!(ok(bad), Err(why), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_vector_tokens_carry_the_expected_claims() {
+        let v = vectors();
+        for t in v["auth_tokens"].as_array().unwrap() {
+            let payload = t["payload_json"].as_str().unwrap();
+            let ts = t["timestamp"].as_u64().unwrap();
+            let expected_valid = t["parse_auth_token"]["now=ts"]["valid"].as_bool().unwrap();
+            let parsed = parse_claims(payload.as_bytes(), ts);
+            assert_eq!(parsed.is_ok(), expected_valid, "{}: {parsed:?}", t["name"]);
+            if let Ok(c) = parsed {
+                let uid = t["uid"]
+                    .as_str()
+                    .unwrap_or("4f0d8c2b9a6e4e1f8b7c3d2a1e0f9b8c");
+                assert_eq!(c.uid, uid, "{}", t["name"]);
+            }
+            // The expiring vectors are refused an hour later, by `exp` or by age.
+            if let Some(later) = t["parse_auth_token"].get("now=ts+3601") {
+                let at = ts + 3601;
+                let refused = parse_claims(payload.as_bytes(), at).is_err()
+                    || itsdangerous::check_age(ts, at, 21_600).is_err();
+                assert_eq!(!refused, later["valid"].as_bool().unwrap(), "{}", t["name"]);
+            }
+        }
+    }
+
+    #[test]
+    fn issued_payloads_have_flexmeasures_shape() {
+        let p = token_payload(
+            "u1",
+            std::time::UNIX_EPOCH + Duration::from_millis(1_796_140_800_250),
+        );
+        let text = String::from_utf8(p).unwrap();
+        assert!(
+            text.starts_with(r#"{"ver":"5","uid":"u1","fs_paa":1796140800.25"#),
+            "{text}"
+        );
+        assert!(text.ends_with(r#","exp":0}"#), "{text}");
+    }
+}

@@ -1,0 +1,485 @@
+//! FlexMeasures mode against a real, unmodified FlexMeasures 1.0.1 (see
+//! `common/fm.rs`): flexgate reads FlexMeasures' users through a read-only role,
+//! accepts FlexMeasures' tokens, issues tokens FlexMeasures accepts, authorizes with the
+//! very token FlexMeasures will use, follows password changes and deactivations made
+//! through FlexMeasures' API within seconds, and closes FlexMeasures' own gap of
+//! unchecked sensor ids in request bodies. FlexMeasures' own API client is driven
+//! through flexgate and must see exactly what it sees from FlexMeasures alone.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::fm::*;
+use crate::common::*;
+
+/// The shipped preset with the harness's [server] in place of its own.
+pub fn flexmeasures_preset() -> String {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/flexmeasures.toml"
+    ))
+    .unwrap();
+    let start = text.find("\n[server]\n").unwrap() + 1;
+    let end = text[start..].find("\n\n").map_or(text.len(), |i| start + i);
+    format!("{}{}", &text[..start], &text[end..])
+}
+
+/// flexgate in FlexMeasures mode in front of the real FlexMeasures: HTTPS, and plain
+/// HTTP in proxy mode (FlexMeasures' client speaks plain HTTP here).
+async fn fm_gateway(fm: &RealFm) -> TestGateway {
+    let db = TestDb::external(&fm.readonly_url);
+    let placeholder = Upstream::start().await;
+    GatewayBuilder::new(&db, &placeholder)
+        .upstream_url(&fm.base())
+        .rules(&flexmeasures_preset())
+        .server("http_mode = \"proxy\"\npreserve_host = true\n")
+        .env("FLEXMEASURES_SECRET_KEY", FM_SECRET_KEY)
+        .env("FLEXMEASURES_SECURITY_PASSWORD_SALT", FM_PASSWORD_SALT)
+        .start()
+        .await
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+/// Log in at FlexMeasures itself.
+async fn fm_login(fm: &RealFm, email: &str, password: &str) -> String {
+    let (status, _, body) = fm_call(
+        &fm.base(),
+        "POST",
+        "/api/requestAuthToken",
+        &[],
+        Some(&json!({"email": email, "password": password})),
+    )
+    .await;
+    assert_eq!(status, 200, "FlexMeasures login of {email}: {body}");
+    body["auth_token"].as_str().unwrap().to_owned()
+}
+
+fn creds(fm: &RealFm, key: &str) -> (String, String, i64) {
+    let u = fm.user(key);
+    (
+        u["email"].as_str().unwrap().to_owned(),
+        u["password"].as_str().unwrap().to_owned(),
+        u["id"].as_i64().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flexmeasures_own_client_sees_through_flexgate_what_it_sees_alone() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let gw = fm_gateway(fm).await;
+    let seed = gw.dir.path().join("seed.json");
+    std::fs::write(&seed, fm.seed.to_string()).unwrap();
+    let through = format!("127.0.0.1:{}", gw.http.unwrap().port());
+    let alone = format!("127.0.0.1:{}", fm.port);
+    let mut compared = 0;
+    for (user, other) in [
+        ("prosumer_member", "403"),
+        ("prosumer_admin", "403"),
+        ("tenant_b_member", "403"),
+        ("consultant", "403"),
+        ("admin", "ok"),
+    ] {
+        let run = |host: String| {
+            let (fm_seed, venv_user) = (seed.display().to_string(), user.to_owned());
+            blocking(move || {
+                fm.python_json(
+                    "client_check.py",
+                    &[
+                        "--host",
+                        &host,
+                        "--seed",
+                        &fm_seed,
+                        "--user",
+                        &venv_user,
+                        "--expect-other",
+                        other,
+                    ],
+                )
+            })
+        };
+        let direct = run(alone.clone()).await;
+        let proxied = run(through.clone()).await;
+        assert_eq!(
+            direct["all_as_expected"], true,
+            "{user} at FlexMeasures alone: {direct}"
+        );
+        let calls = direct["calls"].as_object().unwrap();
+        assert!(calls.len() >= 12, "{direct}");
+        for (name, d) in calls {
+            let p = &proxied["calls"][name];
+            assert_eq!(
+                (&p["ok"], &p["status"]),
+                (&d["ok"], &d["status"]),
+                "{user}: {name} through flexgate {p} vs alone {d}"
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared >= 60);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_cross_both_ways_and_flexgate_writes_nothing() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let gw = fm_gateway(fm).await;
+    let (email, password, id) = creds(fm, "prosumer_member");
+    // A token minted by FlexMeasures works through flexgate...
+    let theirs = fm_login(fm, &email, &password).await;
+    let answer = gw
+        .get(&format!("/api/v3_0/users/{id}"), Some(&theirs))
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["email"], email.as_str());
+    assert!(
+        answer.headers.contains_key("flexmeasures-version"),
+        "FlexMeasures' headers pass through"
+    );
+    // ...and one minted by flexgate works at FlexMeasures directly.
+    let ours = gw.login(&email, &password).await;
+    assert_ne!(ours, theirs);
+    let (status, _, body) = fm_call(
+        &fm.base(),
+        "GET",
+        &format!("/api/v3_0/users/{id}"),
+        &[("authorization", &ours)],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "FlexMeasures refused flexgate's token: {body}");
+    // Bearer is accepted by flexgate and sent on raw, as FlexMeasures reads it.
+    let answer = gw
+        .get(
+            &format!("/api/v3_0/users/{id}"),
+            Some(&format!("Bearer {theirs}")),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    // Another tenant's user stays refused, by flexgate.
+    let (_, _, other) = creds(fm, "tenant_b_member");
+    assert_eq!(
+        gw.get(&format!("/api/v3_0/users/{other}"), Some(&ours))
+            .await
+            .status,
+        403
+    );
+    // The login endpoint: one answer for unknown, wrong and inactive.
+    let (inactive, inactive_password, _) = creds(fm, "inactive");
+    let mut bodies = Vec::new();
+    for (e, p) in [
+        ("nobody@example.com", "whatever-password"),
+        (email.as_str(), "wrong-password"),
+        (inactive.as_str(), inactive_password.as_str()),
+    ] {
+        let a = gw
+            .send(
+                "POST",
+                "/api/requestAuthToken",
+                &[("content-type", "application/json")],
+                &json!({"email": e, "password": p}).to_string(),
+            )
+            .await;
+        assert_eq!(a.status, 401, "{e}: {}", a.text());
+        bodies.push(a.body);
+    }
+    assert!(
+        bodies.windows(2).all(|w| w[0] == w[1]),
+        "the three refusals differ"
+    );
+    // The legacy bcrypt user logs in too.
+    let (legacy, legacy_password, _) = creds(fm, "legacy_bcrypt");
+    gw.login(&legacy, &legacy_password).await;
+    // Nothing of flexgate's in FlexMeasures' database.
+    let tables = psql_list(
+        &fm.db_url,
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND (tablename LIKE 'flexgate%' OR tablename LIKE '_sqlx%')",
+    );
+    assert!(
+        tables.is_empty(),
+        "flexgate wrote tables into FlexMeasures' database: {tables:?}"
+    );
+    gw.stop().await;
+}
+
+fn psql_list(url: &str, sql: &str) -> Vec<String> {
+    let out = std::process::Command::new("psql")
+        .args([url, "-Atqc", sql])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_token_one_identity() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let gw = fm_gateway(fm).await;
+    let (email, password, id) = creds(fm, "tenant_b_member");
+    let token = gw.login(&email, &password).await;
+    let path = format!("/api/v3_0/users/{id}");
+    // A token in the JSON body is read (as FlexMeasures reads it), even on GET.
+    let answer = gw
+        .send(
+            "GET",
+            &path,
+            &[("content-type", "application/json")],
+            &json!({"auth_token": token}).to_string(),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "body token: {}", answer.text());
+    // A token in the query is read too.
+    let answer = gw.get(&format!("{path}?auth_token={token}"), None).await;
+    assert_eq!(answer.status, 200, "query token: {}", answer.text());
+    // Two places at once: refused, whatever they hold.
+    let (mine, _, _) = creds(fm, "prosumer_member");
+    let other = gw.login(&mine, &creds(fm, "prosumer_member").1).await;
+    for (headers, url, body) in [
+        (
+            vec![("authorization", token.as_str())],
+            format!("{path}?auth_token={other}"),
+            String::new(),
+        ),
+        (
+            vec![
+                ("authorization", token.as_str()),
+                ("content-type", "application/json"),
+            ],
+            path.clone(),
+            json!({"auth_token": other}).to_string(),
+        ),
+        (
+            vec![("content-type", "application/json")],
+            format!("{path}?auth_token={token}"),
+            json!({"auth_token": token}).to_string(),
+        ),
+    ] {
+        let answer = gw.send("GET", &url, &headers, &body).await;
+        assert_eq!(answer.status, 400, "{url}: {}", answer.text());
+    }
+    // A session cookie of someone else never makes FlexMeasures act as them: the
+    // tenant-B token must list tenant B's users, not Prosumer A's.
+    let session_json = json!({"_user_id": fm.user("prosumer_member")["fs_uniquifier"]}).to_string();
+    let session = fm.python_json(
+        "mint.py",
+        &[
+            "session",
+            "--secret",
+            FM_SECRET_KEY,
+            "--json",
+            &session_json,
+        ],
+    );
+    let cookie = format!("session={}", session["cookie"].as_str().unwrap());
+    let answer = gw
+        .send(
+            "GET",
+            "/api/v3_0/users",
+            &[("authorization", &token), ("cookie", &cookie)],
+            "",
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let users = answer.json();
+    let listed: Vec<&str> = users
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["email"].as_str())
+        .collect();
+    assert!(
+        listed.contains(&email.as_str()) && !listed.contains(&mine.as_str()),
+        "FlexMeasures acted as the session's user: {listed:?}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_reset_and_a_deactivation_through_flexmeasures_end_tokens_within_5s() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let gw = fm_gateway(fm).await;
+    let admin = fm_login(
+        fm,
+        fm.user("admin")["email"].as_str().unwrap(),
+        fm.user("admin")["password"].as_str().unwrap(),
+    )
+    .await;
+    for change in ["password-reset", "deactivate"] {
+        let user = fm.add_user("prosumer_a", &[]);
+        let token = gw.login(&user.email, &user.password).await;
+        let path = format!("/api/v3_0/users/{}", user.id);
+        assert_eq!(gw.get(&path, Some(&token)).await.status, 200);
+        let (status, _, body) = match change {
+            "password-reset" => {
+                fm_call(
+                    &fm.base(),
+                    "PATCH",
+                    &format!("{path}/password-reset"),
+                    &[("authorization", &admin)],
+                    None,
+                )
+                .await
+            }
+            _ => {
+                fm_call(
+                    &fm.base(),
+                    "PATCH",
+                    &path,
+                    &[("authorization", &admin)],
+                    Some(&json!({"active": false})),
+                )
+                .await
+            }
+        };
+        assert_eq!(status, 200, "FlexMeasures did not {change}: {body}");
+        // FlexMeasures refuses the token at once; flexgate must refuse it itself (not
+        // forward it) within 5 s: its own unauthenticated count goes up.
+        let series = "flexgate_requests_total{decision=\"unauthenticated\",method=\"read\",route=\"user-read\",status=\"4xx\"}";
+        let before = metric(&gw.metrics().await, series);
+        let started = std::time::Instant::now();
+        let refused = eventually(Duration::from_secs(5), || async {
+            let status = gw.get(&path, Some(&token)).await.status;
+            status == 401 && metric(&gw.metrics().await, series) > before
+        })
+        .await;
+        assert!(
+            refused,
+            "{change}: flexgate still forwards the token after 5 s"
+        );
+        eprintln!(
+            "{change}: refused by flexgate {:?} after the change",
+            started.elapsed()
+        );
+    }
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_change_in_flexmeasures_tables_changes_decisions_within_5s() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let gw = fm_gateway(fm).await;
+    let user = fm.add_user("prosumer_a", &[]);
+    let token = gw.login(&user.email, &user.password).await;
+    let asset = fm.asset("prosumer_a");
+    let probe = format!("/api/v3_0/assets/{asset}/sensors");
+    assert_eq!(gw.get(&probe, Some(&token)).await.status, 200);
+    // Moving the user to another account (as FlexMeasures' admin UI would) takes effect.
+    let b = fm.account("tenant_b");
+    let out = std::process::Command::new("psql")
+        .args([
+            &fm.db_url,
+            "-Atqc",
+            &format!("UPDATE fm_user SET account_id = {b} WHERE id = {}", user.id),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let moved = eventually(Duration::from_secs(5), || async {
+        gw.get(&probe, Some(&token)).await.status == 403
+    })
+    .await;
+    assert!(
+        moved,
+        "an account change in FlexMeasures' tables did not reach flexgate within 5 s"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_naming_another_tenants_sensor_is_refused() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let gw = fm_gateway(fm).await;
+    let (email, password, _) = creds(fm, "prosumer_admin");
+    let token = gw.login(&email, &password).await;
+    let own = fm.sensor("prosumer_a");
+    let theirs = fm.sensor("tenant_b");
+    let body = json!({
+        "start": "2026-12-02T00:00:00+01:00",
+        "duration": "PT24H",
+        "flex-model": {"soc-at-start": "10 kWh", "state-of-charge": {"sensor": own}},
+        "flex-context": {"consumption-price": {"sensor": theirs}},
+    });
+    let path = format!("/api/v3_0/sensors/{own}/schedules/trigger");
+    let answer = gw.call("POST", &path, &token, Some(&body)).await;
+    assert_eq!(
+        answer.status,
+        403,
+        "another tenant's sensor in the body was let through: {}",
+        answer.text()
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reads_flexmeasures_users_and_refuses_to_write_them() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let db = TestDb::external(&fm.readonly_url);
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("fm.toml");
+    std::fs::write(
+        &rules,
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/flexmeasures.toml"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let rules = rules.display().to_string();
+    let (email, _, _) = creds(fm, "prosumer_member");
+    let other_asset = fm.asset("tenant_b").to_string();
+    let env: &[(&str, &str)] = &[("FLEXMEASURES_SECRET_KEY", FM_SECRET_KEY)];
+    let out = run_env(
+        &db,
+        &[
+            "explain",
+            "--config",
+            &rules,
+            "--email",
+            &email,
+            "--method",
+            "GET",
+            "--path",
+            &format!("/api/v3_0/assets/{other_asset}"),
+        ],
+        env,
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains(&format!("<{email}>")), "{}", out.stdout);
+    assert!(out.stdout.contains("result: DENY 403"), "{}", out.stdout);
+    for args in [
+        &["add", "account", "--name", "Sneaky"][..],
+        &["roles", "add", "--user", &email, "admin"],
+        &["deactivate", "user", "--user", &email],
+        &["db", "migrate"],
+    ] {
+        let out = run_env(&db, args, env);
+        assert_ne!(out.code, 0, "{args:?} wrote into FlexMeasures' database");
+        assert!(
+            out.stderr.contains("FlexMeasures' database"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    let out = run_env(&db, &["config", "check", &rules], env);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+}
