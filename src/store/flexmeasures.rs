@@ -82,6 +82,30 @@ fn query(filter: &str) -> String {
     USER_QUERY.replace("{filter}", filter)
 }
 
+/// The same rows for many users at once. FlexMeasures indexes `roles_users` and
+/// `roles_accounts` by role first, so the per-user subqueries of [`USER_QUERY`] would
+/// each scan them; here each is aggregated once and hash-joined, so a batch costs one
+/// pass over the role tables plus an index lookup per user.
+const BATCH_QUERY: &str = "\
+SELECT u.fs_uniquifier,
+       md5(concat_ws('|', u.email, u.active::text, u.fs_uniquifier, u.account_id::text,
+           coalesce(u.consultancy_account_id::text, '-'), array_to_string(u.roles, ','),
+           array_to_string(u.account_roles, ','), coalesce(u.password, ''))) AS fingerprint
+FROM (
+  SELECT fu.email, coalesce(fu.active, false) AS active, fu.fs_uniquifier, fu.account_id,
+         a.consultancy_account_id::bigint AS consultancy_account_id, fu.password,
+         coalesce(ur.roles, '{}') AS roles, coalesce(ar.roles, '{}') AS account_roles
+  FROM fm_user fu
+  JOIN account a ON a.id = fu.account_id
+  LEFT JOIN (SELECT ru.user_id, array_agg(r.name::text ORDER BY r.name) AS roles
+             FROM roles_users ru JOIN role r ON r.id = ru.role_id
+             WHERE r.name IS NOT NULL GROUP BY ru.user_id) ur ON ur.user_id = fu.id
+  LEFT JOIN (SELECT ra.account_id, array_agg(x.name::text ORDER BY x.name) AS roles
+             FROM roles_accounts ra JOIN account_role x ON x.id = ra.role_id
+             WHERE x.name IS NOT NULL GROUP BY ra.account_id) ar ON ar.account_id = fu.account_id
+  WHERE fu.fs_uniquifier = ANY($1)
+) u";
+
 fn user_of(row: &sqlx::postgres::PgRow) -> Result<(FmUser, Option<String>), Error> {
     Ok((
         FmUser {
@@ -164,11 +188,7 @@ impl Store {
         &self,
         uniquifiers: &[String],
     ) -> Result<Vec<(String, String)>, Error> {
-        let sql = format!(
-            "SELECT fs_uniquifier, fingerprint FROM ({}) f",
-            query("fu.fs_uniquifier = ANY($1)")
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows = sqlx::query(BATCH_QUERY)
             .bind(uniquifiers)
             .fetch_all(self.postgres()?)
             .await?;
