@@ -11,6 +11,7 @@ mod authorization;
 mod cli;
 mod faults;
 mod flexmeasures;
+mod flexmeasures_ui;
 mod fuzz_corpus;
 mod h2_attacks;
 mod hardening;

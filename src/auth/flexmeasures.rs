@@ -158,10 +158,40 @@ impl Expiry<[u8; 32], Verified> for UntilExpiry {
     }
 }
 
+/// The browser cookies of a request that may carry a FlexMeasures session.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SessionCookies<'a> {
+    /// The `session` cookie's value.
+    pub session: Option<&'a str>,
+    /// The `remember_token` cookie's value.
+    pub remember: Option<&'a str>,
+}
+
+/// What a session authentication rested on, so that a logout can revoke exactly it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionProof {
+    /// Revocation keys of the session and remember cookies presented.
+    pub keys: Vec<[u8; 32]>,
+}
+
+struct UntilInstant;
+
+impl Expiry<[u8; 32], Instant> for UntilInstant {
+    fn expire_after_create(&self, _: &[u8; 32], until: &Instant, now: Instant) -> Option<Duration> {
+        Some(until.saturating_duration_since(now))
+    }
+}
+
 /// The FlexMeasures identity source.
 pub struct FmAuthenticator {
     store: Store,
     keys: Keys,
+    session_keys: Keys,
+    remember_secret: Vec<u8>,
+    session_max_age: u64,
+    /// Logged-out sessions and remember cookies (by revocation key), until the cookie
+    /// would have expired anyway.
+    revoked: moka::sync::Cache<[u8; 32], Instant>,
     password_salt: Vec<u8>,
     max_age: u64,
     /// Identities by `fs_uniquifier`; revalidated every interval.
@@ -199,9 +229,23 @@ impl FmAuthenticator {
             Derivation::DjangoConcat,
         );
         let evictions = metrics.clone();
+        let session_keys = super::flask_session::session_keys(
+            secrets
+                .fallbacks
+                .iter()
+                .map(|s| s.expose())
+                .chain(std::iter::once(secret.expose())),
+        );
         Ok(FmAuthenticator {
             store,
             keys,
+            session_keys,
+            remember_secret: secret.expose().to_vec(),
+            session_max_age: super::flask_session::DEFAULT_SESSION_MAX_AGE,
+            revoked: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .expire_after(UntilInstant)
+                .build(),
             password_salt: secrets.password_salt()?.expose().to_vec(),
             max_age: max_age.as_secs(),
             users: moka::future::Cache::builder()
@@ -267,6 +311,86 @@ impl FmAuthenticator {
             return Err(AuthError::Inactive);
         }
         Ok(identity)
+    }
+
+    /// Authenticate by FlexMeasures' browser session, as Flask-Login does: the
+    /// `session` cookie's user, or, when the session names none (and was not told to
+    /// forget it), the `remember_token` cookie's. A session or remember cookie whose
+    /// login was logged out through flexgate is refused.
+    pub async fn authenticate_session(
+        &self,
+        cookies: SessionCookies<'_>,
+    ) -> Result<(Arc<Identity>, SessionProof), AuthError> {
+        use super::flask_session::{check_remember, parse_session, remember_revocation_key};
+        let now = unix_now();
+        let mut proof = SessionProof::default();
+        let session = cookies.session.and_then(|value| {
+            parse_session(&self.session_keys, value, now, self.session_max_age).ok()
+        });
+        let uid = match &session {
+            Some(s) if s.uid.is_some() => {
+                let key = s.revocation_key().expect("a session with a user has a key");
+                if self.revoked.contains_key(&key) {
+                    return Err(AuthError::Revoked);
+                }
+                proof.keys.push(key);
+                s.uid.clone()
+            }
+            _ => None,
+        };
+        let uid = match uid {
+            Some(uid) => uid,
+            None => {
+                let remember_allowed = !session.as_ref().is_some_and(|s| s.remember_cleared);
+                let Some(value) = cookies.remember.filter(|_| remember_allowed) else {
+                    return Err(AuthError::NoSession);
+                };
+                let uid =
+                    check_remember(&self.remember_secret, value).ok_or(AuthError::NoSession)?;
+                let key = remember_revocation_key(value);
+                if self.revoked.contains_key(&key) {
+                    return Err(AuthError::Revoked);
+                }
+                proof.keys.push(key);
+                uid
+            }
+        };
+        let identity = self.user(&Arc::from(uid)).await?;
+        if !identity.active {
+            return Err(AuthError::Inactive);
+        }
+        Ok((identity, proof))
+    }
+
+    /// The revocation keys of the session and remember cookies of a request, whatever
+    /// user they name (for a logout passing through).
+    pub fn session_keys_of(&self, cookies: SessionCookies<'_>) -> SessionProof {
+        use super::flask_session::{check_remember, parse_session, remember_revocation_key};
+        let now = unix_now();
+        let mut proof = SessionProof::default();
+        if let Some(key) = cookies
+            .session
+            .and_then(|v| parse_session(&self.session_keys, v, now, self.session_max_age).ok())
+            .and_then(|s| s.revocation_key())
+        {
+            proof.keys.push(key);
+        }
+        if let Some(value) = cookies.remember
+            && check_remember(&self.remember_secret, value).is_some()
+        {
+            proof.keys.push(remember_revocation_key(value));
+        }
+        proof
+    }
+
+    /// Refuse these sessions from now on, until a cookie could no longer be valid anyway
+    /// (a session cookie lives `session_max_age`; a remember cookie a year in browsers,
+    /// and as long as the user's uniquifier at FlexMeasures).
+    pub fn revoke(&self, proof: &SessionProof) {
+        let until = Instant::now() + Duration::from_secs(self.session_max_age.max(366 * 86_400));
+        for key in &proof.keys {
+            self.revoked.insert(*key, until);
+        }
     }
 
     /// The cached identity of the user with this `fs_uniquifier`.

@@ -8,6 +8,7 @@
 //! Authorization (what the caller may do) is not here; see [`crate::policy`].
 
 pub mod crypt_threads;
+pub mod flask_session;
 pub mod flexmeasures;
 pub mod itsdangerous;
 pub mod password;
@@ -196,6 +197,9 @@ pub enum AuthError {
     /// The database could not be asked.
     #[error("identity store unavailable: {0}")]
     Unavailable(Arc<store::Error>),
+    /// No usable browser session (FlexMeasures mode).
+    #[error("no session")]
+    NoSession,
 }
 
 impl AuthError {
@@ -208,6 +212,7 @@ impl AuthError {
             AuthError::Revoked => "revoked",
             AuthError::PasswordChanged => "password_changed",
             AuthError::Unavailable(_) => "unavailable",
+            AuthError::NoSession => "no_session",
         }
     }
 }

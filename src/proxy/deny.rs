@@ -29,6 +29,13 @@ pub enum Deny {
     MethodNotAllowed(StatusCode),
     /// No valid credentials (401); the label says which check failed.
     Unauthenticated(&'static str),
+    /// A page asked for without credentials: 302 to the login page (FlexMeasures' UI).
+    LoginRedirect {
+        /// Why authentication failed.
+        reason: &'static str,
+        /// `/login?next=...`.
+        location: String,
+    },
     /// Authenticated but not allowed (403); the label says which check failed.
     Forbidden(&'static str),
     /// A role requirement failed (403 with Flask-Security's suffix).
@@ -93,6 +100,7 @@ impl Deny {
             | Deny::BadRequestBody => StatusCode::BAD_REQUEST,
             Deny::NoRoute(s) | Deny::MethodNotAllowed(s) => *s,
             Deny::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Deny::LoginRedirect { .. } => StatusCode::FOUND,
             Deny::Forbidden(_) | Deny::RoleForbidden { .. } => StatusCode::FORBIDDEN,
             Deny::NotFound { status, .. } => *status,
             Deny::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -108,7 +116,7 @@ impl Deny {
     /// The decision label for metrics: a small fixed set.
     pub fn decision(&self) -> &'static str {
         match self {
-            Deny::Unauthenticated(_) => "unauthenticated",
+            Deny::Unauthenticated(_) | Deny::LoginRedirect { .. } => "unauthenticated",
             Deny::Forbidden(_) | Deny::RoleForbidden { .. } => "forbidden",
             Deny::NoRoute(_) | Deny::MethodNotAllowed(_) | Deny::NotFound { .. } => "not_found",
             Deny::BadPath(_)
@@ -136,7 +144,7 @@ impl Deny {
             | Deny::WrongMethod(r)
             | Deny::BadHost(r) => r,
             Deny::BadRequestBody => "malformed_request_body",
-            Deny::RoleForbidden { reason, .. } => reason,
+            Deny::RoleForbidden { reason, .. } | Deny::LoginRedirect { reason, .. } => reason,
             Deny::NotFound { .. } => "resource_not_found",
             Deny::Invalid { .. } => "invalid_input",
             Deny::Ambiguous(_) => "ambiguous_input",
@@ -154,6 +162,9 @@ impl Deny {
         let body = match &self {
             Deny::Unauthenticated(_) => {
                 json!({"message": UNAUTHORIZED_MESSAGE, "status": "UNAUTHORIZED"})
+            }
+            Deny::LoginRedirect { location, .. } => {
+                json!({"message": "Please log in.", "location": location, "status": 302})
             }
             Deny::Forbidden(_) => forbidden(""),
             Deny::RoleForbidden { suffix, .. } => forbidden(suffix),
@@ -201,6 +212,11 @@ impl Deny {
             Deny::GatewayTimeout => simple(status, "The upstream service did not answer in time."),
         };
         let mut response = json_response(status, &body);
+        if let Deny::LoginRedirect { location, .. } = &self
+            && let Ok(value) = HeaderValue::from_str(location)
+        {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
         if let Deny::Throttled(wait) = self {
             response.headers_mut().insert(
                 header::RETRY_AFTER,

@@ -22,13 +22,14 @@ use super::deny::Deny;
 use super::forward::{Outgoing, UpstreamBody};
 use super::normalize::normalize;
 use super::{Gateway, Installed, ProxyBody, headers, host, login};
+use crate::auth::flexmeasures::SessionCookies;
 use crate::auth::token::token_from_authorization;
-use crate::auth::{AuthError, Identity, unix_now};
+use crate::auth::{AuthError, Authenticator, Identity, flask_session, unix_now};
 use crate::metrics;
 use crate::policy::{self, Decision, Permission, Refused, Value};
 use crate::rules::extract::{self, ExtractError, IdParse, IdType, ResourceId, Source};
 use crate::rules::matcher::{Found, Params};
-use crate::rules::{Check, IfAbsent, Kind, Route, RuleSet, Target};
+use crate::rules::{Check, CrossOrigin, IfAbsent, Kind, Route, RuleSet, Target};
 use crate::store::owner::OwnerResolver;
 
 /// What the listener knows about the connection a request came on.
@@ -62,14 +63,21 @@ impl ConnInfo {
 pub struct Permit {
     route: Arc<str>,
     identity: Option<Arc<Identity>>,
+    credential: Credential,
 }
 
 impl Permit {
-    fn new(route: &Route, identity: Option<Arc<Identity>>) -> Permit {
+    fn new(route: &Route, identity: Option<Arc<Identity>>, credential: Credential) -> Permit {
         Permit {
             route: Arc::clone(&route.name),
             identity,
+            credential,
         }
+    }
+
+    /// How the request authenticated.
+    pub fn credential(&self) -> Credential {
+        self.credential
     }
 
     /// The route that allowed the request.
@@ -271,6 +279,8 @@ async fn serve(
     let rules = &*installed.rules;
     let (mut parts, body) = req.into_parts();
     let authority = host::take_authority(&mut parts, &gw.server().allowed_hosts)?;
+    // One Cookie line for both the session check and the upstream (HTTP/2 crumbs).
+    headers::join_cookies(&mut parts.headers);
     // Borrowed from the request URI (no copy unless an escape was decoded).
     let path = normalize(parts.uri.path(), &rules.paths).map_err(Deny::BadPath)?;
     if path == rules.token_endpoint {
@@ -292,8 +302,22 @@ async fn serve(
         _ => None,
     };
 
+    // A logout passing through: which session it ends (revoked once the upstream has
+    // accepted it).
+    let ending = route
+        .ends_session
+        .then(|| session_cookies(&parts.headers).ok())
+        .flatten()
+        .and_then(|cookies| match &*gw.auth {
+            Authenticator::FlexMeasures(fm) => Some(fm.session_keys_of(cookies)),
+            Authenticator::Native(_) => None,
+        });
+
     let (permit, body) = if route.public {
-        (Permit::new(route, None), UpstreamBody::Streamed(body))
+        (
+            Permit::new(route, None, Credential::None),
+            UpstreamBody::Streamed(body),
+        )
     } else {
         let facts = Facts {
             params: matched.params,
@@ -321,9 +345,38 @@ async fn serve(
             Some(bytes) => body_token(bytes)?,
             None => None,
         };
-        let identity =
-            authenticate(gw, rules, &parts.headers, query, body_token.as_deref()).await?;
+        let (identity, credential) = match authenticate(
+            gw,
+            rules,
+            route,
+            &parts.headers,
+            query,
+            body_token.as_deref(),
+        )
+        .await
+        {
+            Ok(found) => found,
+            Err(Deny::Unauthenticated(reason))
+                if route.login_redirect.is_some() && parts.method.is_safe() =>
+            {
+                return Err(Deny::LoginRedirect {
+                    reason,
+                    location: login_location(route, &parts.uri),
+                });
+            }
+            Err(deny) => return Err(deny),
+        };
         outcome.user_id = Some(identity.principal.user_id);
+        if matches!(credential, Credential::Session)
+            && match route.cross_origin {
+                CrossOrigin::Allow => false,
+                CrossOrigin::Refuse => true,
+                CrossOrigin::RefuseWrites => !parts.method.is_safe(),
+            }
+            && is_cross_origin(&parts.headers, &authority, conn.tls)
+        {
+            return Err(Deny::Forbidden("cross_origin_session_request"));
+        }
         check_roles(rules, route, &identity)?;
         let (forward_body, json) = match (route.needs_body, early, body.take()) {
             (true, Some(bytes), _) => {
@@ -348,7 +401,7 @@ async fn serve(
         let decided = authorize(&gw.owners, rules, route, &facts, &identity, &mut checking).await;
         outcome.checked = checking.last;
         decided?;
-        (Permit::new(route, Some(identity)), forward_body)
+        (Permit::new(route, Some(identity), credential), forward_body)
     };
 
     let added = rewrite_headers(
@@ -366,7 +419,8 @@ async fn serve(
     let uri = gw.upstream().uri_for(&parts.uri, &path)?;
     drop(path);
     parts.uri = uri;
-    gw.upstream()
+    let response = gw
+        .upstream()
         .forward(
             permit,
             Outgoing { parts, added, body },
@@ -374,7 +428,78 @@ async fn serve(
             route_metrics,
             conn.worker,
         )
-        .await
+        .await?;
+    if let (Some(proof), Authenticator::FlexMeasures(fm)) = (ending, &*gw.auth)
+        && response.status().as_u16() < 400
+        && !proof.keys.is_empty()
+    {
+        fm.revoke(&proof);
+    }
+    Ok(response)
+}
+
+/// How a request authenticated: which credential the upstream must see again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// A public route: nothing.
+    None,
+    /// An access token.
+    Token,
+    /// FlexMeasures' browser session cookies.
+    Session,
+}
+
+/// The FlexMeasures session cookies of a request (the joined `Cookie` header).
+fn session_cookies(headers: &HeaderMap) -> Result<SessionCookies<'_>, Deny> {
+    let Some(value) = headers.get(http::header::COOKIE) else {
+        return Ok(SessionCookies::default());
+    };
+    let Ok(text) = value.to_str() else {
+        return Ok(SessionCookies::default());
+    };
+    let ambiguous = |_| Deny::Ambiguous("A session cookie is given more than once.".into());
+    Ok(SessionCookies {
+        session: flask_session::cookie(text, "session").map_err(ambiguous)?,
+        remember: flask_session::cookie(text, "remember_token").map_err(ambiguous)?,
+    })
+}
+
+/// Where an unauthenticated page request is sent: the route's login page with `next`
+/// set to the path and query asked for, as FlexMeasures' UI does.
+fn login_location(route: &Route, uri: &http::Uri) -> String {
+    let login = route.login_redirect.as_deref().unwrap_or("/login");
+    let next = uri.path_and_query().map_or("/", |p| p.as_str());
+    let encoded: String = form_urlencoded::byte_serialize(next.as_bytes()).collect();
+    format!("{login}?next={encoded}")
+}
+
+/// Whether a browser says the request comes from another origin: `Sec-Fetch-Site` other
+/// than `same-origin`/`none`, or else an `Origin` that is not this site's. A request
+/// with neither (not a browser's, or a very old one) is not taken as cross-origin.
+fn is_cross_origin(headers: &HeaderMap, authority: &HeaderValue, tls: bool) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return !matches!(site.as_bytes(), b"same-origin" | b"none");
+    }
+    let Some(origin) = headers.get(http::header::ORIGIN) else {
+        return false;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return true;
+    };
+    let (scheme, host) = match origin.split_once("://") {
+        Some(parts) => parts,
+        None => return true,
+    };
+    let default_port = |scheme: &str| if scheme == "https" { ":443" } else { ":80" };
+    let strip = |h: &str, scheme: &str| {
+        let h = h.to_ascii_lowercase();
+        h.strip_suffix(default_port(scheme))
+            .map(str::to_owned)
+            .unwrap_or(h)
+    };
+    let ours = authority.to_str().unwrap_or("");
+    let ours_scheme = if tls { "https" } else { scheme };
+    scheme != ours_scheme || strip(host, scheme) != strip(ours, ours_scheme)
 }
 
 /// Whether `route` lets a client switch to `protocol` (compared without case; a
@@ -454,10 +579,11 @@ pub fn match_rule<'r, 'p>(
 pub async fn authenticate(
     gw: &Gateway,
     rules: &RuleSet,
+    route: &Route,
     headers: &HeaderMap,
     query: Option<&str>,
     body_token: Option<&str>,
-) -> Result<Arc<Identity>, Deny> {
+) -> Result<(Arc<Identity>, Credential), Deny> {
     let flexmeasures = gw.auth.is_flexmeasures();
     let result = async {
         let mut values = headers.get_all(AUTHORIZATION).iter();
@@ -480,7 +606,7 @@ pub async fn authenticate(
             (Some(t), None, None) => t,
             (None, Some(t), None) => t,
             (None, None, Some(t)) => t,
-            (None, None, None) => return Err(Deny::Unauthenticated("no_token")),
+            (None, None, None) => return authenticate_session(gw, route, headers).await,
             _ if flexmeasures => {
                 return Err(Deny::Ambiguous(
                     "A token was given in more than one place (JSON body, query, header); send it once."
@@ -489,10 +615,14 @@ pub async fn authenticate(
             }
             _ => return Err(Deny::Unauthenticated("token_in_header_and_query")),
         };
-        gw.auth.authenticate(token).await.map_err(|e| match e {
-            AuthError::Unavailable(_) => Deny::Unavailable("identity_store"),
-            other => Deny::Unauthenticated(other.as_str()),
-        })
+        if !route.credentials.token {
+            return Err(Deny::Unauthenticated("token_not_accepted"));
+        }
+        gw.auth
+            .authenticate(token)
+            .await
+            .map(|identity| (identity, Credential::Token))
+            .map_err(auth_deny)
     }
     .await;
     gw.metrics.token_validation(match &result {
@@ -500,6 +630,35 @@ pub async fn authenticate(
         Err(d) => d.reason(),
     });
     result
+}
+
+fn auth_deny(e: AuthError) -> Deny {
+    match e {
+        AuthError::Unavailable(_) => Deny::Unavailable("identity_store"),
+        other => Deny::Unauthenticated(other.as_str()),
+    }
+}
+
+/// No token anywhere: FlexMeasures' browser session, where the route accepts one.
+async fn authenticate_session(
+    gw: &Gateway,
+    route: &Route,
+    headers: &HeaderMap,
+) -> Result<(Arc<Identity>, Credential), Deny> {
+    let Authenticator::FlexMeasures(fm) = &*gw.auth else {
+        return Err(Deny::Unauthenticated("no_token"));
+    };
+    if !route.credentials.session {
+        return Err(Deny::Unauthenticated("no_token"));
+    }
+    let cookies = session_cookies(headers)?;
+    if cookies.session.is_none() && cookies.remember.is_none() {
+        return Err(Deny::Unauthenticated("no_credentials"));
+    }
+    fm.authenticate_session(cookies)
+        .await
+        .map(|(identity, _)| (identity, Credential::Session))
+        .map_err(auth_deny)
 }
 
 /// FlexMeasures mode: the `auth_token` of a JSON object body, as Flask-Security reads it
@@ -902,9 +1061,8 @@ fn rewrite_headers(
     authority: &HeaderValue,
 ) -> Vec<u8> {
     headers::strip_hop_by_hop(h, upgrade);
-    headers::join_cookies(h);
     headers::strip_client_identity(h, &rules.identity.prefix);
-    if gw.auth.is_flexmeasures() && permit.identity().is_some() {
+    if gw.auth.is_flexmeasures() && permit.credential() == Credential::Token {
         // FlexMeasures authenticates the request again: it must get the very token
         // flexgate checked (raw, as it reads the header), and no session cookie that
         // would make it act as the session's user instead.

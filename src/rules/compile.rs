@@ -16,9 +16,9 @@ use super::extract::{IdType, JsonPointer, Source};
 use super::matcher::{Matcher, Methods, Template};
 use super::raw::{RawAcl, RawCheck, RawConfig, RawItem, RawKind, RawRoute, RawSource};
 use super::{
-    AllowedHosts, CacheSettings, Check, Config, Diagnostic, Diagnostics, HttpMode, IdentityHeaders,
-    IdentitySource, IfAbsent, Kind, Limits, PathOptions, Route, RuleSet, ServerConfig, Target,
-    ThrottleSettings,
+    AllowedHosts, CacheSettings, Check, Config, Credentials, CrossOrigin, Diagnostic, Diagnostics,
+    HttpMode, IdentityHeaders, IdentitySource, IfAbsent, Kind, Limits, PathOptions, Route, RuleSet,
+    ServerConfig, Target, ThrottleSettings,
 };
 use crate::policy::acl::parse_term;
 use crate::policy::{
@@ -96,7 +96,28 @@ pub fn compile_text(text: &str, file: &Path) -> Result<Config, Diagnostics> {
         allow_empty_segments: raw.paths.allow_empty_segments.unwrap_or(false),
         case_insensitive: raw.paths.case_insensitive.unwrap_or(false),
     };
-    let routes = cx.routes(&raw.routes, &kinds, &permissions, &admins);
+    let default_credentials = cx
+        .credentials(raw.auth.credentials.as_deref(), None, "[auth]")
+        .unwrap_or(Credentials {
+            token: true,
+            session: false,
+        });
+    let routes = cx.routes(
+        &raw.routes,
+        &kinds,
+        &permissions,
+        &admins,
+        default_credentials,
+    );
+    if server.identity_source == IdentitySource::Native
+        && let Some(r) = routes.iter().find(|r| r.credentials.session && !r.public)
+    {
+        cx.warn(
+            Some(r.line),
+            Some(format!("route {:?}", &*r.name)),
+            "accepts \"session\" credentials, but sessions are FlexMeasures' and authenticate only with [identity] source = \"flexmeasures\"".into(),
+        );
+    }
     cx.overlaps(&routes, paths.case_insensitive);
 
     let token_endpoint = raw
@@ -787,12 +808,43 @@ impl Compiler<'_> {
 
     // === [[route]] ===
 
+    fn credentials(
+        &mut self,
+        raw: Option<&[String]>,
+        line: Option<usize>,
+        rule: &str,
+    ) -> Option<Credentials> {
+        let raw = raw?;
+        let mut c = Credentials {
+            token: false,
+            session: false,
+        };
+        for name in raw {
+            match name.as_str() {
+                "token" => c.token = true,
+                "session" => c.session = true,
+                other => self.error(line, Some(rule.into()), format!("credentials: {other:?} is not a credential; use \"token\", \"session\" or both")),
+            }
+        }
+        if !c.token && !c.session {
+            self.error(
+                line,
+                Some(rule.into()),
+                "credentials is empty: list \"token\", \"session\" or both (or auth = \"public\")"
+                    .into(),
+            );
+            return None;
+        }
+        Some(c)
+    }
+
     fn routes(
         &mut self,
         raw: &[RawRoute],
         kinds: &[Kind],
         permissions: &[String],
         admins: &AdminRoles,
+        default_credentials: Credentials,
     ) -> Vec<Route> {
         let mut routes: Vec<Route> = Vec::new();
         let mut seen: HashMap<String, usize> = HashMap::new();
@@ -819,13 +871,22 @@ impl Compiler<'_> {
                     format!("duplicate name; line {first} already uses it"),
                 );
             }
-            if let Some(route) = self.route(r, line, &rule, kinds, permissions, admins) {
+            if let Some(route) = self.route(
+                r,
+                line,
+                &rule,
+                kinds,
+                permissions,
+                admins,
+                default_credentials,
+            ) {
                 routes.push(route);
             }
         }
         routes
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn route(
         &mut self,
         r: &RawRoute,
@@ -834,6 +895,7 @@ impl Compiler<'_> {
         kinds: &[Kind],
         permissions: &[String],
         admins: &AdminRoles,
+        default_credentials: Credentials,
     ) -> Option<Route> {
         let l = Some(line);
         let methods = Methods::parse(&r.methods)
@@ -921,6 +983,33 @@ impl Compiler<'_> {
                 );
             }
         }
+        let credentials = self
+            .credentials(r.credentials.as_deref(), l, rule)
+            .unwrap_or(default_credentials);
+        if public && r.credentials.is_some() {
+            self.error(
+                l,
+                Some(rule.into()),
+                "a public route takes no credentials; remove credentials or auth = \"public\""
+                    .into(),
+            );
+        }
+        if let Some(to) = &r.login_redirect
+            && !(to.starts_with('/')
+                && !to.starts_with("//")
+                && !to.contains(['?', '#', '\\', ' ']))
+        {
+            self.error(l, Some(rule.into()), format!("login_redirect = {to:?}: give a local path such as \"/login\" (no query, no other host)"));
+        }
+        let cross_origin = match r.cross_origin.as_deref() {
+            None | Some("refuse-writes") => CrossOrigin::RefuseWrites,
+            Some("refuse") => CrossOrigin::Refuse,
+            Some("allow") => CrossOrigin::Allow,
+            Some(other) => {
+                self.error(l, Some(rule.into()), format!("cross_origin = {other:?}: use \"refuse-writes\" (default), \"refuse\" or \"allow\""));
+                CrossOrigin::RefuseWrites
+            }
+        };
         let method_override = r.method_override.unwrap_or(false);
         if method_override && public {
             self.warn(l, Some(rule.into()), "method_override on a public route lets any client choose the method the upstream runs".into());
@@ -929,6 +1018,10 @@ impl Compiler<'_> {
             name: Arc::from(r.name.get_ref().as_str()),
             upgrades,
             method_override,
+            credentials,
+            login_redirect: r.login_redirect.clone(),
+            ends_session: r.ends_session.unwrap_or(false),
+            cross_origin,
             line,
             methods: methods?,
             template,

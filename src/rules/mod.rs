@@ -413,6 +413,34 @@ pub struct Route {
     pub upgrades: Vec<String>,
     /// Honour method-override headers on `POST` (the overriding method is checked).
     pub method_override: bool,
+    /// What authenticates on this route.
+    pub credentials: Credentials,
+    /// Unauthenticated page requests are redirected here (`?next=` the path).
+    pub login_redirect: Option<String>,
+    /// A successful request here ends the browser session it carried.
+    pub ends_session: bool,
+    /// Cross-origin session requests.
+    pub cross_origin: CrossOrigin,
+}
+
+/// Which credentials a route accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credentials {
+    /// An access token (header, query or, in FlexMeasures mode, JSON body).
+    pub token: bool,
+    /// FlexMeasures' browser session (`session` / `remember_token` cookies).
+    pub session: bool,
+}
+
+/// What happens to session-authenticated requests from another origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrossOrigin {
+    /// Refused unless the method is safe (GET, HEAD, OPTIONS).
+    RefuseWrites,
+    /// Refused whatever the method.
+    Refuse,
+    /// Allowed (the route is meant to be used across sites).
+    Allow,
 }
 
 /// Everything a request is decided with; swapped whole on reload.

@@ -122,6 +122,9 @@ pub struct RawAuth {
     pub max_login_body_bytes: Option<usize>,
     /// Concurrent bcrypt verifications.
     pub max_concurrent_logins: Option<usize>,
+    /// What authenticates on routes that do not say (`["token"]` by default; FlexMeasures
+    /// mode also knows `"session"`: FlexMeasures' browser session cookies).
+    pub credentials: Option<Vec<String>>,
     /// Login failure throttling.
     #[serde(default)]
     pub throttle: RawThrottle,
@@ -296,6 +299,18 @@ pub struct RawRoute {
     /// method is matched and checked, and the header is forwarded. Off by default: the
     /// headers are removed.
     pub method_override: Option<bool>,
+    /// What authenticates on this route: `token`, `session` (FlexMeasures mode), or both.
+    pub credentials: Option<Vec<String>>,
+    /// For pages: answer a request without credentials (GET or HEAD) with a redirect to
+    /// this login page, `next=` holding the path, as FlexMeasures' UI does.
+    pub login_redirect: Option<String>,
+    /// This route logs the browser out (FlexMeasures' `POST /logout`): once the upstream
+    /// accepts it, flexgate refuses that session's cookies on every later request.
+    pub ends_session: Option<bool>,
+    /// Session-authenticated requests from another origin (by `Sec-Fetch-Site` or
+    /// `Origin`): `refuse-writes` (default: refused unless the method is safe),
+    /// `refuse` (refused whatever the method: for GETs that change state), `allow`.
+    pub cross_origin: Option<String>,
     /// Permission checks, all of which must pass.
     #[serde(default, rename = "check")]
     pub checks: Vec<RawCheck>,

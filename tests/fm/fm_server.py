@@ -534,6 +534,13 @@ def main(argv=None):
             "ratelimit_storage": app.config.get("RATELIMIT_STORAGE_URI"),
             "default_rate_limit": app.config.get("FLEXMEASURES_API_DEFAULT_RATE_LIMIT"),
             "flexmeasures_version": __import__("flexmeasures").__version__,
+            # Every URL rule FlexMeasures serves, for the test that compares them with
+            # flexgate's preset (what `flexmeasures routes` prints).
+            "routes": sorted(
+                ({"rule": r.rule, "methods": sorted(set(r.methods) - {"HEAD", "OPTIONS"})}
+                 for r in app.url_map.iter_rules()),
+                key=lambda r: (r["rule"], r["methods"]),
+            ),
         }
     )
     times["until_seed_json"] = time.time() - T_START
