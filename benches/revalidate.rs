@@ -102,6 +102,7 @@ async fn main() {
     };
     let fm = FmAuthenticator::new(
         store.clone(),
+        None,
         &secrets,
         Duration::from_secs(21600),
         1,

@@ -113,6 +113,9 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// FlexMeasures' own secrets, for FlexMeasures mode.
     pub flexmeasures: FlexMeasuresSecrets,
+    /// `FLEXGATE_STATE_URL`: where replicas share logged-out sessions and failed
+    /// logins when `DATABASE_URL` is not flexgate's own (FlexMeasures mode).
+    pub state_url: Option<String>,
 }
 
 /// FlexMeasures' secrets as flexgate needs them in FlexMeasures mode, from
@@ -167,6 +170,7 @@ struct RawSettings {
     flexmeasures_security_password_salt: Option<String>,
     flexmeasures_security_password_salt_file: Option<String>,
     flexmeasures_security_remember_salt: Option<String>,
+    flexgate_state_url: Option<String>,
 }
 
 impl Settings {
@@ -285,11 +289,24 @@ impl Settings {
                 .unwrap_or_else(|| "remember-salt".to_owned()),
         };
 
+        let state_url = match nonempty(raw.flexgate_state_url) {
+            Some(url) if is_supported_url(&url) => Some(url),
+            Some(_) => {
+                problems.push(Problem {
+                    var: "FLEXGATE_STATE_URL",
+                    message: "expected a postgres://, postgresql:// or sqlite:// URL".into(),
+                });
+                None
+            }
+            None => None,
+        };
+
         if !problems.is_empty() {
             return Err(Error::Invalid(problems));
         }
         Ok(Settings {
             flexmeasures,
+            state_url,
             database_url,
             secret_key,
             token_max_age: Duration::from_secs(token_max_age),
@@ -334,6 +351,7 @@ const KNOWN_VARS: &[&str] = &[
     "FLEXMEASURES_SECURITY_PASSWORD_SALT",
     "FLEXMEASURES_SECURITY_PASSWORD_SALT_FILE",
     "FLEXMEASURES_SECURITY_REMEMBER_SALT",
+    "FLEXGATE_STATE_URL",
 ];
 
 /// A secret given either directly or as a file (the file's content without its final

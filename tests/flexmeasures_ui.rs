@@ -242,6 +242,72 @@ async fn a_logout_ends_that_session_and_no_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_on_one_replica_ends_the_session_on_the_others_within_5s() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let Some(state) = TestDb::postgres() else {
+        return;
+    };
+    let replica = |state: &TestDb| {
+        let db = TestDb::external(&fm.readonly_url);
+        let url = state.url.clone();
+        async move {
+            let placeholder = Upstream::start().await;
+            GatewayBuilder::new(&db, &placeholder)
+                .upstream_url(&fm.base())
+                .rules(&flexmeasures_preset())
+                .server("preserve_host = true\n")
+                .env("FLEXMEASURES_SECRET_KEY", FM_SECRET_KEY)
+                .env("FLEXMEASURES_SECURITY_PASSWORD_SALT", FM_PASSWORD_SALT)
+                .state(&url)
+                .start()
+                .await
+        }
+    };
+    let (a, b) = (replica(&state).await, replica(&state).await);
+    let cookie = session_for(
+        fm,
+        "prosumer_admin",
+        flexgate::auth::unix_now() as f64 + 0.75,
+    );
+    let path = format!("/api/v3_0/assets/{}", fm.asset("prosumer_a"));
+    assert_eq!(
+        b.send("GET", &path, &[("cookie", &cookie)], "")
+            .await
+            .status,
+        200
+    );
+    let out = a
+        .send(
+            "POST",
+            "/logout",
+            &[("cookie", &cookie), ("origin", &a.url(""))],
+            "",
+        )
+        .await;
+    assert!(out.status < 400, "{}", out.status);
+    let started = std::time::Instant::now();
+    let ended = eventually(std::time::Duration::from_secs(5), || async {
+        b.send("GET", &path, &[("cookie", &cookie)], "")
+            .await
+            .status
+            == 401
+    })
+    .await;
+    assert!(
+        ended,
+        "the other replica still takes the logged-out session after 5 s"
+    );
+    eprintln!(
+        "the other replica refused the session {:?} after the logout",
+        started.elapsed()
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_origin_cookie_writes_are_refused_and_csrf_passes_through() {
     let Some(fm) = real_flexmeasures() else {
         return;

@@ -201,6 +201,8 @@ pub struct FmAuthenticator {
     threads: CryptThreads,
     throttle: Throttle,
     metrics: Metrics,
+    /// Where logouts are shared with the other replicas (none: this process only).
+    state: Option<Store>,
 }
 
 impl std::fmt::Debug for FmAuthenticator {
@@ -212,9 +214,12 @@ impl std::fmt::Debug for FmAuthenticator {
 }
 
 impl FmAuthenticator {
-    /// A FlexMeasures identity source over FlexMeasures' database.
+    /// A FlexMeasures identity source over FlexMeasures' database; `state` is flexgate's
+    /// own database, where logouts reach the other replicas.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
+        state: Option<Store>,
         secrets: &FlexMeasuresSecrets,
         max_age: Duration,
         max_concurrent_logins: usize,
@@ -267,6 +272,7 @@ impl FmAuthenticator {
                 .map_err(|e| Error::Hash(format!("cannot start hashing threads: {e}")))?,
             throttle: Throttle::new(throttle.clone()),
             metrics,
+            state,
         })
     }
 
@@ -387,10 +393,49 @@ impl FmAuthenticator {
     /// (a session cookie lives `session_max_age`; a remember cookie a year in browsers,
     /// and as long as the user's uniquifier at FlexMeasures).
     pub fn revoke(&self, proof: &SessionProof) {
-        let until = Instant::now() + Duration::from_secs(self.session_max_age.max(366 * 86_400));
+        let lifetime = self.session_max_age.max(366 * 86_400);
+        let until = Instant::now() + Duration::from_secs(lifetime);
         for key in &proof.keys {
             self.revoked.insert(*key, until);
         }
+        if let Some(state) = &self.state {
+            let (state, keys) = (state.clone(), proof.keys.clone());
+            let expires_at = i64::try_from(unix_now() + lifetime).unwrap_or(i64::MAX);
+            self.store.spawn(async move {
+                for key in keys {
+                    if let Err(e) = state.revoke_session(&key, expires_at).await {
+                        tracing::warn!(error = %e, "cannot share a logout with the other replicas");
+                    }
+                }
+            });
+        }
+    }
+
+    /// Take in the logouts other replicas recorded after feed position `last`.
+    pub async fn follow_revocations(&self, last: &mut i64) -> Result<usize, store::Error> {
+        let Some(state) = &self.state else {
+            return Ok(0);
+        };
+        let now = unix_now();
+        let db = state.clone();
+        let after = *last;
+        let rows = state
+            .offload(async move { db.revoked_sessions_since(after, now as i64).await })
+            .await?;
+        for row in &rows {
+            let left = u64::try_from(row.expires_at)
+                .unwrap_or(0)
+                .saturating_sub(now);
+            self.revoked
+                .insert(row.key, Instant::now() + Duration::from_secs(left));
+            *last = row.id;
+        }
+        Ok(rows.len())
+    }
+
+    /// The shared state database, if any.
+    pub fn state(&self) -> Option<&Store> {
+        self.state.as_ref()
     }
 
     /// The cached identity of the user with this `fs_uniquifier`.

@@ -580,15 +580,18 @@ impl Authenticator {
         NativeAuthenticator::new(store, secret, s, metrics).map(Authenticator::Native)
     }
 
-    /// A FlexMeasures-mode authenticator over FlexMeasures' database.
+    /// A FlexMeasures-mode authenticator over FlexMeasures' database, sharing logouts
+    /// through `state` (flexgate's own database), if given.
     pub fn flexmeasures(
         store: Store,
+        state: Option<Store>,
         secrets: &crate::settings::FlexMeasuresSecrets,
         s: &AuthSettings,
         metrics: Metrics,
     ) -> Result<Self, Error> {
         flexmeasures::FmAuthenticator::new(
             store,
+            state,
             secrets,
             s.max_age,
             s.max_concurrent_logins,

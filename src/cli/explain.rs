@@ -204,6 +204,7 @@ impl ExplainArgs {
         if let crate::rules::IdentitySource::FlexMeasures { .. } = config.server.identity_source {
             let fm = crate::auth::flexmeasures::FmAuthenticator::new(
                 store,
+                None,
                 &settings.flexmeasures,
                 settings.token_max_age,
                 1,

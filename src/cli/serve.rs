@@ -118,7 +118,31 @@ pub(crate) async fn serve(
     ready_file: Option<&Path>,
     on_ready: impl FnOnce(&Running),
 ) -> anyhow::Result<()> {
-    let gateway = Gateway::new(&config, store, settings)?;
+    let gateway = match &settings.state_url {
+        None => Gateway::new(&config, store, settings)?,
+        Some(url) => {
+            let state = Store::connect(url, &crate::store::ConnectOptions::default())
+                .await
+                .context("connecting to FLEXGATE_STATE_URL")?;
+            if state.flexmeasures_schema().await?.is_some() {
+                bail!(
+                    "FLEXGATE_STATE_URL names FlexMeasures' database: give flexgate a database of its own for shared state"
+                );
+            }
+            state
+                .migrate()
+                .await
+                .context("migrating FLEXGATE_STATE_URL")?;
+            Gateway::with_state(&config, store, Some(state), settings)?
+        }
+    };
+    if let (IdentitySource::FlexMeasures { .. }, None) =
+        (config.server.identity_source, &settings.state_url)
+    {
+        tracing::warn!(
+            "FLEXGATE_STATE_URL is not set: logouts are remembered by this process only; with several replicas set it to a database of flexgate's own"
+        );
+    }
     let mut running = proxy::start(Arc::clone(&gateway)).await?;
     running.attach(tokio::spawn(background::follow_changes(
         Arc::clone(&gateway),

@@ -29,10 +29,25 @@ pub async fn follow_changes(
     if let (Authenticator::FlexMeasures(fm), IdentitySource::FlexMeasures { revalidate }) =
         (&*gw.auth, gw.server().identity_source)
     {
+        let mut revoked = 0;
+        let mut ticks: u64 = 0;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(revalidate) => {}
                 _ = shutdown.changed() => return,
+            }
+            ticks += 1;
+            if let Err(e) = fm.follow_revocations(&mut revoked).await {
+                gw.metrics.change_feed_error();
+                tracing::warn!(error = %e, "cannot read the logouts of the other replicas");
+            }
+            if ticks % 600 == 0
+                && let Some(state) = fm.state()
+            {
+                let now = crate::auth::unix_now() as i64;
+                if let Err(e) = state.prune_state(now, now - 86_400).await {
+                    tracing::debug!(error = %e, "cannot prune the shared state");
+                }
             }
             match fm.revalidate().await {
                 Ok((checked, dropped)) if dropped > 0 => {

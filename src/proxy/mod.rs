@@ -121,8 +121,25 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// Assemble a gateway for `config` over `store`.
+    /// Assemble a gateway for `config` over `store`. State shared between replicas
+    /// (logouts, failed logins) lives in `store` in native mode and only in memory in
+    /// FlexMeasures mode; see [`Gateway::with_state`].
     pub fn new(config: &Config, store: Store, settings: &Settings) -> Result<Arc<Gateway>, Error> {
+        let state = match config.server.identity_source {
+            IdentitySource::Native => Some(store.clone()),
+            IdentitySource::FlexMeasures { .. } => None,
+        };
+        Gateway::with_state(config, store, state, settings)
+    }
+
+    /// [`Gateway::new`] with the database replicas share state in (`FLEXGATE_STATE_URL`,
+    /// migrated; never FlexMeasures' database).
+    pub fn with_state(
+        config: &Config,
+        store: Store,
+        state: Option<Store>,
+        settings: &Settings,
+    ) -> Result<Arc<Gateway>, Error> {
         let server = &config.server;
         let upstream_uri = server.upstream.as_ref().ok_or_else(|| {
             Error::Config(format!(
@@ -154,6 +171,7 @@ impl Gateway {
             )?,
             IdentitySource::FlexMeasures { .. } => Authenticator::flexmeasures(
                 store.clone(),
+                state,
                 &settings.flexmeasures,
                 &auth_settings,
                 metrics.clone(),

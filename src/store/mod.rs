@@ -10,6 +10,7 @@
 pub mod flexmeasures;
 mod identity;
 pub mod owner;
+pub mod state;
 
 use std::borrow::Cow;
 use std::str::FromStr;
@@ -233,17 +234,31 @@ impl Store {
 /// `(version, description, sql)` of each migration, in order.
 type MigrationSource = &'static [(i64, &'static str, &'static str)];
 
-const POSTGRES_MIGRATIONS: MigrationSource = &[(
-    1,
-    "identity",
-    include_str!("../../migrations/postgres/0001_identity.sql"),
-)];
+const POSTGRES_MIGRATIONS: MigrationSource = &[
+    (
+        1,
+        "identity",
+        include_str!("../../migrations/postgres/0001_identity.sql"),
+    ),
+    (
+        2,
+        "state",
+        include_str!("../../migrations/postgres/0002_state.sql"),
+    ),
+];
 
-const SQLITE_MIGRATIONS: MigrationSource = &[(
-    1,
-    "identity",
-    include_str!("../../migrations/sqlite/0001_identity.sql"),
-)];
+const SQLITE_MIGRATIONS: MigrationSource = &[
+    (
+        1,
+        "identity",
+        include_str!("../../migrations/sqlite/0001_identity.sql"),
+    ),
+    (
+        2,
+        "state",
+        include_str!("../../migrations/sqlite/0002_state.sql"),
+    ),
+];
 
 fn migrator(source: MigrationSource) -> Migrator {
     let migrations = source

@@ -356,6 +356,7 @@ pub struct GatewayBuilder<'a> {
     seed_demo: bool,
     env: Vec<(String, String)>,
     gateway_url: Option<String>,
+    state_url: Option<String>,
 }
 
 impl<'a> GatewayBuilder<'a> {
@@ -380,6 +381,7 @@ impl<'a> GatewayBuilder<'a> {
             seed_demo: false,
             env: Vec::new(),
             gateway_url: None,
+            state_url: None,
         }
     }
 
@@ -410,6 +412,12 @@ impl<'a> GatewayBuilder<'a> {
     /// of it); seeding still uses the test database directly.
     pub fn database_url(mut self, url: &str) -> Self {
         self.gateway_url = Some(url.to_owned());
+        self
+    }
+
+    /// Share state (logouts, failed logins) through this database, as FLEXGATE_STATE_URL.
+    pub fn state(mut self, url: &str) -> Self {
+        self.state_url = Some(url.to_owned());
         self
     }
 
@@ -458,7 +466,14 @@ impl<'a> GatewayBuilder<'a> {
         std::fs::write(&rules_path, format!("{server}{}", self.rules)).unwrap();
         let config = flexgate::rules::load(&rules_path)
             .unwrap_or_else(|d| panic!("test rules do not compile:\n{d}"));
-        let gateway = Gateway::new(&config, store.clone(), &settings).unwrap();
+        let gateway = match &self.state_url {
+            None => Gateway::new(&config, store.clone(), &settings).unwrap(),
+            Some(url) => {
+                let state = Store::connect(url, &Default::default()).await.unwrap();
+                state.migrate().await.unwrap();
+                Gateway::with_state(&config, store.clone(), Some(state), &settings).unwrap()
+            }
+        };
         let mut running = proxy::start(Arc::clone(&gateway)).await.unwrap();
         running.attach(tokio::spawn(proxy::background::follow_changes(
             Arc::clone(&gateway),
