@@ -41,7 +41,7 @@ pub async fn follow_changes(
                 gw.metrics.change_feed_error();
                 tracing::warn!(error = %e, "cannot read the logouts of the other replicas");
             }
-            if ticks % 600 == 0
+            if ticks.is_multiple_of(600)
                 && let Some(state) = fm.state()
             {
                 let now = crate::auth::unix_now() as i64;
