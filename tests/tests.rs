@@ -19,6 +19,7 @@ mod observability;
 mod operations;
 mod proxy;
 mod regression;
+mod replicas;
 mod serve;
 mod tokens;
 mod upstream_wire;

@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256, Sha512};
 
 use super::crypt_threads::CryptThreads;
 use super::itsdangerous::{self, Derivation, Keys};
-use super::throttle::Throttle;
+use super::throttle::LoginLimits;
 use super::token::TokenError;
 use super::{AuthError, Error, Identity, IssuedToken, LoginError, unix_now};
 use crate::metrics::Metrics;
@@ -199,7 +199,7 @@ pub struct FmAuthenticator {
     /// Tokens that passed every check, by the SHA-256 of the whole token.
     verified: moka::sync::Cache<[u8; 32], Verified>,
     threads: CryptThreads,
-    throttle: Throttle,
+    throttle: LoginLimits,
     metrics: Metrics,
     /// Where logouts are shared with the other replicas (none: this process only).
     state: Option<Store>,
@@ -270,7 +270,7 @@ impl FmAuthenticator {
                 .build(),
             threads: CryptThreads::start(max_concurrent_logins)
                 .map_err(|e| Error::Hash(format!("cannot start hashing threads: {e}")))?,
-            throttle: Throttle::new(throttle.clone()),
+            throttle: LoginLimits::new(state.clone(), throttle.clone()),
             metrics,
             state,
         })
@@ -487,7 +487,8 @@ impl FmAuthenticator {
         // FlexMeasures compares emails exactly; the throttle counts them exactly too.
         self.throttle
             .check(email, client)
-            .map_err(LoginError::Throttled)?;
+            .await
+            .map_err(LoginError::from)?;
         let db = self.store.clone();
         let lookup = email.to_owned();
         let credentials = self
@@ -508,11 +509,11 @@ impl FmAuthenticator {
             && real;
         match credentials {
             Some(c) if matched && c.user.active => {
-                self.throttle.success(email);
+                self.throttle.success(email).await;
                 Ok(self.issue(&c.user.uniquifier, c.user.user_id))
             }
             _ => {
-                self.throttle.failure(email, client);
+                self.throttle.failure(email, client).await;
                 Err(LoginError::BadCredentials)
             }
         }

@@ -25,7 +25,7 @@ use moka::Expiry;
 use subtle::ConstantTimeEq;
 
 pub use password::PasswordHasher;
-use throttle::Throttle;
+use throttle::{LoginLimits, Refusal};
 use token::{TokenError, TokenKey};
 
 use crate::cache::{Expiring, FRONT_SLOTS, FrontCache};
@@ -231,6 +231,15 @@ pub enum LoginError {
     Unavailable(String),
 }
 
+impl From<Refusal> for LoginError {
+    fn from(r: Refusal) -> LoginError {
+        match r {
+            Refusal::Throttled(wait) => LoginError::Throttled(wait),
+            Refusal::Unavailable(why) => LoginError::Unavailable(why),
+        }
+    }
+}
+
 /// A freshly issued token.
 #[derive(Debug, Clone)]
 pub struct IssuedToken {
@@ -275,7 +284,7 @@ pub struct NativeAuthenticator {
     front_principals: FrontCache<i64, Arc<Identity>>,
     front_verified: FrontCache<[u8; 32], Verified>,
     hasher: PasswordHasher,
-    throttle: Throttle,
+    throttle: LoginLimits,
     metrics: Metrics,
 }
 
@@ -311,6 +320,7 @@ impl NativeAuthenticator {
         metrics: Metrics,
     ) -> Result<Self, Error> {
         let (principal_evictions, token_evictions) = (metrics.clone(), metrics.clone());
+        let throttle = LoginLimits::new(Some(store.clone()), s.throttle.clone());
         Ok(NativeAuthenticator {
             store,
             key: TokenKey::derive(secret),
@@ -339,7 +349,7 @@ impl NativeAuthenticator {
             front_principals: FrontCache::new(FRONT_SLOTS),
             front_verified: FrontCache::new(FRONT_SLOTS),
             hasher: PasswordHasher::new(s.bcrypt_cost, s.max_concurrent_logins)?,
-            throttle: Throttle::new(s.throttle.clone()),
+            throttle,
             metrics,
         })
     }
@@ -473,7 +483,8 @@ impl NativeAuthenticator {
         let email = store::normalize_email(email);
         self.throttle
             .check(&email, client)
-            .map_err(LoginError::Throttled)?;
+            .await
+            .map_err(LoginError::from)?;
         let db = self.store.clone();
         let lookup = email.clone();
         let credentials = self
@@ -489,14 +500,14 @@ impl NativeAuthenticator {
             .map_err(|e| LoginError::Unavailable(e.to_string()))?;
         match credentials {
             Some(c) if matched && c.active => {
-                self.throttle.success(&email);
+                self.throttle.success(&email).await;
                 self.issue(c.user_id).await.map_err(|e| match e {
                     AuthError::UnknownUser | AuthError::Inactive => LoginError::BadCredentials,
                     other => LoginError::Unavailable(other.to_string()),
                 })
             }
             _ => {
-                self.throttle.failure(&email, client);
+                self.throttle.failure(&email, client).await;
                 Err(LoginError::BadCredentials)
             }
         }

@@ -1,0 +1,100 @@
+//! Several flexgate processes on one PostgreSQL, as the README says to run them: the
+//! brute-force limits hold across replicas (failed logins are counted in the shared
+//! database), and a database that cannot count refuses logins instead of lifting the
+//! limits.
+
+use serde_json::json;
+
+use crate::common::*;
+
+const THROTTLE: &str =
+    "[auth.throttle]\nfailures_per_email = 3\nfailures_per_client = 100\nwindow_secs = 60";
+
+fn demo_rules() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml")).unwrap()
+}
+
+async fn attempt(gw: &TestGateway, email: &str, password: &str) -> Answer {
+    gw.send(
+        "POST",
+        "/api/requestAuthToken",
+        &[("content-type", "application/json")],
+        &json!({"email": email, "password": password}).to_string(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_count_across_replicas() {
+    let Some(db) = TestDb::postgres() else { return };
+    let upstream = Upstream::start().await;
+    let a = GatewayBuilder::new(&db, &upstream)
+        .demo()
+        .server(THROTTLE)
+        .start()
+        .await;
+    let b = GatewayBuilder::new(&db, &upstream)
+        .rules(&demo_rules())
+        .server(THROTTLE)
+        .start()
+        .await;
+    let email = "prosumer@flexgate.demo";
+    // Three failures, spread over both replicas...
+    for gw in [&a, &b, &a] {
+        assert_eq!(attempt(gw, email, "wrong-password").await.status, 401);
+    }
+    // ...and the limit holds on both, for the right password too.
+    for gw in [&b, &a] {
+        let answer = attempt(gw, email, "flexgate-demo").await;
+        assert_eq!(answer.status, 429, "{}", answer.text());
+        let retry: u64 = answer.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    }
+    // Another email is not affected.
+    assert_eq!(
+        attempt(&b, "prosumer-admin@flexgate.demo", "flexgate-demo")
+            .await
+            .status,
+        200
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_fail_closed_when_the_counts_cannot_be_read() {
+    let Some((db, faults, via)) = postgres_behind_proxy().await else {
+        return;
+    };
+    let upstream = Upstream::start().await;
+    let gw = GatewayBuilder::new(&db, &upstream)
+        .demo()
+        .database_url(&via)
+        .server(THROTTLE)
+        .start()
+        .await;
+    assert_eq!(
+        attempt(&gw, "prosumer@flexgate.demo", "flexgate-demo")
+            .await
+            .status,
+        200
+    );
+    faults.cut();
+    let answer = attempt(&gw, "prosumer@flexgate.demo", "flexgate-demo").await;
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    faults.restore();
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || async {
+            attempt(&gw, "prosumer@flexgate.demo", "flexgate-demo")
+                .await
+                .status
+                == 200
+        })
+        .await
+    );
+    gw.stop().await;
+}
