@@ -103,6 +103,7 @@ async fn main() {
     let fm = FmAuthenticator::new(
         store.clone(),
         None,
+        None,
         &secrets,
         Duration::from_secs(21600),
         1,

@@ -47,6 +47,7 @@ pub struct Metrics {
     logins: IntCounterVec,
     tokens_issued: IntCounter,
     token_validations: IntCounterVec,
+    api_key_validations: IntCounterVec,
     cache_hits: IntCounterVec,
     cache_misses: IntCounterVec,
     cache_evictions: IntCounterVec,
@@ -200,9 +201,16 @@ impl Metrics {
             cache_hits: HOT_CACHES.map(|c| cache_hits.with_label_values(&[c])),
             cache_misses: HOT_CACHES.map(|c| cache_misses.with_label_values(&[c])),
         };
+        let api_key_validations = counter(
+            &r,
+            "flexgate_api_key_validations_total",
+            "API key checks by outcome (valid, malformed, bad_checksum, unknown, revoked, expired, inactive, unavailable).",
+            &["outcome"],
+        );
         Metrics {
             hot,
             token_validations,
+            api_key_validations,
             cache_hits,
             cache_misses,
             requests: counter(
@@ -345,6 +353,11 @@ impl Metrics {
         if outcome == "success" {
             self.tokens_issued.inc();
         }
+    }
+
+    /// Count an API key check by outcome (a small fixed set).
+    pub fn api_key_validation(&self, outcome: &str) {
+        self.api_key_validations.with_label_values(&[outcome]).inc();
     }
 
     /// Count a token check by outcome (`valid` or an `AuthError` label).

@@ -6,6 +6,7 @@
 #[macro_use]
 mod common;
 
+mod apikeys;
 mod attacks;
 mod authorization;
 mod cli;

@@ -38,6 +38,10 @@ use crate::rules::{CacheSettings, ThrottleSettings};
 use crate::settings::FlexMeasuresSecrets;
 use crate::store::{self, Store};
 
+/// How long a FlexMeasures token made for an API key's user is reused (its own life is
+/// `SECURITY_TOKEN_MAX_AGE`, hours).
+const UPSTREAM_TOKEN_REUSE: Duration = Duration::from_secs(300);
+
 /// Users whose fingerprints one revalidation query asks for.
 const REVALIDATE_BATCH: usize = 10_000;
 
@@ -203,6 +207,10 @@ pub struct FmAuthenticator {
     metrics: Metrics,
     /// Where logouts are shared with the other replicas (none: this process only).
     state: Option<Store>,
+    /// API keys (in the state database, hashed with flexgate's own `SECRET_KEY`).
+    api_keys: super::apikey::ApiKeys,
+    /// FlexMeasures tokens that stand in for API keys upstream, per user.
+    upstream_tokens: moka::sync::Cache<i64, (Arc<str>, Arc<str>)>,
 }
 
 impl std::fmt::Debug for FmAuthenticator {
@@ -220,6 +228,7 @@ impl FmAuthenticator {
     pub fn new(
         store: Store,
         state: Option<Store>,
+        key_secret: Option<&crate::settings::Secret>,
         secrets: &FlexMeasuresSecrets,
         max_age: Duration,
         max_concurrent_logins: usize,
@@ -272,8 +281,55 @@ impl FmAuthenticator {
                 .map_err(|e| Error::Hash(format!("cannot start hashing threads: {e}")))?,
             throttle: LoginLimits::new(state.clone(), throttle.clone()),
             metrics,
+            api_keys: super::apikey::ApiKeys::new(state.clone(), key_secret),
+            upstream_tokens: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(UPSTREAM_TOKEN_REUSE)
+                .build(),
             state,
         })
+    }
+
+    /// The API keys of this deployment.
+    pub fn api_keys(&self) -> &super::apikey::ApiKeys {
+        &self.api_keys
+    }
+
+    /// This source's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The identity of the user with this `fm_user.id` (what an API key names), from
+    /// the database.
+    pub async fn user_by_id(&self, id: i64) -> Result<Arc<Identity>, AuthError> {
+        let db = self.store.clone();
+        match self
+            .store
+            .offload(async move { db.fm_user_by_id(id).await })
+            .await
+        {
+            Ok(Some(user)) => Ok(Arc::new(Identity::from_flexmeasures(user))),
+            Ok(None) => Err(AuthError::UnknownUser),
+            Err(e) => Err(AuthError::Unavailable(Arc::new(e))),
+        }
+    }
+
+    /// The FlexMeasures token that goes upstream in place of an API key: FlexMeasures
+    /// takes no key, so flexgate, which knows its secret, signs a token for the key's
+    /// user; reused for a few minutes per user (and while the user's uniquifier holds).
+    /// The client never sees it.
+    pub fn upstream_token(&self, identity: &Identity) -> Arc<str> {
+        let user = identity.principal.user_id;
+        if let Some((token, uid)) = self.upstream_tokens.get(&user)
+            && &*uid == identity.uniquifier()
+        {
+            return token;
+        }
+        let token: Arc<str> = Arc::from(self.issue(identity.uniquifier(), user).token);
+        self.upstream_tokens
+            .insert(user, (Arc::clone(&token), Arc::from(identity.uniquifier())));
+        token
     }
 
     /// The database this source reads.

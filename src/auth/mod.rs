@@ -7,6 +7,7 @@
 //! check runs once per token per process, its result cached until the token expires.
 //! Authorization (what the caller may do) is not here; see [`crate::policy`].
 
+pub mod apikey;
 pub mod crypt_threads;
 pub mod flask_session;
 pub mod flexmeasures;
@@ -82,6 +83,8 @@ pub struct Identity {
     credential_version: u64,
     /// FlexMeasures mode: the database's fingerprint of the user row (empty otherwise).
     fingerprint: Box<str>,
+    /// Set when an API key authenticated the request: what the key grants.
+    pub key: Option<apikey::Grant>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -136,7 +139,42 @@ impl Identity {
             password_hash: r.password_hash,
             credential_version: hasher.finish(),
             fingerprint: Box::from(""),
+            key: None,
         }
+    }
+
+    /// This identity as an API key presents it: only the roles the key keeps, and the
+    /// key's grant attached.
+    pub fn narrowed(&self, key: &crate::store::apikeys::ApiKey) -> Identity {
+        let roles: Vec<String> = match &key.roles {
+            None => self.principal.roles.clone(),
+            Some(kept) => self
+                .principal
+                .roles
+                .iter()
+                .filter(|r| kept.contains(r))
+                .cloned()
+                .collect(),
+        };
+        let mut narrowed = Identity::from_record(PrincipalRecord {
+            user_id: self.principal.user_id,
+            email: self.email.clone(),
+            active: self.active,
+            uniquifier: self.uniquifier.clone(),
+            password_hash: self.password_hash.clone(),
+            account_id: self.principal.account_id,
+            consultancy_account_id: self.consultancy_account_id,
+            roles,
+            account_roles: self.principal.account_roles.clone(),
+        });
+        narrowed.credential_version = self.credential_version;
+        narrowed.fingerprint = self.fingerprint.clone();
+        narrowed.key = Some(apikey::Grant {
+            id: key.id,
+            name: Arc::from(key.name.as_str()),
+            read_only: key.read_only,
+        });
+        narrowed
     }
 
     /// Build from a FlexMeasures user row (FlexMeasures mode).
@@ -200,6 +238,9 @@ pub enum AuthError {
     /// No usable browser session (FlexMeasures mode).
     #[error("no session")]
     NoSession,
+    /// An API key was refused; the label says why.
+    #[error("API key refused: {0}")]
+    ApiKey(&'static str),
 }
 
 impl AuthError {
@@ -213,6 +254,14 @@ impl AuthError {
             AuthError::PasswordChanged => "password_changed",
             AuthError::Unavailable(_) => "unavailable",
             AuthError::NoSession => "no_session",
+            AuthError::ApiKey(why) => match *why {
+                "malformed" => "api_key_malformed",
+                "bad_checksum" => "api_key_bad_checksum",
+                "unknown" => "api_key_unknown",
+                "revoked" => "api_key_revoked",
+                "expired" => "api_key_expired",
+                _ => "api_key_not_configured",
+            },
         }
     }
 }
@@ -286,6 +335,7 @@ pub struct NativeAuthenticator {
     hasher: PasswordHasher,
     throttle: LoginLimits,
     metrics: Metrics,
+    keys: apikey::ApiKeys,
 }
 
 impl std::fmt::Debug for NativeAuthenticator {
@@ -321,7 +371,9 @@ impl NativeAuthenticator {
     ) -> Result<Self, Error> {
         let (principal_evictions, token_evictions) = (metrics.clone(), metrics.clone());
         let throttle = LoginLimits::new(Some(store.clone()), s.throttle.clone());
+        let keys = apikey::ApiKeys::new(Some(store.clone()), Some(secret));
         Ok(NativeAuthenticator {
+            keys,
             store,
             key: TokenKey::derive(secret),
             max_age: s.max_age.as_secs(),
@@ -596,6 +648,7 @@ impl Authenticator {
     pub fn flexmeasures(
         store: Store,
         state: Option<Store>,
+        key_secret: Option<&crate::settings::Secret>,
         secrets: &crate::settings::FlexMeasuresSecrets,
         s: &AuthSettings,
         metrics: Metrics,
@@ -603,6 +656,7 @@ impl Authenticator {
         flexmeasures::FmAuthenticator::new(
             store,
             state,
+            key_secret,
             secrets,
             s.max_age,
             s.max_concurrent_logins,
@@ -626,12 +680,58 @@ impl Authenticator {
         }
     }
 
-    /// Check a token and return who it belongs to.
+    /// Check a token (or an API key: `fgk_...`) and return who it belongs to.
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
+        if apikey::looks_like_key(token) {
+            return self.authenticate_key(token).await;
+        }
         match self {
             Authenticator::Native(a) => a.authenticate(token).await,
             Authenticator::FlexMeasures(a) => a.authenticate(token).await,
         }
+    }
+
+    /// The API keys of this deployment.
+    pub fn api_keys(&self) -> &apikey::ApiKeys {
+        match self {
+            Authenticator::Native(a) => &a.keys,
+            Authenticator::FlexMeasures(a) => a.api_keys(),
+        }
+    }
+
+    async fn authenticate_key(&self, key: &str) -> Result<Arc<Identity>, AuthError> {
+        let metrics = match self {
+            Authenticator::Native(a) => &a.metrics,
+            Authenticator::FlexMeasures(a) => a.metrics(),
+        };
+        let result = async {
+            let record = self
+                .api_keys()
+                .find(key)
+                .await
+                .map_err(|refusal| match refusal {
+                    apikey::KeyRefusal::Unavailable(e) => {
+                        AuthError::Unavailable(Arc::new(store::Error::Invalid(e)))
+                    }
+                    other => AuthError::ApiKey(other.as_str()),
+                })?;
+            let identity = match self {
+                Authenticator::Native(a) => a.identity(record.user_id).await?,
+                Authenticator::FlexMeasures(a) => a.user_by_id(record.user_id).await?,
+            };
+            if !identity.active {
+                return Err(AuthError::Inactive);
+            }
+            Ok(Arc::new(identity.narrowed(&record)))
+        }
+        .await;
+        metrics.api_key_validation(match &result {
+            Ok(_) => "valid",
+            Err(AuthError::ApiKey(outcome)) => outcome,
+            Err(AuthError::Inactive) | Err(AuthError::UnknownUser) => "inactive",
+            Err(_) => "unavailable",
+        });
+        result
     }
 
     /// Check email and password and issue a token of the source's own format.

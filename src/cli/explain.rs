@@ -167,6 +167,20 @@ impl ExplainArgs {
         if !route.roles.is_empty() {
             trace.push("roles: requirements met".into());
         }
+        if let Some(key) = &identity.key {
+            trace.push(format!(
+                "API key {} {:?}{}",
+                key.id,
+                &*key.name,
+                if key.read_only { ", read-only" } else { "" }
+            ));
+            if let Err(deny) = pipeline::check_key_scope(rules, route, &method, &identity) {
+                trace.push(
+                    "the key is read-only: only safe methods on routes that check only read".into(),
+                );
+                return Ok(Err(deny));
+            }
+        }
         let body = match &self.body {
             Some(text) => match parse_json_strict(text.as_bytes()) {
                 Ok(v) => Some(v),
@@ -202,9 +216,18 @@ impl ExplainArgs {
         store: Store,
     ) -> anyhow::Result<Result<std::sync::Arc<Identity>, Deny>> {
         if let crate::rules::IdentitySource::FlexMeasures { .. } = config.server.identity_source {
+            let state = match &settings.state_url {
+                Some(url) => Some(
+                    Store::connect(url, &Default::default())
+                        .await
+                        .context("connecting to FLEXGATE_STATE_URL")?,
+                ),
+                None => None,
+            };
             let fm = crate::auth::flexmeasures::FmAuthenticator::new(
                 store,
-                None,
+                state,
+                settings.secret_key.as_ref(),
                 &settings.flexmeasures,
                 settings.token_max_age,
                 1,
@@ -213,7 +236,8 @@ impl ExplainArgs {
                 crate::metrics::Metrics::new(),
             )?;
             if let Some(token) = &self.token {
-                return Ok(fm
+                // Through the seam, so API keys are explained too.
+                return Ok(crate::auth::Authenticator::FlexMeasures(fm)
                     .authenticate(token)
                     .await
                     .map_err(|e| Deny::Unauthenticated(e.as_str())));
@@ -232,7 +256,7 @@ impl ExplainArgs {
             return Ok(Ok(identity));
         }
         if let Some(token) = &self.token {
-            let auth = super::authenticator(store, settings)?;
+            let auth = crate::auth::Authenticator::Native(super::authenticator(store, settings)?);
             return Ok(auth
                 .authenticate(token)
                 .await

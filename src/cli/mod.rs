@@ -5,6 +5,7 @@
 //! Whoever can run the CLI on the server is an admin: it talks to the database directly
 //! and needs no token.
 
+mod apikey;
 mod config;
 mod db;
 mod demo;
@@ -44,6 +45,9 @@ enum Command {
     /// Issue or revoke access tokens.
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// Create, list and revoke API keys for machines.
+    #[command(subcommand)]
+    Apikey(apikey::ApiKeyCommand),
     /// Database maintenance.
     #[command(subcommand)]
     Db(db::DbCommand),
@@ -100,6 +104,7 @@ impl Command {
             Command::Config(cmd) => cmd.run(&settings).await,
             Command::Explain(args) => args.run(&settings).await,
             Command::Token(cmd) => cmd.run(&settings).await,
+            Command::Apikey(cmd) => cmd.run(&settings).await,
             Command::Db(cmd) => cmd.run(&settings).await,
             Command::Probe(args) => args.run().await,
             Command::Add(cmd) => cmd.run(&settings).await,

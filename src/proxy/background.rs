@@ -37,6 +37,7 @@ pub async fn follow_changes(
                 _ = shutdown.changed() => return,
             }
             ticks += 1;
+            flush_key_uses(&gw).await;
             if let Err(e) = fm.follow_revocations(&mut revoked).await {
                 gw.metrics.change_feed_error();
                 tracing::warn!(error = %e, "cannot read the logouts of the other replicas");
@@ -84,6 +85,7 @@ pub async fn follow_changes(
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.changed() => return,
         }
+        flush_key_uses(&gw).await;
         match store.changes_since(last, 1000).await {
             Ok(changes) => {
                 for change in changes {
@@ -101,6 +103,13 @@ pub async fn follow_changes(
                 tracing::warn!(error = %e, "change feed poll failed; cached principals expire on their own");
             }
         }
+    }
+}
+
+/// Write API keys' last-use times (each at most once a minute), off the request path.
+async fn flush_key_uses(gw: &Gateway) {
+    if let Err(e) = gw.auth.api_keys().flush_uses().await {
+        tracing::debug!(error = %e, "cannot record API key use yet");
     }
 }
 

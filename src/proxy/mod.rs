@@ -172,6 +172,7 @@ impl Gateway {
             IdentitySource::FlexMeasures { .. } => Authenticator::flexmeasures(
                 store.clone(),
                 state,
+                settings.secret_key.as_ref(),
                 &settings.flexmeasures,
                 &auth_settings,
                 metrics.clone(),
@@ -301,6 +302,8 @@ impl Gateway {
             http.status = status,
             user.id = outcome.user_id,
             account.id = outcome.account_id,
+            key.id = outcome.key.as_ref().map(|(id, _)| *id),
+            key.name = outcome.key.as_ref().map(|(_, name)| &**name),
             permission,
             resource.kind = kind,
             resource.id = id.map(tracing::field::display),

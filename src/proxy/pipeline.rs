@@ -24,7 +24,7 @@ use super::normalize::normalize;
 use super::{Gateway, Installed, ProxyBody, headers, host, login};
 use crate::auth::flexmeasures::SessionCookies;
 use crate::auth::token::token_from_authorization;
-use crate::auth::{AuthError, Authenticator, Identity, flask_session, unix_now};
+use crate::auth::{AuthError, Authenticator, Identity, apikey, flask_session, unix_now};
 use crate::metrics;
 use crate::policy::{self, Decision, Permission, Refused, Value};
 use crate::rules::extract::{self, ExtractError, IdParse, IdType, ResourceId, Source};
@@ -158,6 +158,8 @@ pub(super) struct Outcome {
     route_index: Option<usize>,
     pub(super) user_id: Option<i64>,
     pub(super) account_id: Option<i64>,
+    /// The API key that authenticated the request: id and name, never its value.
+    pub(super) key: Option<(i64, Arc<str>)>,
     /// `(permission, kind index, resource id)` of the last check; names are looked up
     /// only when an audit line is written, so an unaudited allow formats nothing.
     pub(super) checked: Option<(Permission, usize, Option<ResourceId>)>,
@@ -367,6 +369,7 @@ async fn serve(
             Err(deny) => return Err(deny),
         };
         outcome.user_id = Some(identity.principal.user_id);
+        outcome.key = identity.key.as_ref().map(|k| (k.id, Arc::clone(&k.name)));
         if matches!(credential, Credential::Session)
             && match route.cross_origin {
                 CrossOrigin::Allow => false,
@@ -378,6 +381,7 @@ async fn serve(
             return Err(Deny::Forbidden("cross_origin_session_request"));
         }
         check_roles(rules, route, &identity)?;
+        check_key_scope(rules, route, &parts.method, &identity)?;
         let (forward_body, json) = match (route.needs_body, early, body.take()) {
             (true, Some(bytes), _) => {
                 let json = checked_json(&parts.headers, &bytes)?;
@@ -445,6 +449,8 @@ pub enum Credential {
     None,
     /// An access token.
     Token,
+    /// An API key (`Authorization: Bearer fgk_...`).
+    ApiKey,
     /// FlexMeasures' browser session cookies.
     Session,
 }
@@ -618,10 +624,21 @@ pub async fn authenticate(
         if !route.credentials.token {
             return Err(Deny::Unauthenticated("token_not_accepted"));
         }
+        // A key goes in the header only: in a query or body the upstream would see it.
+        if apikey::looks_like_key(token) && from_header.is_none() {
+            return Err(Deny::Unauthenticated("api_key_not_in_header"));
+        }
         gw.auth
             .authenticate(token)
             .await
-            .map(|identity| (identity, Credential::Token))
+            .map(|identity| {
+                let credential = if identity.key.is_some() {
+                    Credential::ApiKey
+                } else {
+                    Credential::Token
+                };
+                (identity, credential)
+            })
             .map_err(auth_deny)
     }
     .await;
@@ -630,6 +647,29 @@ pub async fn authenticate(
         Err(d) => d.reason(),
     });
     result
+}
+
+/// Stage: what an API key may do. A read-only key passes only safe methods on routes
+/// whose every check is a `read`.
+pub fn check_key_scope(
+    rules: &RuleSet,
+    route: &Route,
+    method: &http::Method,
+    who: &Identity,
+) -> Result<(), Deny> {
+    match &who.key {
+        Some(key)
+            if key.read_only
+                && (!method.is_safe()
+                    || route
+                        .checks
+                        .iter()
+                        .any(|c| rules.permission_name(c.permission) != "read")) =>
+        {
+            Err(Deny::Forbidden("read_only_api_key"))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn auth_deny(e: AuthError) -> Deny {
@@ -1062,7 +1102,18 @@ fn rewrite_headers(
 ) -> Vec<u8> {
     headers::strip_hop_by_hop(h, upgrade);
     headers::strip_client_identity(h, &rules.identity.prefix);
-    if gw.auth.is_flexmeasures() && permit.credential() == Credential::Token {
+    if let (Authenticator::FlexMeasures(fm), Credential::ApiKey, Some(identity)) =
+        (&*gw.auth, permit.credential(), permit.identity())
+    {
+        // FlexMeasures takes no API key: it gets a token of its own for the key's user,
+        // signed by flexgate, which the client never sees.
+        if let Ok(token) = HeaderValue::from_str(&fm.upstream_token(identity)) {
+            h.insert(AUTHORIZATION, token);
+        } else {
+            h.remove(AUTHORIZATION);
+        }
+        headers::strip_cookies(h, headers::FLEXMEASURES_SESSION_COOKIES);
+    } else if gw.auth.is_flexmeasures() && permit.credential() == Credential::Token {
         // FlexMeasures authenticates the request again: it must get the very token
         // flexgate checked (raw, as it reads the header), and no session cookie that
         // would make it act as the session's user instead.

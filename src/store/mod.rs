@@ -7,6 +7,7 @@
 //! query is written once and run through [`dispatch!`] on whichever pool is configured.
 //! Migrations for both databases live in `migrations/` and are compiled into the binary.
 
+pub mod apikeys;
 pub mod flexmeasures;
 mod identity;
 pub mod owner;
@@ -245,6 +246,11 @@ const POSTGRES_MIGRATIONS: MigrationSource = &[
         "state",
         include_str!("../../migrations/postgres/0002_state.sql"),
     ),
+    (
+        3,
+        "api_keys",
+        include_str!("../../migrations/postgres/0003_api_keys.sql"),
+    ),
 ];
 
 const SQLITE_MIGRATIONS: MigrationSource = &[
@@ -257,6 +263,11 @@ const SQLITE_MIGRATIONS: MigrationSource = &[
         2,
         "state",
         include_str!("../../migrations/sqlite/0002_state.sql"),
+    ),
+    (
+        3,
+        "api_keys",
+        include_str!("../../migrations/sqlite/0003_api_keys.sql"),
     ),
 ];
 
