@@ -48,6 +48,7 @@ pub struct Metrics {
     tokens_issued: IntCounter,
     token_validations: IntCounterVec,
     api_key_validations: IntCounterVec,
+    decisions: IntCounterVec,
     cache_hits: IntCounterVec,
     cache_misses: IntCounterVec,
     cache_evictions: IntCounterVec,
@@ -207,10 +208,17 @@ impl Metrics {
             "API key checks by outcome (valid, malformed, bad_checksum, unknown, revoked, expired, inactive, unavailable).",
             &["outcome"],
         );
+        let decisions = counter(
+            &r,
+            "flexgate_decisions_total",
+            "Decision-listener answers by ingress flavour (nginx, traefik, caddy, envoy) and decision.",
+            &["flavour", "decision"],
+        );
         Metrics {
             hot,
             token_validations,
             api_key_validations,
+            decisions,
             cache_hits,
             cache_misses,
             requests: counter(
@@ -353,6 +361,11 @@ impl Metrics {
         if outcome == "success" {
             self.tokens_issued.inc();
         }
+    }
+
+    /// Count a decision-listener answer by flavour and decision (both small fixed sets).
+    pub fn decision(&self, flavour: &str, decision: &str) {
+        self.decisions.with_label_values(&[flavour, decision]).inc();
     }
 
     /// Count an API key check by outcome (a small fixed set).

@@ -116,6 +116,9 @@ pub struct Settings {
     /// `FLEXGATE_STATE_URL`: where replicas share logged-out sessions and failed
     /// logins when `DATABASE_URL` is not flexgate's own (FlexMeasures mode).
     pub state_url: Option<String>,
+    /// `FLEXGATE_DECISION_SECRET`: when set, the decision listener answers only requests
+    /// carrying it in `X-Flexgate-Decision-Secret`.
+    pub decision_secret: Option<Secret>,
 }
 
 /// FlexMeasures' secrets as flexgate needs them in FlexMeasures mode, from
@@ -171,6 +174,7 @@ struct RawSettings {
     flexmeasures_security_password_salt_file: Option<String>,
     flexmeasures_security_remember_salt: Option<String>,
     flexgate_state_url: Option<String>,
+    flexgate_decision_secret: Option<String>,
 }
 
 impl Settings {
@@ -304,9 +308,18 @@ impl Settings {
         if !problems.is_empty() {
             return Err(Error::Invalid(problems));
         }
+        let decision_secret = secret(
+            raw.flexgate_decision_secret,
+            "FLEXGATE_DECISION_SECRET",
+            &mut problems,
+        );
+        if !problems.is_empty() {
+            return Err(Error::Invalid(problems));
+        }
         Ok(Settings {
             flexmeasures,
             state_url,
+            decision_secret,
             database_url,
             secret_key,
             token_max_age: Duration::from_secs(token_max_age),
@@ -352,6 +365,7 @@ const KNOWN_VARS: &[&str] = &[
     "FLEXMEASURES_SECURITY_PASSWORD_SALT_FILE",
     "FLEXMEASURES_SECURITY_REMEMBER_SALT",
     "FLEXGATE_STATE_URL",
+    "FLEXGATE_DECISION_SECRET",
 ];
 
 /// A secret given either directly or as a file (the file's content without its final

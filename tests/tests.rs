@@ -16,6 +16,7 @@ mod flexmeasures_ui;
 mod fuzz_corpus;
 mod h2_attacks;
 mod hardening;
+mod ingress;
 mod observability;
 mod operations;
 mod proxy;

@@ -161,11 +161,13 @@ pub(crate) async fn serve(
         "https": running.https.map(|a| a.to_string()),
         "http": running.http.map(|a| a.to_string()),
         "admin": running.admin.map(|a| a.to_string()),
+        "decision": running.decision.map(|a| a.to_string()),
     });
     tracing::info!(
         https = ?running.https,
         http = ?running.http,
         admin = ?running.admin,
+        decision = ?running.decision,
         routes = config.rules.routes.len(),
         "flexgate is listening"
     );

@@ -65,6 +65,8 @@ pub enum Role {
     Redirect(u16),
     /// Metrics and health.
     Admin,
+    /// Decisions for an ingress (decision mode).
+    Decision,
 }
 
 /// Accept connections until `shutdown` flips, then drain for the grace period.
@@ -150,6 +152,16 @@ pub async fn run(
                     let service = service_fn(move |req: Request<Incoming>| {
                         let gw = Arc::clone(&gw);
                         async move { Ok::<_, Infallible>(redirect(&gw, &req, port)) }
+                    });
+                    conn::serve(Protocol::Http1, stream, &limits, signal, service).await;
+                }
+                Role::Decision => {
+                    let conn = Arc::new(ConnInfo::new(peer, false, worker));
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (gw, conn) = (Arc::clone(&gw), Arc::clone(&conn));
+                        async move {
+                            Ok::<_, Infallible>(super::decision::handle(&gw, &conn, req).await)
+                        }
                     });
                     conn::serve(Protocol::Http1, stream, &limits, signal, service).await;
                 }

@@ -20,6 +20,7 @@
 pub mod admin;
 pub mod background;
 pub mod conn;
+pub mod decision;
 pub mod deny;
 pub mod forward;
 pub mod h1;
@@ -107,6 +108,7 @@ pub struct Gateway {
     hsts: Option<HeaderValue>,
     forward_authorization: bool,
     audit_allows: bool,
+    decision_secret: Option<crate::settings::Secret>,
     store: Store,
     /// This gateway's metrics.
     pub metrics: Metrics,
@@ -141,12 +143,19 @@ impl Gateway {
         settings: &Settings,
     ) -> Result<Arc<Gateway>, Error> {
         let server = &config.server;
-        let upstream_uri = server.upstream.as_ref().ok_or_else(|| {
-            Error::Config(format!(
-                "{}: [server] upstream is not set",
-                config.rules.file.display()
-            ))
-        })?;
+        // A deployment with only a decision listener forwards nothing: its upstream
+        // client is built (connections are made on demand) but never used.
+        let decision_only_upstream = http::Uri::from_static("http://127.0.0.1:9");
+        let upstream_uri = match (&server.upstream, server.https.or(server.http)) {
+            (Some(uri), _) => uri,
+            (None, None) if server.decision.is_some() => &decision_only_upstream,
+            (None, _) => {
+                return Err(Error::Config(format!(
+                    "{}: [server] upstream is not set",
+                    config.rules.file.display()
+                )));
+            }
+        };
         let metrics = Metrics::new();
         let upstream = Upstream::new(
             upstream_uri,
@@ -204,6 +213,7 @@ impl Gateway {
                 .flatten(),
             forward_authorization: server.forward_authorization,
             audit_allows: server.audit_allows,
+            decision_secret: settings.decision_secret.clone(),
             server: server.clone(),
             store,
             metrics,
@@ -253,6 +263,11 @@ impl Gateway {
 
     fn hsts(&self) -> Option<&HeaderValue> {
         self.hsts.as_ref()
+    }
+
+    /// The shared secret decision requests must carry, when one is configured.
+    pub fn decision_secret(&self) -> Option<&crate::settings::Secret> {
+        self.decision_secret.as_ref()
     }
 
     fn forwards_authorization(&self) -> bool {
@@ -342,6 +357,8 @@ pub struct Running {
     pub http: Option<SocketAddr>,
     /// The admin listener's address.
     pub admin: Option<SocketAddr>,
+    /// The decision listener's address.
+    pub decision: Option<SocketAddr>,
     /// The shared state (for tests and the reload task).
     pub gateway: Arc<Gateway>,
     shutdown: watch::Sender<bool>,
@@ -354,6 +371,7 @@ impl std::fmt::Debug for Running {
             .field("https", &self.https)
             .field("http", &self.http)
             .field("admin", &self.admin)
+            .field("decision", &self.decision)
             .finish_non_exhaustive()
     }
 }
@@ -390,6 +408,7 @@ pub async fn start(gateway: Arc<Gateway>) -> Result<Running, Error> {
         https: None,
         http: None,
         admin: None,
+        decision: None,
         gateway: Arc::clone(&gateway),
         shutdown,
         tasks: Vec::new(),
@@ -426,9 +445,14 @@ pub async fn start(gateway: Arc<Gateway>) -> Result<Running, Error> {
         running.http = Some(bound);
         share(sockets, role);
     }
-    if running.https.is_none() && running.http.is_none() {
+    if let Some(addr) = server.decision {
+        let (bound, sockets) = listener::bind_shared(addr, workers, "decision")?;
+        running.decision = Some(bound);
+        share(sockets, listener::Role::Decision);
+    }
+    if running.https.is_none() && running.http.is_none() && running.decision.is_none() {
         return Err(Error::Config(
-            "no listener configured: set [server] https (and http)".into(),
+            "no listener configured: set [server] https (and http), or decision".into(),
         ));
     }
     if let Some(addr) = server.admin {

@@ -182,6 +182,8 @@ struct Bookkeeping<'a> {
     started: Instant,
     outcome: Outcome,
     done: bool,
+    /// Record nothing (nginx asking again for the body of a denial it already counted).
+    silent: bool,
 }
 
 impl<'a> Bookkeeping<'a> {
@@ -195,6 +197,7 @@ impl<'a> Bookkeeping<'a> {
             started: Instant::now(),
             outcome: Outcome::default(),
             done: false,
+            silent: false,
         }
     }
 
@@ -205,6 +208,10 @@ impl<'a> Bookkeeping<'a> {
     }
 
     fn record(&self, decision: &str, reason: &str, status: u16) {
+        if self.silent {
+            self.gw.metrics.in_flight().dec();
+            return;
+        }
         let route_metrics = self
             .outcome
             .route_index
@@ -294,7 +301,6 @@ async fn serve(
     outcome.route = Some(Arc::clone(&route.name));
     outcome.route_index = Some(matched.index);
     let route_metrics = installed.routes.get(matched.index);
-    let query = parts.uri.query();
     // Only a protocol the route allows may be switched to; any other offer (h2c above
     // all) is removed with the hop-by-hop headers and the request goes on as a plain one.
     let upgrade = match (upgrade, headers::upgrade_protocol(&parts.headers)) {
@@ -315,98 +321,18 @@ async fn serve(
             Authenticator::Native(_) => None,
         });
 
-    let (permit, body) = if route.public {
-        (
-            Permit::new(route, None, Credential::None),
-            UpstreamBody::Streamed(body),
-        )
-    } else {
-        let facts = Facts {
-            params: matched.params,
-            query,
-            headers: &parts.headers,
-            body: None,
-        };
-        if route.resolve_before_auth {
-            preresolve(&gw.owners, rules, route, &facts).await?;
-        }
-        let limit = gw.limits().max_json_body_bytes;
-        let mut body = Some(body);
-        // FlexMeasures reads a token from a JSON body too (before the query and the
-        // header): in FlexMeasures mode such a body is read first, so flexgate checks
-        // the very token FlexMeasures will use.
-        let early = if gw.auth.is_flexmeasures() && is_json(parts.headers.get(CONTENT_TYPE)) {
-            match body.take() {
-                Some(b) => Some(collect_body(&parts.headers, b, limit).await?),
-                None => None,
-            }
-        } else {
-            None
-        };
-        let body_token = match &early {
-            Some(bytes) => body_token(bytes)?,
-            None => None,
-        };
-        let (identity, credential) = match authenticate(
-            gw,
-            rules,
-            route,
-            &parts.headers,
-            query,
-            body_token.as_deref(),
-        )
-        .await
-        {
-            Ok(found) => found,
-            Err(Deny::Unauthenticated(reason))
-                if route.login_redirect.is_some() && parts.method.is_safe() =>
-            {
-                return Err(Deny::LoginRedirect {
-                    reason,
-                    location: login_location(route, &parts.uri),
-                });
-            }
-            Err(deny) => return Err(deny),
-        };
-        outcome.user_id = Some(identity.principal.user_id);
-        outcome.key = identity.key.as_ref().map(|k| (k.id, Arc::clone(&k.name)));
-        if matches!(credential, Credential::Session)
-            && match route.cross_origin {
-                CrossOrigin::Allow => false,
-                CrossOrigin::Refuse => true,
-                CrossOrigin::RefuseWrites => !parts.method.is_safe(),
-            }
-            && is_cross_origin(&parts.headers, &authority, conn.tls)
-        {
-            return Err(Deny::Forbidden("cross_origin_session_request"));
-        }
-        check_roles(rules, route, &identity)?;
-        check_key_scope(rules, route, &parts.method, &identity)?;
-        let (forward_body, json) = match (route.needs_body, early, body.take()) {
-            (true, Some(bytes), _) => {
-                let json = checked_json(&parts.headers, &bytes)?;
-                (UpstreamBody::Buffered(bytes), json)
-            }
-            (true, None, Some(body)) => {
-                let bytes = collect_body(&parts.headers, body, limit).await?;
-                let json = checked_json(&parts.headers, &bytes)?;
-                (UpstreamBody::Buffered(bytes), json)
-            }
-            (false, Some(bytes), _) => (UpstreamBody::Buffered(bytes), None),
-            (_, None, Some(body)) => (UpstreamBody::Streamed(body), None),
-            (_, None, None) => (UpstreamBody::Buffered(Bytes::new()), None),
-        };
-        let facts = Facts {
-            body: json.as_ref(),
-            ..facts
-        };
-        outcome.account_id = Some(identity.principal.account_id);
-        let mut checking = Checking::default();
-        let decided = authorize(&gw.owners, rules, route, &facts, &identity, &mut checking).await;
-        outcome.checked = checking.last;
-        decided?;
-        (Permit::new(route, Some(identity), credential), forward_body)
-    };
+    let (permit, body) = admit(
+        gw,
+        rules,
+        conn,
+        route,
+        matched.params,
+        &parts,
+        &authority,
+        UpstreamBody::Streamed(body),
+        outcome,
+    )
+    .await?;
 
     let added = rewrite_headers(
         gw,
@@ -440,6 +366,120 @@ async fn serve(
         fm.revoke(&proof);
     }
     Ok(response)
+}
+
+/// Stages 4 to 7 for one matched route: authenticate, roles, the body (only when
+/// something reads it), the ACL checks; the [`Permit`] on success. The proxy and the
+/// decision listener both come through here.
+#[allow(clippy::too_many_arguments)]
+async fn admit(
+    gw: &Gateway,
+    rules: &RuleSet,
+    conn: &ConnInfo,
+    route: &Route,
+    params: Params<'_>,
+    parts: &http::request::Parts,
+    authority: &HeaderValue,
+    body: UpstreamBody,
+    outcome: &mut Outcome,
+) -> Result<(Permit, UpstreamBody), Deny> {
+    if route.public {
+        return Ok((Permit::new(route, None, Credential::None), body));
+    }
+    let query = parts.uri.query();
+    let facts = Facts {
+        params,
+        query,
+        headers: &parts.headers,
+        body: None,
+    };
+    if route.resolve_before_auth {
+        preresolve(&gw.owners, rules, route, &facts).await?;
+    }
+    let limit = gw.limits().max_json_body_bytes;
+    let mut body = Some(body);
+    // FlexMeasures reads a token from a JSON body too (before the query and the
+    // header): in FlexMeasures mode such a body is read first, so flexgate checks
+    // the very token FlexMeasures will use.
+    let early = if gw.auth.is_flexmeasures() && is_json(parts.headers.get(CONTENT_TYPE)) {
+        match body.take() {
+            Some(b) => Some(into_bytes(&parts.headers, b, limit).await?),
+            None => None,
+        }
+    } else {
+        None
+    };
+    let body_token = match &early {
+        Some(bytes) => body_token(bytes)?,
+        None => None,
+    };
+    let (identity, credential) = match authenticate(
+        gw,
+        rules,
+        route,
+        &parts.headers,
+        query,
+        body_token.as_deref(),
+    )
+    .await
+    {
+        Ok(found) => found,
+        Err(Deny::Unauthenticated(reason))
+            if route.login_redirect.is_some() && parts.method.is_safe() =>
+        {
+            return Err(Deny::LoginRedirect {
+                reason,
+                location: login_location(route, &parts.uri),
+            });
+        }
+        Err(deny) => return Err(deny),
+    };
+    outcome.user_id = Some(identity.principal.user_id);
+    outcome.key = identity.key.as_ref().map(|k| (k.id, Arc::clone(&k.name)));
+    if matches!(credential, Credential::Session)
+        && match route.cross_origin {
+            CrossOrigin::Allow => false,
+            CrossOrigin::Refuse => true,
+            CrossOrigin::RefuseWrites => !parts.method.is_safe(),
+        }
+        && is_cross_origin(&parts.headers, authority, conn.tls)
+    {
+        return Err(Deny::Forbidden("cross_origin_session_request"));
+    }
+    check_roles(rules, route, &identity)?;
+    check_key_scope(rules, route, &parts.method, &identity)?;
+    let (forward_body, json) = match (route.needs_body, early, body.take()) {
+        (true, Some(bytes), _) => {
+            let json = checked_json(&parts.headers, &bytes)?;
+            (UpstreamBody::Buffered(bytes), json)
+        }
+        (true, None, Some(body)) => {
+            let bytes = into_bytes(&parts.headers, body, limit).await?;
+            let json = checked_json(&parts.headers, &bytes)?;
+            (UpstreamBody::Buffered(bytes), json)
+        }
+        (false, Some(bytes), _) => (UpstreamBody::Buffered(bytes), None),
+        (_, None, Some(body)) => (body, None),
+        (_, None, None) => (UpstreamBody::Buffered(Bytes::new()), None),
+    };
+    let facts = Facts {
+        body: json.as_ref(),
+        ..facts
+    };
+    outcome.account_id = Some(identity.principal.account_id);
+    let mut checking = Checking::default();
+    let decided = authorize(&gw.owners, rules, route, &facts, &identity, &mut checking).await;
+    outcome.checked = checking.last;
+    decided?;
+    Ok((Permit::new(route, Some(identity), credential), forward_body))
+}
+
+/// A body's bytes: read it whole (up to `limit`) if it still streams.
+async fn into_bytes(headers: &HeaderMap, body: UpstreamBody, limit: usize) -> Result<Bytes, Deny> {
+    match body {
+        UpstreamBody::Buffered(bytes) => Ok(bytes),
+        UpstreamBody::Streamed(incoming) => collect_body(headers, incoming, limit).await,
+    }
 }
 
 /// How a request authenticated: which credential the upstream must see again.
@@ -506,6 +546,138 @@ fn is_cross_origin(headers: &HeaderMap, authority: &HeaderValue, tls: bool) -> b
     let ours = authority.to_str().unwrap_or("");
     let ours_scheme = if tls { "https" } else { scheme };
     scheme != ours_scheme || strip(host, scheme) != strip(ours, ours_scheme)
+}
+
+/// Decision mode: decide the request an ingress describes, as the proxy would, and
+/// answer 200 with the identity headers for the ingress to copy upstream, or the deny
+/// status and body the proxy would send. Nothing is forwarded. `replay` marks nginx
+/// asking again for a denial's body: answered the same, counted once.
+pub async fn decide_for_ingress(
+    gw: &Gateway,
+    conn: &ConnInfo,
+    parts: http::request::Parts,
+    body: Option<Bytes>,
+    flavour: &'static str,
+    replay: bool,
+) -> Response<ProxyBody> {
+    let mut book = Bookkeeping::start(gw, conn, parts.method.clone());
+    book.silent = replay;
+    let installed = Arc::clone(&book.installed);
+    let response = match decide_request(gw, &installed, conn, parts, body, &mut book.outcome).await
+    {
+        Ok(headers) => super::decision::identity_answer(headers),
+        Err(deny) => {
+            book.outcome.deny = Some((deny.decision(), deny.reason()));
+            deny.into_response()
+        }
+    };
+    if !replay {
+        gw.metrics
+            .decision(flavour, book.outcome.deny.map_or("allow", |(d, _)| d));
+    }
+    book.finish(response.status().as_u16());
+    response
+}
+
+async fn decide_request(
+    gw: &Gateway,
+    installed: &Installed,
+    conn: &ConnInfo,
+    mut parts: http::request::Parts,
+    body: Option<Bytes>,
+    outcome: &mut Outcome,
+) -> Result<Vec<(http::HeaderName, HeaderValue)>, Deny> {
+    let rules = &*installed.rules;
+    let authority = host::take_authority(&mut parts, &gw.server().allowed_hosts)?;
+    headers::join_cookies(&mut parts.headers);
+    let raw = parts.uri.path();
+    let path = normalize(raw, &rules.paths).map_err(Deny::BadPath)?;
+    // The ingress forwards the path as the client sent it: only a path that needs no
+    // normalising is decided, so the path checked is the path forwarded.
+    if path != raw {
+        return Err(Deny::Ambiguous(
+            "The path is not in normal form; send it as the upstream should see it.".into(),
+        ));
+    }
+    let names = &rules.identity;
+    let empty = || {
+        [
+            &names.user_id,
+            &names.email,
+            &names.account_id,
+            &names.roles,
+            &names.account_roles,
+            &names.timestamp,
+            &names.signature,
+        ]
+        .into_iter()
+        .map(|n| (n.clone(), HeaderValue::from_static("")))
+        .collect()
+    };
+    if path == rules.token_endpoint {
+        outcome.route = Some(Arc::from(metrics::TOKEN_ENDPOINT));
+        // FlexMeasures answers its own login (same users, same tokens); flexgate's
+        // native tokens come only from flexgate's own listeners.
+        return match &*gw.auth {
+            Authenticator::FlexMeasures(_) => Ok(empty()),
+            Authenticator::Native(_) => Err(Deny::NoRoute(rules.unmatched_status)),
+        };
+    }
+    let matched = match_with_override(rules, &parts.method, &mut parts.headers, &path)?;
+    let route = matched.route;
+    outcome.route = Some(Arc::clone(&route.name));
+    outcome.route_index = Some(matched.index);
+    if route.needs_body && body.is_none() {
+        // Ids in a body that never reaches flexgate cannot be checked: fail closed.
+        return Err(Deny::Forbidden("body_needed_for_decision"));
+    }
+    let (permit, _) = admit(
+        gw,
+        rules,
+        conn,
+        route,
+        matched.params,
+        &parts,
+        &authority,
+        UpstreamBody::Buffered(body.unwrap_or_default()),
+        outcome,
+    )
+    .await?;
+    let Some(identity) = permit.identity() else {
+        return Ok(empty());
+    };
+    if gw.auth.is_flexmeasures() {
+        // The ingress forwards the client's headers as they are: FlexMeasures would act
+        // as a session's user over the token's, and takes no API key.
+        if permit.credential() == Credential::ApiKey {
+            return Err(Deny::Unauthenticated("api_key_needs_the_proxy"));
+        }
+        let cookies = session_cookies(&parts.headers)?;
+        if permit.credential() == Credential::Token
+            && (cookies.session.is_some() || cookies.remember.is_some())
+        {
+            return Err(Deny::Ambiguous(
+                "Send a token or a session cookie, not both.".into(),
+            ));
+        }
+    }
+    let now = unix_now();
+    let v = &identity.headers;
+    let mut ts = itoa::Buffer::new();
+    let ts =
+        HeaderValue::from_str(ts.format(now)).unwrap_or_else(|_| HeaderValue::from_static("0"));
+    Ok(vec![
+        (names.user_id.clone(), v.user_id.clone()),
+        (names.email.clone(), v.email.clone()),
+        (names.account_id.clone(), v.account_id.clone()),
+        (names.roles.clone(), v.roles.clone()),
+        (names.account_roles.clone(), v.account_roles.clone()),
+        (names.timestamp.clone(), ts),
+        (
+            names.signature.clone(),
+            gw.signer().sign(now, &parts.method, &path, identity),
+        ),
+    ])
 }
 
 /// Whether `route` lets a client switch to `protocol` (compared without case; a

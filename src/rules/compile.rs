@@ -109,6 +109,15 @@ pub fn compile_text(text: &str, file: &Path) -> Result<Config, Diagnostics> {
         &admins,
         default_credentials,
     );
+    if server.decision.is_some() {
+        for r in routes.iter().filter(|r| r.needs_body) {
+            cx.warn(
+                Some(r.line),
+                Some(format!("route {:?}", &*r.name)),
+                "reads ids from the JSON body, which nginx and Caddy do not send to a decision listener: decision mode refuses it (403) unless the body comes along (Traefik forwardBody, Envoy with_request_body)".into(),
+            );
+        }
+    }
     if server.identity_source == IdentitySource::Native
         && let Some(r) = routes.iter().find(|r| r.credentials.session && !r.public)
     {
@@ -247,6 +256,12 @@ impl Compiler<'_> {
         let https = addr(self, "https", &s.https);
         let http = addr(self, "http", &s.http);
         let admin = addr(self, "admin", &s.admin);
+        let decision = addr(self, "decision", &s.decision);
+        if let Some(d) = decision
+            && !d.ip().is_loopback()
+        {
+            self.warn(None, ctx.clone(), format!("decision = \"{d}\" is not a loopback address: the decision listener trusts the headers that describe requests, so only the ingress may reach it; bind 127.0.0.1 (or a private address) and set FLEXGATE_DECISION_SECRET"));
+        }
         let http_mode = match s.http_mode.as_deref() {
             None | Some("redirect") => HttpMode::Redirect,
             Some("proxy") => HttpMode::Proxy,
@@ -426,6 +441,7 @@ impl Compiler<'_> {
             http,
             http_mode,
             admin,
+            decision,
             tls,
             upstream,
             upstream_ca: s.upstream_ca.as_ref().map(|p| base.join(p)),

@@ -200,6 +200,8 @@ pub struct ServerConfig {
     pub http_mode: HttpMode,
     /// Admin listener (metrics, health).
     pub admin: Option<SocketAddr>,
+    /// Decision listener (decision mode), if any.
+    pub decision: Option<SocketAddr>,
     /// Certificate chain and key (PEM), resolved against the config file's directory.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Upstream base URI.

@@ -54,6 +54,10 @@ pub struct RawServer {
     pub http_mode: Option<String>,
     /// Admin listener (metrics, health).
     pub admin: Option<String>,
+    /// Decision listener for an existing ingress (nginx `auth_request`, Traefik
+    /// ForwardAuth, Caddy `forward_auth`, Envoy `ext_authz`); off when unset. Keep it
+    /// on loopback or a private network: it trusts the headers that describe requests.
+    pub decision: Option<String>,
     /// PEM certificate chain, relative to the config file.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key, relative to the config file.
