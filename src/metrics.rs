@@ -49,6 +49,8 @@ pub struct Metrics {
     token_validations: IntCounterVec,
     api_key_validations: IntCounterVec,
     decisions: IntCounterVec,
+    shadow_decisions: IntCounterVec,
+    shadow_skipped: IntCounter,
     cache_hits: IntCounterVec,
     cache_misses: IntCounterVec,
     cache_evictions: IntCounterVec,
@@ -214,11 +216,26 @@ impl Metrics {
             "Decision-listener answers by ingress flavour (nginx, traefik, caddy, envoy) and decision.",
             &["flavour", "decision"],
         );
+        let shadow_decisions = counter(
+            &r,
+            "flexgate_shadow_decisions_total",
+            "Requests decided by the shadow rules too, by route, enforced decision and shadow decision.",
+            &["route", "enforced", "shadow"],
+        );
+        let shadow_skipped = IntCounter::new(
+            "flexgate_shadow_skipped_total",
+            "Requests the shadow rules did not decide because too many shadow decisions were running.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(shadow_skipped.clone()))
+            .expect("unique metric");
         Metrics {
             hot,
             token_validations,
             api_key_validations,
             decisions,
+            shadow_decisions,
+            shadow_skipped,
             cache_hits,
             cache_misses,
             requests: counter(
@@ -361,6 +378,18 @@ impl Metrics {
         if outcome == "success" {
             self.tokens_issued.inc();
         }
+    }
+
+    /// Count a shadow decision beside the enforced one.
+    pub fn shadow_decision(&self, route: &str, enforced: &str, shadow: &str) {
+        self.shadow_decisions
+            .with_label_values(&[route, enforced, shadow])
+            .inc();
+    }
+
+    /// Count a request the shadow rules skipped (too many running).
+    pub fn shadow_skipped(&self) {
+        self.shadow_skipped.inc();
     }
 
     /// Count a decision-listener answer by flavour and decision (both small fixed sets).

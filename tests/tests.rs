@@ -22,6 +22,7 @@ mod operations;
 mod proxy;
 mod regression;
 mod replicas;
+mod rule_tests;
 mod serve;
 mod tokens;
 mod upstream_wire;

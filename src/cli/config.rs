@@ -20,11 +20,33 @@ pub(crate) enum ConfigCommand {
         /// The rule file.
         file: PathBuf,
     },
+    /// Run rule test suites against a rule file (no database needed).
+    Test {
+        /// The rule file.
+        rules: PathBuf,
+        /// Test suites (TOML: principals, owner rows, cases).
+        #[arg(required = true)]
+        suites: Vec<PathBuf>,
+        /// Also write JUnit XML here, for CI systems.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+        /// Print the results as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl ConfigCommand {
     pub(crate) async fn run(self, settings: &Settings) -> anyhow::Result<ExitCode> {
-        let ConfigCommand::Check { file } = self;
+        let file = match self {
+            ConfigCommand::Check { file } => file,
+            ConfigCommand::Test {
+                rules,
+                suites,
+                junit,
+                json,
+            } => return super::rule_tests::run(&rules, &suites, junit.as_deref(), json).await,
+        };
         let config = match rules::load(&file) {
             Ok(config) => config,
             Err(diagnostics) => {
@@ -35,6 +57,7 @@ impl ConfigCommand {
         };
         eprint!("{}", config.warnings);
         let mut problems = Vec::new();
+        let mut db_warnings = 0;
         if std::env::var_os("DATABASE_URL").is_some() {
             let options = ConnectOptions {
                 max_connections: 2,
@@ -60,7 +83,7 @@ impl ConfigCommand {
                             ));
                         }
                     }
-                    roles_exist(&store, &config.rules, &file).await;
+                    db_warnings += roles_exist(&store, &config.rules, &file).await;
                 }
                 Err(e) => eprintln!(
                     "{}: note: SQL not checked: cannot reach DATABASE_URL ({e})",
@@ -82,7 +105,7 @@ impl ConfigCommand {
                 file.display(),
                 config.rules.routes.len(),
                 config.rules.kinds.len(),
-                config.warnings.warnings.len()
+                config.warnings.warnings.len() + db_warnings
             );
             Ok(ExitCode::SUCCESS)
         } else {
@@ -91,15 +114,23 @@ impl ConfigCommand {
     }
 }
 
-/// Warn about role names that exist nowhere in the database (a likely typo).
-async fn roles_exist(store: &Store, rules: &rules::RuleSet, file: &std::path::Path) {
-    let Ok((user_roles, account_roles)) = store.role_names().await else {
+/// Warn about role names that exist nowhere in the database (a likely typo); returns
+/// how many warnings it printed.
+async fn roles_exist(store: &Store, rules: &rules::RuleSet, file: &std::path::Path) -> usize {
+    // FlexMeasures' database: its own role tables.
+    let names = if store.flexmeasures_schema().await.ok().flatten().is_some() {
+        store.fm_role_names().await
+    } else {
+        store.role_names().await
+    };
+    let Ok((user_roles, account_roles)) = names else {
         eprintln!(
             "{}: note: roles not checked: cannot read the role tables",
             file.display()
         );
-        return;
+        return 0;
     };
+    let mut printed = 0;
     let builtin = [
         rules.admins.admin.as_str(),
         rules.admins.admin_reader.as_str(),
@@ -129,6 +160,8 @@ async fn roles_exist(store: &Store, rules: &rules::RuleSet, file: &std::path::Pa
                 route.line,
                 &*route.name
             );
+            printed += 1;
         }
     }
+    printed
 }

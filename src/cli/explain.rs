@@ -14,8 +14,9 @@ use super::open_store;
 use super::serve::load_config;
 use crate::auth::Identity;
 use crate::proxy::deny::Deny;
+use crate::proxy::evaluate::{Probe, evaluate};
 use crate::proxy::normalize::normalize;
-use crate::proxy::pipeline::{self, Facts};
+use crate::proxy::pipeline;
 use crate::rules::extract::parse_json_strict;
 use crate::settings::Settings;
 use crate::store::owner::OwnerResolver;
@@ -47,6 +48,9 @@ pub(crate) struct ExplainArgs {
     /// Print the explanation as JSON.
     #[arg(long)]
     json: bool,
+    /// Also decide with the candidate rules of `[shadow] rules`.
+    #[arg(long)]
+    shadow: bool,
 }
 
 impl ExplainArgs {
@@ -59,15 +63,43 @@ impl ExplainArgs {
         let config = load_config(&path_file)?;
         let store = open_store(settings).await?;
         let mut trace: Vec<String> = Vec::new();
-        let result = self.explain(settings, &config, store, &mut trace).await?;
+        let result = self
+            .explain(settings, &config, store.clone(), &mut trace)
+            .await?;
         let (decision, status, reason) = match &result {
             Ok(()) => ("allow", 200, "allowed".to_owned()),
             Err(deny) => ("deny", deny.status().as_u16(), deny.reason().to_owned()),
         };
+        let shadow = if self.shadow {
+            let path = config
+                .server
+                .shadow
+                .clone()
+                .context("--shadow: the rule file has no [shadow] rules")?;
+            let candidate = load_config(&path)?;
+            let candidate = crate::rules::Config {
+                server: config.server.clone(),
+                ..candidate
+            };
+            let mut shadow_trace: Vec<String> = Vec::new();
+            let outcome = self
+                .explain(settings, &candidate, store, &mut shadow_trace)
+                .await?;
+            Some((path, outcome, shadow_trace))
+        } else {
+            None
+        };
         if self.json {
+            let shadow = shadow.as_ref().map(|(path, outcome, t)| {
+                let (d, st, r) = match outcome {
+                    Ok(()) => ("allow", 200, "allowed".to_owned()),
+                    Err(deny) => ("deny", deny.status().as_u16(), deny.reason().to_owned()),
+                };
+                json!({"rules": path.display().to_string(), "decision": d, "status": st, "reason": r, "trace": t})
+            });
             println!(
                 "{}",
-                json!({"decision": decision, "status": status, "reason": reason, "trace": trace})
+                json!({"decision": decision, "status": status, "reason": reason, "trace": trace, "shadow": shadow})
             );
         } else {
             for line in &trace {
@@ -81,6 +113,20 @@ impl ExplainArgs {
                     "result: DENY {status} ({reason}; the client sees the generic {} body)",
                     deny.decision()
                 ),
+            }
+            if let Some((path, outcome, shadow_trace)) = shadow {
+                println!("\nshadow rules ({}):", path.display());
+                for line in &shadow_trace {
+                    println!("{line}");
+                }
+                match outcome {
+                    Ok(()) => println!("shadow result: ALLOW"),
+                    Err(deny) => println!(
+                        "shadow result: DENY {} ({})",
+                        deny.status().as_u16(),
+                        deny.reason()
+                    ),
+                }
             }
         }
         Ok(ExitCode::SUCCESS)
@@ -96,10 +142,6 @@ impl ExplainArgs {
         let rules = &config.rules;
         let method = Method::from_bytes(self.method.to_ascii_uppercase().as_bytes())
             .context("--method is not an HTTP method")?;
-        let (raw_path, query) = match self.path.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (self.path.as_str(), None),
-        };
         let mut headers = HeaderMap::new();
         for h in &self.headers {
             let (name, value) = h
@@ -110,103 +152,38 @@ impl ExplainArgs {
                 HeaderValue::from_str(value.trim()).context("bad header value")?,
             );
         }
-        trace.push(format!("request: {method} {}", self.path));
-        let path = match normalize(raw_path, &rules.paths) {
-            Ok(p) => p.into_owned(),
-            Err(e) => return Ok(Err(Deny::BadPath(e))),
-        };
-        trace.push(format!("normalized path: {path}"));
-        if path == rules.token_endpoint {
-            trace.push(
-                "the token endpoint: flexgate answers it itself (POST email and password)".into(),
-            );
-            return Ok(Ok(()));
-        }
-        let pipeline::Matched { route, params, .. } =
-            match pipeline::match_with_override(rules, &method, &mut headers, &path) {
-                Ok(found) => found,
-                Err(deny) => {
-                    trace.push(format!(
-                        "rule: none matches {method} {path}: denied by default"
-                    ));
-                    return Ok(Err(deny));
-                }
-            };
-        trace.push(format!(
-            "rule: {:?} ({}:{}) {} {}",
-            &*route.name,
-            rules.file.display(),
-            route.line,
-            route.methods.names().join("|"),
-            route.template.text
-        ));
-        if route.public {
-            trace.push("the rule is public: no authentication, no identity headers".into());
-            return Ok(Ok(()));
-        }
-        let identity = match self.identity(settings, config, store.clone()).await? {
-            Ok(identity) => identity,
-            Err(deny) => return Ok(Err(deny)),
-        };
-        let p = &identity.principal;
-        trace.push(format!(
-            "principal: user {} <{}>, account {} (consultancy {}), roles [{}], account roles [{}]",
-            p.user_id,
-            identity.email,
-            p.account_id,
-            identity
-                .consultancy_account_id
-                .map_or("none".into(), |c| c.to_string()),
-            p.roles.join(", "),
-            p.account_roles.join(", ")
-        ));
-        if let Err(deny) = pipeline::check_roles(rules, route, &identity) {
-            trace.push(format!("roles: {}", deny.reason()));
-            return Ok(Err(deny));
-        }
-        if !route.roles.is_empty() {
-            trace.push("roles: requirements met".into());
-        }
-        if let Some(key) = &identity.key {
-            trace.push(format!(
-                "API key {} {:?}{}",
-                key.id,
-                &*key.name,
-                if key.read_only { ", read-only" } else { "" }
-            ));
-            if let Err(deny) = pipeline::check_key_scope(rules, route, &method, &identity) {
-                trace.push(
-                    "the key is read-only: only safe methods on routes that check only read".into(),
-                );
-                return Ok(Err(deny));
-            }
-        }
         let body = match &self.body {
-            Some(text) => match parse_json_strict(text.as_bytes()) {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    trace.push(format!("body: {e}"));
-                    return Ok(Err(Deny::MalformedJson));
-                }
-            },
+            Some(text) => Some(
+                parse_json_strict(text.as_bytes())
+                    .map_err(|e| anyhow::anyhow!("--body is not JSON: {e}"))?,
+            ),
             None => None,
         };
-        let facts = Facts {
-            params,
-            query,
-            headers: &headers,
-            body: body.as_ref(),
+        let probe = Probe::new(method, &self.path, headers, body);
+        // Who asks matters only on routes that are not public.
+        let public = normalize(&probe.path, &rules.paths)
+            .ok()
+            .and_then(|p| {
+                pipeline::match_rule(rules, &probe.method, &p)
+                    .ok()
+                    .map(|m| m.route.public)
+            })
+            .unwrap_or(false);
+        let who = if public {
+            None
+        } else {
+            match self.identity(settings, config, store.clone()).await? {
+                Ok(identity) => Some(identity),
+                Err(deny) => return Ok(Err(deny)),
+            }
         };
-        if route.checks.is_empty() {
-            trace.push("checks: none (any authenticated user)".into());
-        }
         let owners = OwnerResolver::new(
             store,
             &config.server.cache,
             crate::metrics::Metrics::new(),
             1,
         );
-        Ok(pipeline::authorize(&owners, rules, route, &facts, &identity, trace).await)
+        Ok(evaluate(rules, &probe, who.as_ref(), &owners, trace).await)
     }
 
     async fn identity(

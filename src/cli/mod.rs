@@ -12,6 +12,7 @@ mod demo;
 mod explain;
 mod identity;
 mod probe;
+mod rule_tests;
 mod serve;
 mod token;
 

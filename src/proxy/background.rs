@@ -122,6 +122,8 @@ pub async fn watch_rules(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut seen = fingerprint(&path);
+    let shadow = gw.server().shadow.clone();
+    let mut shadow_seen = shadow.as_deref().and_then(fingerprint);
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
@@ -145,12 +147,34 @@ pub async fn watch_rules(
             _ = hup => true,
             _ = shutdown.changed() => return,
         };
+        if let Some(candidate) = &shadow {
+            let now = fingerprint(candidate);
+            if forced || now != shadow_seen {
+                shadow_seen = now;
+                reload_shadow(&gw, candidate);
+            }
+        }
         let now = fingerprint(&path);
         if !forced && now == seen {
             continue;
         }
         seen = now;
         let _ = reload(&gw, &path);
+    }
+}
+
+/// Compile the shadow rules and swap them in, or keep the current ones: a broken
+/// candidate never affects the enforced rules.
+fn reload_shadow(gw: &Gateway, path: &Path) {
+    match rules::load(path) {
+        Ok(config) => {
+            let routes = config.rules.routes.len();
+            gw.install_shadow(config.rules);
+            tracing::info!(file = %path.display(), routes, "shadow rules reloaded");
+        }
+        Err(diagnostics) => {
+            tracing::error!(file = %path.display(), "shadow rule file has errors; keeping the previous shadow rules:\n{diagnostics}");
+        }
     }
 }
 

@@ -22,6 +22,7 @@ pub mod background;
 pub mod conn;
 pub mod decision;
 pub mod deny;
+pub mod evaluate;
 pub mod forward;
 pub mod h1;
 pub mod headers;
@@ -31,6 +32,7 @@ pub mod login;
 pub mod normalize;
 pub mod pipeline;
 pub mod pool;
+pub mod shadow;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -98,6 +100,9 @@ impl Installed {
 /// Everything requests share: the current rules, caches, the upstream client, metrics.
 pub struct Gateway {
     installed: ArcSwap<Installed>,
+    /// Candidate rules that decide every request too, without effect ([`shadow`]).
+    shadow: arc_swap::ArcSwapOption<RuleSet>,
+    shadow_permits: Arc<Semaphore>,
     server: ServerConfig,
     /// Tokens and principals.
     pub auth: Arc<Authenticator>,
@@ -188,7 +193,16 @@ impl Gateway {
             )?,
         };
         metrics.reload(true, config.rules.routes.len(), crate::auth::unix_now());
+        let shadow = server.shadow.as_deref().and_then(|path| match crate::rules::load(path) {
+            Ok(candidate) => Some(candidate.rules),
+            Err(diagnostics) => {
+                tracing::error!(file = %path.display(), "the shadow rules have errors; no shadow decisions until they are fixed:\n{diagnostics}");
+                None
+            }
+        });
         Ok(Arc::new(Gateway {
+            shadow: arc_swap::ArcSwapOption::from(shadow),
+            shadow_permits: Arc::new(Semaphore::new(shadow::MAX_IN_FLIGHT)),
             installed: ArcSwap::new(Arc::new(Installed::new(
                 Arc::clone(&config.rules),
                 &metrics,
@@ -236,6 +250,20 @@ impl Gateway {
             .reload(true, rules.routes.len(), crate::auth::unix_now());
         self.installed
             .store(Arc::new(Installed::new(rules, &self.metrics)));
+    }
+
+    /// The candidate rules in shadow, if any.
+    pub fn shadow_rules(&self) -> Option<Arc<RuleSet>> {
+        self.shadow.load_full()
+    }
+
+    /// Swap in new candidate rules.
+    pub fn install_shadow(&self, rules: Arc<RuleSet>) {
+        self.shadow.store(Some(rules));
+    }
+
+    fn shadow_permits(&self) -> &Arc<Semaphore> {
+        &self.shadow_permits
     }
 
     /// Start-only settings.

@@ -19,6 +19,7 @@ use hyper::body::Incoming;
 use serde_json::Value as Json;
 
 use super::deny::Deny;
+use super::evaluate::Probe;
 use super::forward::{Outgoing, UpstreamBody};
 use super::normalize::normalize;
 use super::{Gateway, Installed, ProxyBody, headers, host, login};
@@ -164,6 +165,12 @@ pub(super) struct Outcome {
     /// only when an audit line is written, so an unaudited allow formats nothing.
     pub(super) checked: Option<(Permission, usize, Option<ResourceId>)>,
     deny: Option<(&'static str, &'static str)>,
+    /// Candidate rules are in shadow: keep what they need below.
+    shadow: bool,
+    /// For the shadow: the identity the enforced path found.
+    identity: Option<Arc<Identity>>,
+    /// For the shadow: the JSON body the enforced path read.
+    body: Option<Json>,
 }
 
 /// Status recorded for a request the client abandoned (nginx's "client closed
@@ -252,12 +259,24 @@ impl Drop for Bookkeeping<'_> {
 
 /// Handle one request from start to finish; never fails (a failure is a response).
 pub async fn handle(
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     conn: &ConnInfo,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let mut book = Bookkeeping::start(gw, conn, req.method().clone());
     let installed = Arc::clone(&book.installed);
+    // With candidate rules in shadow, the request as described to them (the body and
+    // the identity are added as the pipeline finds them).
+    let shadow = gw.shadow_rules().map(|candidate| {
+        let probe = Probe::new(
+            req.method().clone(),
+            req.uri().path_and_query().map_or("/", |p| p.as_str()),
+            req.headers().clone(),
+            None,
+        );
+        book.outcome.shadow = true;
+        (candidate, probe)
+    });
     let upgrade = headers::is_upgrade_request(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let mut response = match serve(gw, &installed, conn, req, upgrade, &mut book.outcome).await {
         Ok(response) => response,
@@ -274,6 +293,32 @@ pub async fn handle(
             .insert(http::header::STRICT_TRANSPORT_SECURITY, hsts.clone());
     }
     book.finish(response.status().as_u16());
+    if let Some((candidate, mut probe)) = shadow {
+        let outcome = &mut book.outcome;
+        probe.body = outcome.body.take();
+        let (decision, reason) = match outcome.deny {
+            // Allowed, then the upstream failed: the authorization decision was allow.
+            Some((_, "upstream_unreachable" | "upstream_timeout")) | None => ("allow", "allowed"),
+            Some(deny) => deny,
+        };
+        if decision != "cancelled" {
+            let enforced = super::shadow::Enforced {
+                route: outcome
+                    .route
+                    .clone()
+                    .unwrap_or_else(|| Arc::from(metrics::NO_ROUTE)),
+                decision,
+                reason,
+            };
+            super::shadow::spawn(
+                Arc::clone(gw),
+                candidate,
+                probe,
+                outcome.identity.take(),
+                enforced,
+            );
+        }
+    }
     response
 }
 
@@ -470,6 +515,10 @@ async fn admit(
     let mut checking = Checking::default();
     let decided = authorize(&gw.owners, rules, route, &facts, &identity, &mut checking).await;
     outcome.checked = checking.last;
+    if outcome.shadow {
+        outcome.identity = Some(Arc::clone(&identity));
+        outcome.body = json.clone();
+    }
     decided?;
     Ok((Permit::new(route, Some(identity), credential), forward_body))
 }
@@ -980,8 +1029,8 @@ pub fn is_json(content_type: Option<&HeaderValue>) -> bool {
 
 /// FlexMeasures `/api/dev`: answer an unknown or malformed path id before asking for
 /// credentials.
-async fn preresolve(
-    owners: &OwnerResolver,
+async fn preresolve<O: OwnerSource>(
+    owners: &O,
     rules: &RuleSet,
     route: &Route,
     facts: &Facts<'_>,
@@ -1005,8 +1054,8 @@ async fn preresolve(
 /// Stage: every permission check of the route, in order. Each id is parsed, its owner
 /// resolved (a missing resource answers before the ACL, even for admins, as in
 /// FlexMeasures), and the ACL decided.
-pub async fn authorize<T: Trace>(
-    owners: &OwnerResolver,
+pub async fn authorize<T: Trace, O: OwnerSource>(
+    owners: &O,
     rules: &RuleSet,
     route: &Route,
     facts: &Facts<'_>,
@@ -1093,8 +1142,8 @@ pub async fn authorize<T: Trace>(
 }
 
 /// Stage: parse one id and find its owner row (a missing one is a 404 or 422).
-async fn resolve_owner(
-    owners: &OwnerResolver,
+async fn resolve_owner<O: OwnerSource>(
+    owners: &O,
     kind: &Kind,
     check: &Check,
     source: &Source,
@@ -1117,10 +1166,31 @@ async fn resolve_owner(
             });
         }
     };
-    match owners.resolve(kind, &id).await {
-        Ok((Some(row), _)) => Ok((id, row)),
-        Ok((None, _)) => Err(not_found(&id)),
-        Err(_) => Err(Deny::Unavailable("owner_lookup")),
+    match owners.owner(kind, &id).await {
+        Ok(Some(row)) => Ok((id, row)),
+        Ok(None) => Err(not_found(&id)),
+        Err(()) => Err(Deny::Unavailable("owner_lookup")),
+    }
+}
+
+/// Where resource owners come from: the database behind its caches (serving), or a
+/// rule test's fixtures (`flexgate config test`). `Err` means the source could not
+/// answer (the request fails closed).
+pub trait OwnerSource: Sync {
+    /// The owner row of `id` of `kind`, or `None` when there is no such resource.
+    fn owner(
+        &self,
+        kind: &Kind,
+        id: &ResourceId,
+    ) -> impl std::future::Future<Output = Result<Option<Arc<[Value]>>, ()>> + Send;
+}
+
+impl OwnerSource for OwnerResolver {
+    async fn owner(&self, kind: &Kind, id: &ResourceId) -> Result<Option<Arc<[Value]>>, ()> {
+        self.resolve(kind, id)
+            .await
+            .map(|(row, _)| row)
+            .map_err(|_| ())
     }
 }
 

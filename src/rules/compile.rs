@@ -471,6 +471,7 @@ impl Compiler<'_> {
             allowed_hosts: self.allowed_hosts(s.allowed_hosts.as_deref()),
             preserve_host: s.preserve_host.unwrap_or(false),
             identity_source: self.identity_source(&raw.identity),
+            shadow: raw.shadow.rules.as_ref().map(|p| base.join(p)),
         }
     }
 

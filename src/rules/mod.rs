@@ -11,6 +11,7 @@ pub mod compile;
 pub mod extract;
 pub mod matcher;
 pub mod raw;
+pub mod suite;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -232,6 +233,8 @@ pub struct ServerConfig {
     pub preserve_host: bool,
     /// Where identities come from.
     pub identity_source: IdentitySource,
+    /// Candidate rules decided in shadow (`[shadow] rules`), resolved against this file.
+    pub shadow: Option<PathBuf>,
 }
 
 /// Where identities come from (`[identity] source`).

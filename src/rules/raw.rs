@@ -31,6 +31,9 @@ pub struct RawConfig {
     /// Audit log switches.
     #[serde(default)]
     pub audit: RawAudit,
+    /// Candidate rules decided beside the enforced ones, without effect.
+    #[serde(default)]
+    pub shadow: RawShadow,
     /// Permissions beyond create-children, read, update and delete.
     #[serde(default)]
     pub permissions: Vec<Spanned<String>>,
@@ -176,6 +179,14 @@ pub struct RawIdentity {
     /// tables, milliseconds (a password change, deactivation or role change made in
     /// FlexMeasures takes effect within this).
     pub revalidate_ms: Option<u64>,
+}
+
+/// `[shadow]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShadow {
+    /// A candidate rule file (relative to this one), hot-reloaded like it.
+    pub rules: Option<PathBuf>,
 }
 
 /// `[audit]`.

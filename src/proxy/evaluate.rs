@@ -1,0 +1,157 @@
+//! The decision for one described request, without the network: the stages of the
+//! pipeline from normalizing to the ACLs, each step noted in a [`Trace`]. `flexgate
+//! explain` runs it against the live database and `flexgate config test` against a
+//! suite's fixtures; both see the very functions requests go through.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, Method};
+use serde_json::Value as Json;
+
+use super::deny::Deny;
+use super::normalize::normalize;
+use super::pipeline::{self, Facts, OwnerSource, Trace};
+use crate::auth::Identity;
+use crate::rules::RuleSet;
+
+/// A request as an operator describes it.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// The method.
+    pub method: Method,
+    /// The path as sent, before normalizing.
+    pub path: String,
+    /// The raw query, if any.
+    pub query: Option<String>,
+    /// Request headers.
+    pub headers: HeaderMap,
+    /// The JSON body, if any.
+    pub body: Option<Json>,
+}
+
+impl Probe {
+    /// A probe from `path?query`.
+    pub fn new(method: Method, target: &str, headers: HeaderMap, body: Option<Json>) -> Probe {
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+            None => (target.to_owned(), None),
+        };
+        Probe {
+            method,
+            path,
+            query,
+            headers,
+            body,
+        }
+    }
+}
+
+/// Decide `probe` for `who` (`None`: no credentials), noting every step.
+pub async fn evaluate<O: OwnerSource, T: Trace>(
+    rules: &RuleSet,
+    probe: &Probe,
+    who: Option<&Arc<Identity>>,
+    owners: &O,
+    trace: &mut T,
+) -> Result<(), Deny> {
+    let method = &probe.method;
+    let note = |t: &mut T, line: String| {
+        if t.enabled() {
+            t.note(line);
+        }
+    };
+    note(trace, format!("request: {method} {}", probe.path));
+    let path = normalize(&probe.path, &rules.paths).map_err(Deny::BadPath)?;
+    note(trace, format!("normalized path: {path}"));
+    if path == rules.token_endpoint {
+        note(
+            trace,
+            "the token endpoint: flexgate answers it itself (POST email and password)".into(),
+        );
+        return Ok(());
+    }
+    let mut headers = probe.headers.clone();
+    let pipeline::Matched { route, params, .. } =
+        match pipeline::match_with_override(rules, method, &mut headers, &path) {
+            Ok(found) => found,
+            Err(deny) => {
+                note(
+                    trace,
+                    format!("rule: none matches {method} {path}: denied by default"),
+                );
+                return Err(deny);
+            }
+        };
+    note(
+        trace,
+        format!(
+            "rule: {:?} ({}:{}) {} {}",
+            &*route.name,
+            rules.file.display(),
+            route.line,
+            route.methods.names().join("|"),
+            route.template.text
+        ),
+    );
+    if route.public {
+        note(
+            trace,
+            "the rule is public: no authentication, no identity headers".into(),
+        );
+        return Ok(());
+    }
+    let Some(identity) = who else {
+        note(trace, "no credentials: the route needs them".into());
+        return Err(Deny::Unauthenticated("no_token"));
+    };
+    let p = &identity.principal;
+    note(
+        trace,
+        format!(
+            "principal: user {} <{}>, account {} (consultancy {}), roles [{}], account roles [{}]",
+            p.user_id,
+            identity.email,
+            p.account_id,
+            identity
+                .consultancy_account_id
+                .map_or("none".into(), |c| c.to_string()),
+            p.roles.join(", "),
+            p.account_roles.join(", ")
+        ),
+    );
+    if let Err(deny) = pipeline::check_roles(rules, route, identity) {
+        note(trace, format!("roles: {}", deny.reason()));
+        return Err(deny);
+    }
+    if !route.roles.is_empty() {
+        note(trace, "roles: requirements met".into());
+    }
+    if let Some(key) = &identity.key {
+        note(
+            trace,
+            format!(
+                "API key {} {:?}{}",
+                key.id,
+                &*key.name,
+                if key.read_only { ", read-only" } else { "" }
+            ),
+        );
+        if let Err(deny) = pipeline::check_key_scope(rules, route, method, identity) {
+            note(
+                trace,
+                "the key is read-only: only safe methods on routes that check only read".into(),
+            );
+            return Err(deny);
+        }
+    }
+    let facts = Facts {
+        params,
+        query: probe.query.as_deref(),
+        headers: &headers,
+        body: probe.body.as_ref(),
+    };
+    if route.checks.is_empty() {
+        note(trace, "checks: none (any authenticated user)".into());
+    }
+    pipeline::authorize(owners, rules, route, &facts, identity, trace).await
+}
