@@ -132,6 +132,39 @@ fn main() {
         .nginx
         .map(|addr| nginx_run("7. nginx, plain reverse proxy", addr))
         .inspect(report);
+    // The peers in the same run, against the same upstream: plain proxies, and proxies
+    // that ask an authorization endpoint (a do-nothing 204, or flexgate's decision
+    // listener) before every request.
+    let peer_run = |label: &str, addr: SocketAddr, asks_flexgate: bool| {
+        bench.closed_loop(
+            label,
+            Target::Plain(addr),
+            connections,
+            duration,
+            fixed(get(
+                "/api/v3_0/assets/1",
+                asks_flexgate.then_some(token.as_str()),
+            )),
+        )
+    };
+    let peer_rows: Vec<Result_> = bench
+        .peers
+        .iter()
+        .map(|p| peer_run(p.label, p.addr, p.asks_flexgate))
+        .inspect(report)
+        .collect();
+    let shadowed = bench.shadowed.as_ref().map(|(addr, _)| {
+        bench.closed_loop(
+            "9. flexgate, authorized, with the same rules in shadow",
+            Target::Plain(*addr),
+            connections,
+            duration,
+            fixed(get("/api/v3_0/assets/1", Some(&token))),
+        )
+    });
+    if let Some(r) = &shadowed {
+        report(r);
+    }
     // One pair of runs is at the mercy of a noisy neighbour: scenarios 3 and 7 again,
     // alternately, and the median of the pairs' ratios.
     let pair_ratios: Vec<f64> = bench
@@ -153,6 +186,42 @@ fn main() {
                 .collect()
         })
         .unwrap_or_default();
+    // The other targets' ratios, from alternating pairs too: authorized against the
+    // public route (what authorization costs), the auth-subrequest peers, and the CPU
+    // per request against nginx's.
+    let mut peer_pairs: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+    for i in 1..=PAIRS {
+        let ours = authorized_run(&format!("3, pair {i} (peers)"));
+        let public_again = bench.closed_loop(
+            &format!("2, pair {i}"),
+            Target::Plain(bench.proxy_http),
+            connections,
+            duration,
+            fixed(get("/api/ops/ping", None)),
+        );
+        peer_pairs
+            .entry("2_over_3".into())
+            .or_default()
+            .push(public_again.rps() / ours.rps());
+        for p in bench.peers.iter() {
+            let theirs = peer_run(&format!("{}, pair {i}", p.label), p.addr, p.asks_flexgate);
+            let key = p.label.split('.').next().unwrap_or(p.label).to_owned();
+            peer_pairs
+                .entry(format!("3_vs_{key}"))
+                .or_default()
+                .push(ours.rps() / theirs.rps());
+        }
+        if let (Some(nginx_addr), Some(ours_cpu)) = (bench.nginx, ours.cpu_us_per_request) {
+            let theirs = nginx_run(&format!("7, pair {i} (CPU)"), nginx_addr);
+            if let Some(theirs_cpu) = theirs.cpu_us_per_request {
+                peer_pairs
+                    .entry("3_cpu_over_7_cpu".into())
+                    .or_default()
+                    .push(ours_cpu / theirs_cpu);
+            }
+        }
+    }
+    println!("peer pairs: {peer_pairs:?}");
 
     // Latency at half of scenario 3's rate: direct, flexgate and nginx in turn (the
     // table's rows), then PAIRS - 1 more rounds in the same order. What a proxy adds is
@@ -228,6 +297,24 @@ fn main() {
     let flood_logins = flood.join().unwrap_or(0);
     report(&flooded);
     println!("    (the flood sent {flood_logins} wrong-password logins)");
+    // The same flood spread over two replicas sharing one PostgreSQL (whose failure
+    // counts are shared): half of it at each.
+    let flooded_replicas = bench.replica.as_ref().map(|(replica, _)| {
+        let one = bench.flood_logins_at(bench.proxy_http, 4, duration + Duration::from_secs(2));
+        let two = bench.flood_logins_at(*replica, 4, duration + Duration::from_secs(2));
+        let r = bench.open_loop(
+            "6c. 3 at 50% during a login flood over two replicas",
+            Target::Plain(bench.proxy_http),
+            connections,
+            duration,
+            rate,
+            fixed(get("/api/v3_0/assets/1", Some(&token))),
+        );
+        let sent = one.join().unwrap_or(0) + two.join().unwrap_or(0);
+        report(&r);
+        println!("    (the flood sent {sent} wrong-password logins to the two replicas)");
+        r
+    });
 
     results.extend([
         direct.clone(),
@@ -241,6 +328,9 @@ fn main() {
     results.push(direct_half.clone());
     results.extend(nginx_half.clone());
     results.extend([authorized_half.clone(), flooded.clone()]);
+    results.extend(flooded_replicas.clone());
+    results.extend(peer_rows.iter().cloned());
+    results.extend(shadowed.clone());
 
     let memory = if std::env::var("FLEXGATE_BENCH_SKIP_MEMORY").is_ok() {
         None
@@ -270,6 +360,8 @@ fn main() {
         // Against the median of scenario 3's p99 at the same rate over the rounds.
         "6_p99_flood_ratio": median(&authorized_half_p99s).map(|p99| f64::from(flooded.pct(99.0)) / p99.max(1.0)),
         "rss_mib": memory.as_ref().map(|(rss, _)| *rss as f64 / 1048576.0),
+        "pairs": peer_pairs.iter().map(|(k, v)| (k.clone(), json!({"rounds": v, "median": median(v)}))).collect::<serde_json::Map<_, _>>(),
+        "9_shadow_vs_3": shadowed.as_ref().map(|r| r.rps() / authorized.rps()),
     });
     println!("\ntargets: {targets:#}");
     let baselines = Baselines {
@@ -295,6 +387,12 @@ struct Bench {
     config: PathBuf,
     flexgate: Child,
     _nginx: Option<Child>,
+    /// HAProxy, Caddy and the auth-subrequest setups, when installed.
+    peers: Vec<Peer>,
+    /// A second flexgate with the same rules in shadow (the shadow row's cost).
+    shadowed: Option<(SocketAddr, Child)>,
+    /// A second replica on the same database (the two-replica login flood).
+    replica: Option<(SocketAddr, Child)>,
     _dir: tempfile::TempDir,
     _upstream_thread: std::thread::JoinHandle<()>,
 }
@@ -303,6 +401,17 @@ impl Drop for Bench {
     fn drop(&mut self) {
         let _ = self.flexgate.kill();
         let _ = self.flexgate.wait();
+        for (_, child) in self.shadowed.iter_mut().chain(self.replica.iter_mut()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for peer in &mut self.peers {
+            let _ = Command::new("kill")
+                .args(["-QUIT", &peer.child.id().to_string()])
+                .status();
+            let _ = peer.child.kill();
+            let _ = peer.child.wait();
+        }
         if let Some(n) = self._nginx.as_mut() {
             // SIGQUIT: nginx's graceful stop, which takes its worker along (SIGKILL on
             // the master would leave the worker running).
@@ -328,7 +437,7 @@ impl Bench {
         std::fs::write(
             &config,
             format!(
-                "[server]\nhttps = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nhttp_mode = \"proxy\"\nadmin = \"127.0.0.1:0\"\n\
+                "[server]\nhttps = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nhttp_mode = \"proxy\"\nadmin = \"127.0.0.1:0\"\ndecision = \"127.0.0.1:0\"\n\
                  tls_cert = {cert:?}\ntls_key = {key:?}\nupstream = \"http://{upstream}\"\n\n\
                  [auth]\nmax_concurrent_logins = 1\n[auth.throttle]\nfailures_per_email = 1000000\nfailures_per_client = 1000000\n\n\
                  [cache]\nowner_capacity = 400000\ntoken_capacity = 400000\nowner_ttl_secs = 3600\n\n{rules}"
@@ -369,6 +478,36 @@ impl Bench {
                 (None, None)
             }
         };
+        let decision = addr("decision");
+        let peers = start_peers(dir.path(), upstream, decision);
+        // The same rules, and the same rules again in shadow: what shadow decisions cost.
+        let shadow_config = dir.path().join("bench-shadow.toml");
+        std::fs::write(
+            &shadow_config,
+            std::fs::read_to_string(&config).unwrap().replacen(
+                "[server]\n",
+                "[shadow]\nrules = \"bench.toml\"\n\n[server]\n",
+                1,
+            ),
+        )
+        .unwrap();
+        let (shadow_child, shadow_addresses) = start_flexgate(
+            &shadow_config,
+            &database_url,
+            &dir.path().join("ready-shadow.json"),
+        );
+        let shadowed = Some((
+            shadow_addresses["http"].as_str().unwrap().parse().unwrap(),
+            shadow_child,
+        ));
+        let replica = (backend == "PostgreSQL").then(|| {
+            let (child, addresses) = start_flexgate(
+                &config,
+                &database_url,
+                &dir.path().join("ready-replica.json"),
+            );
+            (addresses["http"].as_str().unwrap().parse().unwrap(), child)
+        });
         println!(
             "machine: {} cores; flexgate {} (release) on {backend}; generator: 1 thread\n",
             std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -386,6 +525,9 @@ impl Bench {
             config,
             flexgate,
             _nginx: nginx_child,
+            peers,
+            shadowed,
+            replica,
             _dir: dir,
             _upstream_thread: upstream_thread,
         }
@@ -416,23 +558,45 @@ impl Bench {
         drive(name, target, conns, duration, Some(rate), make, pid)
     }
 
-    /// The process behind a target, for CPU accounting (none for the upstream).
-    fn pid_of(&self, target: &Target) -> Option<u32> {
+    /// The processes behind a target, for CPU accounting (none for the upstream; a
+    /// proxy that asks an authorization service counts that service too).
+    fn pid_of(&self, target: &Target) -> Vec<u32> {
         let addr = match target {
             Target::Plain(a) | Target::Tls(a, _) => *a,
         };
         if addr == self.proxy_http || addr == self.proxy_https {
-            Some(self.flexgate.id())
+            vec![self.flexgate.id()]
         } else if Some(addr) == self.nginx {
-            self._nginx.as_ref().map(Child::id)
+            self._nginx.iter().map(Child::id).collect()
+        } else if let Some(peer) = self.peers.iter().find(|p| p.addr == addr) {
+            let mut pids = vec![peer.child.id()];
+            if peer.asks_flexgate {
+                pids.push(self.flexgate.id());
+            }
+            pids
+        } else if let Some((shadowed, child)) = &self.shadowed {
+            if addr == *shadowed {
+                vec![child.id()]
+            } else {
+                Vec::new()
+            }
         } else {
-            None
+            Vec::new()
         }
     }
 
     /// Wrong passwords for ever-new emails from 8 connections, in a thread of its own.
     fn flood_logins(&self, duration: Duration) -> std::thread::JoinHandle<u64> {
-        let target = self.proxy_http;
+        self.flood_logins_at(self.proxy_http, 8, duration)
+    }
+
+    /// The same flood at `target` from `conns` connections.
+    fn flood_logins_at(
+        &self,
+        target: SocketAddr,
+        conns: usize,
+        duration: Duration,
+    ) -> std::thread::JoinHandle<u64> {
         std::thread::spawn(move || {
             let counter = std::sync::atomic::AtomicU64::new(0);
             let make: Maker = Arc::new(move |_| {
@@ -442,11 +606,11 @@ impl Bench {
             let r = drive(
                 "flood",
                 Target::Plain(target),
-                8,
+                conns,
                 duration,
                 None,
                 make,
-                None,
+                Vec::new(),
             );
             // Every flood request is refused (401), so count them all.
             r.requests + r.errors
@@ -506,7 +670,7 @@ impl Bench {
                     )
                 })
             },
-            None,
+            Vec::new(),
         );
         assert_eq!(fill.errors, 0, "cache fill had errors");
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.flexgate.id()))
@@ -647,11 +811,18 @@ fn start_upstream() -> (SocketAddr, std::thread::JoinHandle<()>) {
                 };
                 let _ = stream.set_nodelay(true);
                 tokio::spawn(async move {
-                    let service = service_fn(|_req| async {
-                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
-                            b"ok",
-                        ))))
-                    });
+                    let service =
+                        service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                            // The do-nothing authorization endpoint of the auth-subrequest peers.
+                            if req.uri().path().starts_with("/auth-204") {
+                                let mut no_content = hyper::Response::new(Full::new(Bytes::new()));
+                                *no_content.status_mut() = hyper::StatusCode::NO_CONTENT;
+                                return Ok::<_, Infallible>(no_content);
+                            }
+                            Ok::<_, Infallible>(hyper::Response::new(Full::new(
+                                Bytes::from_static(b"ok"),
+                            )))
+                        });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -707,6 +878,190 @@ fn start_nginx(dir: &Path, upstream: SocketAddr) -> Option<(SocketAddr, Child)> 
         std::thread::sleep(Duration::from_millis(50));
     }
     Some((addr, child))
+}
+
+/// A peer proxy in the same run: HAProxy, Caddy, or nginx/Caddy asking an
+/// authorization endpoint (a do-nothing 204, or flexgate's decision listener).
+struct Peer {
+    /// Its row in the table (and, before the dot, its key in `load.json`'s pairs).
+    label: &'static str,
+    /// Whether the requests need flexgate's token (it asks flexgate).
+    asks_flexgate: bool,
+    addr: SocketAddr,
+    child: Child,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_listening(addr: SocketAddr) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+/// The nginx server block of an auth-subrequest setup: `auth` is the authorization
+/// location's proxy_pass target and headers.
+fn nginx_auth_conf(dir: &Path, port: u16, upstream: SocketAddr, auth: &str) -> String {
+    format!(
+        "worker_processes auto;\npid {dir}/nginx-{port}.pid;\nerror_log {dir}/nginx-{port}-error.log;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n\
+           upstream backend {{ server {upstream}; keepalive 64; keepalive_requests 10000000; }}\n\
+           upstream authz {{ {auth_upstream}; keepalive 64; keepalive_requests 10000000; }}\n\
+           server {{\n    listen 127.0.0.1:{port};\n    keepalive_requests 10000000;\n\
+             location / {{\n      auth_request /_auth;\n\
+               auth_request_set $uid $upstream_http_x_flexgate_user_id;\n\
+               proxy_set_header X-Flexgate-User-Id $uid;\n\
+               proxy_pass http://backend;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n\
+             location = /_auth {{\n      internal;\n      proxy_pass_request_body off;\n      proxy_set_header Content-Length \"\";\n\
+               proxy_set_header X-Original-Method $request_method;\n      proxy_set_header X-Original-URI $request_uri;\n\
+               proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      {auth_pass}\n    }}\n  }}\n}}\n",
+        dir = dir.display(),
+        auth_upstream = auth.split('|').next().unwrap_or(""),
+        auth_pass = auth.split('|').nth(1).unwrap_or(""),
+    )
+}
+
+/// Start whichever peers are installed (`apt-get install haproxy caddy nginx`).
+fn start_peers(dir: &Path, upstream: SocketAddr, decision: SocketAddr) -> Vec<Peer> {
+    let mut peers = Vec::new();
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let haproxy = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let caddy = ["/usr/bin/caddy", "/usr/local/bin/caddy"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let mut spawn = |label: &'static str, asks_flexgate: bool, port: u16, cmd: &mut Command| {
+        let Ok(child) = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn() else {
+            println!("{label}: cannot start; skipped");
+            return;
+        };
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        if wait_listening(addr) {
+            peers.push(Peer {
+                label,
+                asks_flexgate,
+                addr,
+                child,
+            });
+        } else {
+            println!("{label}: did not start listening; skipped");
+        }
+    };
+    match haproxy {
+        Some(bin) => {
+            let port = free_port();
+            let conf = dir.join("haproxy.cfg");
+            std::fs::write(
+                &conf,
+                format!(
+                    "global\n  maxconn 4096\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  option http-keep-alive\n\
+                     frontend f\n  bind 127.0.0.1:{port}\n  default_backend b\nbackend b\n  http-reuse always\n  server s1 {upstream}\n"
+                ),
+            )
+            .unwrap();
+            spawn(
+                "7b. HAProxy, plain reverse proxy",
+                false,
+                port,
+                Command::new(bin).args(["-db", "-f", conf.to_str().unwrap()]),
+            );
+        }
+        None => println!("HAProxy is not installed (apt-get install haproxy): its row is skipped"),
+    }
+    match caddy {
+        Some(bin) => {
+            for (label, port, site) in [
+                (
+                    "7c. Caddy, plain reverse proxy",
+                    free_port(),
+                    format!("reverse_proxy {upstream}"),
+                ),
+                (
+                    "8b. Caddy + forward_auth to a 204 endpoint",
+                    free_port(),
+                    format!(
+                        "route {{\n  forward_auth {upstream} {{\n    uri /auth-204\n  }}\n  reverse_proxy {upstream}\n}}"
+                    ),
+                ),
+            ] {
+                let data = dir.join(format!("caddy-{port}"));
+                std::fs::create_dir_all(&data).unwrap();
+                let conf = data.join("Caddyfile");
+                std::fs::write(
+                    &conf,
+                    format!("{{\n  admin off\n  auto_https off\n  storage file_system {{\n    root {}\n  }}\n}}\nhttp://:{port} {{\n  bind 127.0.0.1\n  {site}\n}}\n", data.display()),
+                )
+                .unwrap();
+                spawn(
+                    label,
+                    false,
+                    port,
+                    Command::new(bin)
+                        .args([
+                            "run",
+                            "--config",
+                            conf.to_str().unwrap(),
+                            "--adapter",
+                            "caddyfile",
+                        ])
+                        .env("XDG_DATA_HOME", &data)
+                        .env("XDG_CONFIG_HOME", &data)
+                        .env("HOME", &data),
+                );
+            }
+        }
+        None => println!("Caddy is not installed (apt-get install caddy): its rows are skipped"),
+    }
+    match nginx {
+        Some(bin) => {
+            for (label, asks, auth) in [
+                (
+                    "8a. nginx + auth_request to a 204 endpoint",
+                    false,
+                    format!("server {upstream}|proxy_pass http://authz/auth-204;"),
+                ),
+                (
+                    "8c. nginx + auth_request to flexgate's decision listener",
+                    true,
+                    format!("server {decision}|proxy_pass http://authz/nginx;"),
+                ),
+            ] {
+                let port = free_port();
+                let conf = dir.join(format!("nginx-{port}.conf"));
+                std::fs::write(&conf, nginx_auth_conf(dir, port, upstream, &auth)).unwrap();
+                spawn(
+                    label,
+                    asks,
+                    port,
+                    Command::new(bin).args([
+                        "-c",
+                        conf.to_str().unwrap(),
+                        "-p",
+                        dir.to_str().unwrap(),
+                        "-g",
+                        "daemon off;",
+                    ]),
+                );
+            }
+        }
+        None => println!("nginx is not installed: the auth_request rows are skipped"),
+    }
+    peers
 }
 
 // === requests ===
@@ -872,9 +1227,10 @@ fn drive(
     duration: Duration,
     rate: Option<f64>,
     make: Maker,
-    proxy: Option<u32>,
+    proxy: Vec<u32>,
 ) -> Result_ {
-    let cpu_before = proxy.map(cpu_ticks);
+    let cpu_before: Option<u64> =
+        (!proxy.is_empty()).then(|| proxy.iter().copied().map(cpu_ticks).sum());
     runtime().block_on(async move {
         let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let warmup = Duration::from_secs(1);
@@ -952,8 +1308,9 @@ fn drive(
             .max(Duration::from_millis(1));
         // CPU is measured over every request sent, warm-up included.
         let sent = counter.load(std::sync::atomic::Ordering::Relaxed).max(1);
-        let cpu_us_per_request = proxy.zip(cpu_before).map(|(pid, before)| {
-            cpu_ticks(pid).saturating_sub(before) as f64 * 10_000.0 / sent as f64
+        let cpu_us_per_request = cpu_before.map(|before| {
+            let now: u64 = proxy.iter().copied().map(cpu_ticks).sum();
+            now.saturating_sub(before) as f64 * 10_000.0 / sent as f64
         });
         Result_ {
             name: name.to_owned(),
