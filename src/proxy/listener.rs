@@ -113,7 +113,9 @@ pub async fn run(
             let _drain = drain;
             match role {
                 Role::Https(acceptor) => {
-                    let handshake = acceptor.accept(stream);
+                    // Each role's state is boxed, so a connection's task holds only
+                    // what its own role needs (a plain connection no TLS state).
+                    let handshake = Box::pin(acceptor.accept(stream));
                     let tls =
                         match tokio::time::timeout(limits.header_read_timeout, handshake).await {
                             Ok(Ok(tls)) => tls,
@@ -135,17 +137,24 @@ pub async fn run(
                         Protocol::Http1
                     };
                     let conn = ConnInfo::new(peer, true, worker);
-                    conn::serve(protocol, tls, &limits, signal, proxy_service(gw, conn)).await;
+                    Box::pin(conn::serve(
+                        protocol,
+                        tls,
+                        &limits,
+                        signal,
+                        proxy_service(gw, conn),
+                    ))
+                    .await;
                 }
                 Role::PlainProxy => {
                     let conn = ConnInfo::new(peer, false, worker);
-                    conn::serve(
+                    Box::pin(conn::serve(
                         Protocol::Http1,
                         stream,
                         &limits,
                         signal,
                         proxy_service(gw, conn),
-                    )
+                    ))
                     .await;
                 }
                 Role::Redirect(port) => {
@@ -160,10 +169,19 @@ pub async fn run(
                     let service = service_fn(move |req: Request<Incoming>| {
                         let (gw, conn) = (Arc::clone(&gw), Arc::clone(&conn));
                         async move {
-                            Ok::<_, Infallible>(super::decision::handle(&gw, &conn, req).await)
+                            Ok::<_, Infallible>(
+                                Box::pin(super::decision::handle(&gw, &conn, req)).await,
+                            )
                         }
                     });
-                    conn::serve(Protocol::Http1, stream, &limits, signal, service).await;
+                    Box::pin(conn::serve(
+                        Protocol::Http1,
+                        stream,
+                        &limits,
+                        signal,
+                        service,
+                    ))
+                    .await;
                 }
                 Role::Admin => {
                     let service = service_fn(move |req: Request<Incoming>| {
@@ -201,7 +219,10 @@ fn proxy_service(
     service_fn(move |req: Request<Incoming>| {
         let gw = Arc::clone(&gw);
         let conn = Arc::clone(&conn);
-        async move { Ok::<_, Infallible>(pipeline::handle(&gw, &conn, req).await) }
+        // Boxed: hyper keeps room for one request future in every connection, idle or
+        // not, and the pipeline's is about 13 KiB; boxed, an idle keep-alive
+        // connection holds a pointer and the allocation lives only while a request does.
+        Box::pin(async move { Ok::<_, Infallible>(pipeline::handle(&gw, &conn, req).await) })
     })
 }
 
