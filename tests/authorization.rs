@@ -513,9 +513,11 @@ both_backends_async! {
             let errors = metric(&metrics, &format!("flexgate_owner_query_errors_total{{kind=\"{kind}\"}}"));
             assert_eq!(errors, 0.0, "{kind}: a refused batch form is not an error");
             match (db.backend, kind) {
-                // 120 misses at once on PostgreSQL: far fewer queries than ids.
+                // 120 misses at once on PostgreSQL: fewer queries than ids (how many
+                // fewer depends on how busy the machine is: typically 10 to 30, and
+                // over 100 seen once with the whole suite running on two cores).
                 (Backend::Postgres, "item" | "limited_item") => {
-                    assert!(queries < 100.0, "{kind}: {queries} queries for 120 ids")
+                    assert!(queries < 120.0, "{kind}: {queries} queries for 120 ids")
                 }
                 // Batch form refused (PostgreSQL), or no round trip to save (SQLite).
                 _ => assert!(queries >= 120.0, "{kind}: {queries} queries for 120 ids"),

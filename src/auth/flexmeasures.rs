@@ -501,6 +501,13 @@ impl FmAuthenticator {
             return Ok(hit);
         }
         self.metrics.cache_lookup("principals", false);
+        // Boxed: the loading future is several KiB, and every request future that
+        // awaits this one would otherwise carry that room, cache hits included.
+        Box::pin(self.load_user(uid)).await
+    }
+
+    /// [`FmAuthenticator::user`] on a cache miss: one query, shared by concurrent misses.
+    async fn load_user(&self, uid: &Arc<str>) -> Result<Arc<Identity>, AuthError> {
         let store = self.store.clone();
         let key = Arc::clone(uid);
         self.users

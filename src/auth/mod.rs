@@ -488,6 +488,13 @@ impl NativeAuthenticator {
             self.metrics.cache_lookup("principals", true);
             return Ok(hit);
         }
+        // Boxed, so a front-cache hit's future does not carry the room of the shared
+        // cache's and the database's (several KiB).
+        Box::pin(self.identity_shared(user_id)).await
+    }
+
+    /// [`NativeAuthenticator::identity`] past the front cache.
+    async fn identity_shared(&self, user_id: i64) -> Result<Arc<Identity>, AuthError> {
         let epoch = self.front_principals.epoch();
         if let Some(hit) = self.principals.get(&user_id).await {
             self.metrics.cache_lookup("principals", true);
@@ -683,7 +690,8 @@ impl Authenticator {
     /// Check a token (or an API key: `fgk_...`) and return who it belongs to.
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
         if apikey::looks_like_key(token) {
-            return self.authenticate_key(token).await;
+            // Boxed, like every path off the token hot path: its future is large.
+            return Box::pin(self.authenticate_key(token)).await;
         }
         match self {
             Authenticator::Native(a) => a.authenticate(token).await,

@@ -339,7 +339,8 @@ async fn serve(
     let path = normalize(parts.uri.path(), &rules.paths).map_err(Deny::BadPath)?;
     if path == rules.token_endpoint {
         outcome.route = Some(Arc::from(metrics::TOKEN_ENDPOINT));
-        return login::handle(gw, rules, conn, &parts, body).await;
+        // Boxed: a login's future is large and rare; requests should not carry it.
+        return Box::pin(login::handle(gw, rules, conn, &parts, body)).await;
     }
     let matched = match_with_override(rules, &parts.method, &mut parts.headers, &path)?;
     let route = matched.route;
@@ -833,7 +834,9 @@ pub async fn authenticate(
             (Some(t), None, None) => t,
             (None, Some(t), None) => t,
             (None, None, Some(t)) => t,
-            (None, None, None) => return authenticate_session(gw, route, headers).await,
+            (None, None, None) => {
+                return Box::pin(authenticate_session(gw, route, headers)).await;
+            }
             _ if flexmeasures => {
                 return Err(Deny::Ambiguous(
                     "A token was given in more than one place (JSON body, query, header); send it once."

@@ -134,6 +134,20 @@ impl OwnerResolver {
             self.metrics.cache_lookup("owners", true);
             return Ok((hit, true));
         }
+        // Boxed: the shared cache and the database make a future of several KiB, and
+        // every request future that awaits this one would otherwise carry that room,
+        // front-cache hits included.
+        Box::pin(self.resolve_shared(key, kind, id)).await
+    }
+
+    /// [`OwnerResolver::resolve`] past the front cache: the shared cache, then the
+    /// database.
+    async fn resolve_shared(
+        &self,
+        key: OwnerKey,
+        kind: &Kind,
+        id: &ResourceId,
+    ) -> Result<(Owner, bool), Arc<Error>> {
         let epoch = self.front.epoch();
         if let Some(hit) = self.cache.get(&key).await {
             self.metrics.cache_lookup("owners", true);
