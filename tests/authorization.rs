@@ -513,9 +513,9 @@ both_backends_async! {
             let errors = metric(&metrics, &format!("flexgate_owner_query_errors_total{{kind=\"{kind}\"}}"));
             assert_eq!(errors, 0.0, "{kind}: a refused batch form is not an error");
             match (db.backend, kind) {
-                // 120 misses at once on PostgreSQL: fewer queries than ids (how many
-                // fewer depends on how busy the machine is: typically 10 to 30, and
-                // over 100 seen once with the whole suite running on two cores).
+                // 120 misses at once on PostgreSQL: fewer queries than ids. How many
+                // fewer depends on how busy the machine is (a bound of 100 failed once
+                // with the whole suite running on two cores).
                 (Backend::Postgres, "item" | "limited_item") => {
                     assert!(queries < 120.0, "{kind}: {queries} queries for 120 ids")
                 }
