@@ -703,7 +703,9 @@ async fn replicas(admin: &str, n: usize, flexmeasures: bool, users: usize) -> (f
         children.push(child);
         dirs.push(dir);
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Idle backends report their counts within 10 s: let the sign-ins' be counted
+    // before the window opens.
+    tokio::time::sleep(Duration::from_secs(12)).await;
     let tx_before = transactions(&mut conn, &name).await;
     let before = postgres_cpu_ticks();
     let secs = 20;
@@ -726,8 +728,8 @@ async fn replicas(admin: &str, n: usize, flexmeasures: bool, users: usize) -> (f
     )
 }
 
-/// Transactions PostgreSQL has counted for database `name` (backends report at most
-/// once a second, so a 20 s window is exact to about 5%).
+/// Transactions PostgreSQL has counted for database `name` (backends report their
+/// counts lazily, within about 10 s when idle, so a 20 s window reads them roughly).
 async fn transactions(conn: &mut sqlx::PgConnection, name: &str) -> i64 {
     let (n,): (i64,) = sqlx::query_as(
         "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = $1",

