@@ -1,15 +1,18 @@
 //! Load benchmark: `cargo bench --bench load`.
 //!
 //! Starts on loopback a minimal upstream (hyper, 2-byte body), the release `flexgate`
-//! binary with a seeded database, and nginx as a plain reverse proxy when it is
-//! installed; then drives each scenario from a one-thread load generator with a fixed
-//! number of keep-alive connections for a fixed time, like `wrk -t1 -c32`. Prints
-//! requests/s and latency percentiles per scenario, and writes `target/bench/load.json`
-//! and `target/bench/load.md` with each scenario compared to the direct upstream and to
-//! nginx: saturating runs by their share of the throughput, fixed-rate runs by the p99
-//! they add over the direct and nginx runs at the same rate. With nginx,
-//! scenarios 3 and 7 then run again alternately, three times each, and the median of the
-//! pairs' ratios is reported too: one pair alone is at the mercy of a noisy neighbour.
+//! binary with a seeded database, and the peers that are installed (`apt-get install
+//! nginx haproxy caddy`): nginx, HAProxy and Caddy as plain reverse proxies, nginx
+//! `auth_request` and Caddy `forward_auth` to a do-nothing 204, and nginx
+//! `auth_request` to flexgate's decision listener. Then drives each scenario from a
+//! one-thread load generator with a fixed number of keep-alive connections for a fixed
+//! time, like `wrk -t1 -c32`. Prints requests/s and latency percentiles per scenario,
+//! and writes `target/bench/load.json` and `target/bench/load.md` with each scenario
+//! compared to the direct upstream and to nginx: saturating runs by their share of the
+//! throughput, fixed-rate runs by the p99 they add over the direct and nginx runs at the
+//! same rate. Each target's pair (flexgate's authorized route against a peer, or against
+//! its own public route) then runs again alternately, three times, and the median of
+//! the pairs' ratios is reported: one pair alone is at the mercy of a noisy neighbour.
 //! For the same reason the half-rate runs (direct, flexgate, nginx in turn) make three
 //! rounds, and the latency target reads the median of the p99 each round adds.
 //!
