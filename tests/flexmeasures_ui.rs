@@ -26,7 +26,17 @@ async fn ui_gateway(fm: &RealFm) -> TestGateway {
 
 /// A session cookie FlexMeasures would accept for this user, logged in at `login_time`.
 fn session_for(fm: &RealFm, key: &str, login_time: f64) -> String {
-    let dict = json!({"_fresh": true, "_user_id": fm.user(key)["fs_uniquifier"], "fs_cc": "set", "fs_paa": login_time});
+    session_of(
+        fm,
+        fm.user(key)["fs_uniquifier"].as_str().unwrap(),
+        login_time,
+    )
+}
+
+/// A session cookie FlexMeasures would accept for the user with this `fs_uniquifier`.
+fn session_of(fm: &RealFm, uniquifier: &str, login_time: f64) -> String {
+    let dict =
+        json!({"_fresh": true, "_user_id": uniquifier, "fs_cc": "set", "fs_paa": login_time});
     let minted = fm.python_json(
         "mint.py",
         &[
@@ -238,6 +248,72 @@ async fn a_logout_ends_that_session_and_no_other() {
         200,
         "the user's other session ended too"
     );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_reset_and_a_deactivation_end_sessions_within_5s() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let gw = ui_gateway(fm).await;
+    let admin = fm_token(fm, "admin").await;
+    let path = format!("/api/v3_0/assets/{}", fm.asset("prosumer_a"));
+    let series = "flexgate_requests_total{decision=\"unauthenticated\",method=\"read\",route=\"asset-read\",status=\"4xx\"}";
+    for change in ["password-reset", "deactivate"] {
+        let user = fm.add_user("prosumer_a", &[]);
+        let cookie = session_of(fm, &user.uniquifier, flexgate::auth::unix_now() as f64);
+        assert_eq!(
+            gw.send("GET", &path, &[("cookie", &cookie)], "")
+                .await
+                .status,
+            200,
+            "{change}: the new user's session was not accepted"
+        );
+        let user_path = format!("/api/v3_0/users/{}", user.id);
+        let (status, _, body) = match change {
+            "password-reset" => {
+                fm_call(
+                    &fm.base(),
+                    "PATCH",
+                    &format!("{user_path}/password-reset"),
+                    &[("authorization", &admin)],
+                    None,
+                )
+                .await
+            }
+            _ => {
+                fm_call(
+                    &fm.base(),
+                    "PATCH",
+                    &user_path,
+                    &[("authorization", &admin)],
+                    Some(&json!({"active": false})),
+                )
+                .await
+            }
+        };
+        assert_eq!(status, 200, "FlexMeasures did not {change}: {body}");
+        // flexgate itself must refuse the cookie (not forward it) within 5 s.
+        let before = metric(&gw.metrics().await, series);
+        let started = std::time::Instant::now();
+        let refused = eventually(std::time::Duration::from_secs(5), || async {
+            let status = gw
+                .send("GET", &path, &[("cookie", &cookie)], "")
+                .await
+                .status;
+            status == 401 && metric(&gw.metrics().await, series) > before
+        })
+        .await;
+        assert!(
+            refused,
+            "{change}: flexgate still accepts the session after 5 s"
+        );
+        eprintln!(
+            "{change}: session refused by flexgate {:?} after the change",
+            started.elapsed()
+        );
+    }
     gw.stop().await;
 }
 
