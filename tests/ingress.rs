@@ -6,8 +6,12 @@
 //! request or identity header changes nothing. Under `CI=true` missing programs fail.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -18,7 +22,17 @@ use crate::common::*;
 struct Ingress {
     child: Child,
     addr: SocketAddr,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+}
+
+impl Ingress {
+    /// The ingress's own error log, to explain a failed assertion.
+    fn log(&self) -> String {
+        ["error.log", "caddy.log"]
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(self.dir.path().join(f)).ok())
+            .collect()
+    }
 }
 
 impl Drop for Ingress {
@@ -47,7 +61,71 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn start_ingress(kind: &str, decision: SocketAddr, upstream: SocketAddr) -> Option<Ingress> {
+/// A CA for ingresses and a client certificate it signed, as `decision_client_ca`
+/// and the ingress's `proxy_ssl_certificate` / `tls_client_auth` take them.
+struct IngressCert {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    /// The client side of a rustls config presenting this certificate.
+    client: Arc<rustls::ClientConfig>,
+}
+
+impl IngressCert {
+    fn new(dir: &Path, name: &str, server_roots: &rustls::RootCertStore) -> IngressCert {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} CA"));
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![format!("{name}.ingress.test")]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name}.ingress.test"));
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let paths = IngressCert {
+            ca: dir.join(format!("{name}-ca.pem")),
+            cert: dir.join(format!("{name}.pem")),
+            key: dir.join(format!("{name}.key")),
+            client: Arc::new(
+                rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(server_roots.clone())
+                .with_client_auth_cert(
+                    vec![cert.der().clone()],
+                    rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+                )
+                .unwrap(),
+            ),
+        };
+        std::fs::write(&paths.ca, ca_cert.pem()).unwrap();
+        std::fs::write(&paths.cert, cert.pem()).unwrap();
+        std::fs::write(&paths.key, key.serialize_pem()).unwrap();
+        paths
+    }
+}
+
+/// How the ingress reaches the decision listener over mutual TLS: its client
+/// certificate and the CA of flexgate's own certificate.
+struct DecisionTls<'a> {
+    client: &'a IngressCert,
+    server_ca: &'a Path,
+}
+
+async fn start_ingress(
+    kind: &str,
+    decision: SocketAddr,
+    upstream: SocketAddr,
+    tls: Option<DecisionTls<'_>>,
+) -> Option<Ingress> {
     let (binary, package, template) = match kind {
         "nginx" => ("/usr/sbin/nginx", "nginx", "nginx.conf.tmpl"),
         _ => ("/usr/bin/caddy", "caddy", "Caddyfile.tmpl"),
@@ -57,15 +135,49 @@ async fn start_ingress(kind: &str, decision: SocketAddr, upstream: SocketAddr) -
     }
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let text = std::fs::read_to_string(format!(
+    let template = std::fs::read_to_string(format!(
         "{}/tests/ingress/{template}",
         env!("CARGO_MANIFEST_DIR")
     ))
-    .unwrap()
+    .unwrap();
+    // The placeholders are filled in below the template's header comment, which names
+    // them and would be broken by a value of several lines.
+    let body_at = template
+        .match_indices('\n')
+        .map(|(i, _)| i + 1)
+        .find(|&i| !template[i..].starts_with('#'))
+        .unwrap_or(0);
+    let (header, body) = template.split_at(body_at);
+    let text = body
     .replace("{{LISTEN_PORT}}", &port.to_string())
     .replace("{{DECISION_ADDR}}", &decision.to_string())
     .replace("{{UPSTREAM_ADDR}}", &upstream.to_string())
-    .replace("{{TMP}}", &dir.path().display().to_string());
+    .replace("{{TMP}}", &dir.path().display().to_string())
+    .replace(
+        "{{DECISION_SCHEME}}",
+        if tls.is_some() { "https" } else { "http" },
+    )
+    .replace(
+        "{{DECISION_TLS}}",
+        &match (&tls, kind) {
+            (None, _) => String::new(),
+            (Some(t), "nginx") => format!(
+                "proxy_ssl_certificate {};\n            proxy_ssl_certificate_key {};\n            \
+                 proxy_ssl_trusted_certificate {};\n            proxy_ssl_verify on;\n            \
+                 proxy_ssl_name localhost;\n            proxy_ssl_session_reuse on;",
+                t.client.cert.display(),
+                t.client.key.display(),
+                t.server_ca.display()
+            ),
+            (Some(t), _) => format!(
+                "tls\n\t\t\t\ttls_client_auth {} {}\n\t\t\t\ttls_trusted_ca_certs {}\n\t\t\t\ttls_server_name localhost",
+                t.client.cert.display(),
+                t.client.key.display(),
+                t.server_ca.display()
+            ),
+        },
+    );
+    let text = format!("{header}{text}");
     let tmp = dir.path().display().to_string();
     let child = match kind {
         "nginx" => {
@@ -113,11 +225,7 @@ async fn start_ingress(kind: &str, decision: SocketAddr, upstream: SocketAddr) -
         .await,
         "{kind} did not start listening"
     );
-    Some(Ingress {
-        child,
-        addr,
-        _dir: dir,
-    })
+    Some(Ingress { child, addr, dir })
 }
 
 /// One HTTP/1.1 request on a new connection; (status, headers text, body).
@@ -156,16 +264,30 @@ async fn ask(
     (status, head.to_owned(), body)
 }
 
-async fn behind(kind: &str) {
+/// The ingress `kind` in front of the recording upstream, asking flexgate's decision
+/// listener; over mutual TLS with `mtls`.
+async fn behind(kind: &str, mtls: bool) {
     let db = TestDb::sqlite();
     let upstream = Upstream::start().await;
+    let certs = tempfile::tempdir().unwrap();
+    let client = IngressCert::new(certs.path(), kind, &rustls::RootCertStore::empty());
+    let mut server = String::from(
+        "decision = \"127.0.0.1:0\"\nallowed_hosts = [\"app.example\", \"localhost\"]\n",
+    );
+    if mtls {
+        server.push_str(&format!("decision_client_ca = {:?}\n", client.ca));
+    }
     let gw = GatewayBuilder::new(&db, &upstream)
         .demo()
-        .server("decision = \"127.0.0.1:0\"\nallowed_hosts = [\"app.example\", \"localhost\"]\n")
+        .server(&server)
         .start()
         .await;
     let decision = gw.decision.expect("the decision listener is bound");
-    let Some(ingress) = start_ingress(kind, decision, upstream.addr).await else {
+    let tls = mtls.then(|| DecisionTls {
+        client: &client,
+        server_ca: &gw.tls.ca,
+    });
+    let Some(ingress) = start_ingress(kind, decision, upstream.addr, tls).await else {
         return;
     };
     let token = gw.demo_token("prosumer@flexgate.demo").await;
@@ -173,7 +295,7 @@ async fn behind(kind: &str) {
 
     // Allowed: the upstream gets the request with flexgate's signed identity.
     let (status, _, body) = ask(ingress.addr, "GET", "/api/v3_0/assets/1", &auth, "").await;
-    assert_eq!(status, 200, "{kind}: {body}");
+    assert_eq!(status, 200, "{kind}: {body}\n{}", ingress.log());
     let seen = upstream.last();
     assert_eq!(seen.path, "/api/v3_0/assets/1");
     assert_eq!(seen.headers["x-flexgate-user-id"], "5");
@@ -283,12 +405,101 @@ async fn behind(kind: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_auth_request_asks_flexgate() {
-    behind("nginx").await;
+    behind("nginx", false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caddy_forward_auth_asks_flexgate() {
-    behind("caddy").await;
+    behind("caddy", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_and_caddy_ask_over_mutual_tls() {
+    behind("nginx", true).await;
+    behind("caddy", true).await;
+}
+
+/// What a client gets from the decision listener for one described request over TLS
+/// with `config` (the first bytes of the answer; empty when the connection was refused).
+async fn ask_tls(decision: SocketAddr, config: Arc<rustls::ClientConfig>) -> String {
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let tcp = TcpStream::connect(decision).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let Ok(mut tls) = connector.connect(name, tcp).await else {
+        return String::new();
+    };
+    let request = "GET /nginx HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+                   X-Original-Method: GET\r\nX-Original-URI: /api/v3_0/health/ready\r\n\r\n";
+    // With TLS 1.3 the client's handshake ends before the server has checked its
+    // certificate: a refusal shows as an alert on the first read.
+    if tls.write_all(request.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_decision_listener_can_require_a_client_certificate() {
+    let db = TestDb::sqlite();
+    let upstream = Upstream::start().await;
+    let certs = tempfile::tempdir().unwrap();
+    let placeholder = rustls::RootCertStore::empty();
+    let ingress = IngressCert::new(certs.path(), "ingress", &placeholder);
+    let gw = GatewayBuilder::new(&db, &upstream)
+        .demo()
+        .server(&format!(
+            "decision = \"127.0.0.1:0\"\ndecision_client_ca = {:?}\n",
+            ingress.ca
+        ))
+        .start()
+        .await;
+    let decision = gw.decision.unwrap();
+    // A certificate from a CA flexgate was not told about.
+    let rogue = IngressCert::new(certs.path(), "rogue", &gw.tls.roots);
+    // The ingress's certificate, from the configured CA: answered.
+    let with_cert = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(gw.tls.roots.clone())
+    .with_client_auth_cert(
+        rustls_pki_types::CertificateDer::pem_file_iter(&ingress.cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap(),
+        rustls_pki_types::PrivateKeyDer::from_pem_file(&ingress.key).unwrap(),
+    )
+    .unwrap();
+    let answer = ask_tls(decision, Arc::new(with_cert)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // No certificate, or one from another CA: no answer at all.
+    let answer = ask_tls(decision, Arc::clone(&gw.tls.client)).await;
+    assert!(
+        !answer.starts_with("HTTP/"),
+        "answered a client without a certificate: {answer}"
+    );
+    let answer = ask_tls(decision, Arc::clone(&rogue.client)).await;
+    assert!(
+        !answer.starts_with("HTTP/"),
+        "answered a certificate from another CA: {answer}"
+    );
+    // Plain HTTP is not spoken there.
+    let (status, head, _) = ask(
+        decision,
+        "GET",
+        "/nginx",
+        &[
+            ("x-original-method", "GET"),
+            ("x-original-uri", "/api/v3_0/health/ready"),
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(status, 0, "answered plain HTTP: {head}");
+    gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -168,6 +168,7 @@ pub(crate) async fn serve(
         http = ?running.http,
         admin = ?running.admin,
         decision = ?running.decision,
+        decision_mutual_tls = gateway.server().decision_client_ca.is_some(),
         routes = config.rules.routes.len(),
         "flexgate is listening"
     );

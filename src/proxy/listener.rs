@@ -31,6 +31,54 @@ use super::{Error, Gateway, ProxyBody, admin, pipeline};
 /// Build the rustls server config from PEM files: TLS 1.2 and 1.3 only, ALPN h2 and
 /// http/1.1.
 pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Error> {
+    let (certs, key) = load_identity(cert, key)?;
+    let mut config = server_builder()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The decision listener's TLS config under `decision_client_ca`: the same certificate
+/// as the HTTPS listener, and a handshake that fails unless the client presents a
+/// certificate chaining to one of `client_ca`'s. Mutual TLS is how an ingress outside
+/// loopback proves it is the ingress: the listener trusts the headers that describe a
+/// request, so anyone else who reached it could have any request allowed. HTTP/1.1
+/// only, as every ingress asks.
+pub fn decision_tls_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+) -> Result<Arc<ServerConfig>, Error> {
+    let (certs, key) = load_identity(cert, key)?;
+    let fail = |e: &dyn std::fmt::Display| Error::Tls(format!("{}: {e}", client_ca.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(client_ca).map_err(|e| fail(&e))? {
+        roots.add(ca.map_err(|e| fail(&e))?).map_err(|e| fail(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(fail(&"no CA certificate found"));
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .build()
+    .map_err(|e| fail(&e))?;
+    let mut config = server_builder()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The certificate chain and private key of a listener, from PEM files.
+fn load_identity(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Error> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| Error::Tls(format!("{}: {e}", cert.display())))?
         .collect::<Result<_, _>>()
@@ -43,15 +91,37 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Error> {
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| Error::Tls(format!("{}: {e}", key.display())))?;
-    let mut config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| Error::Tls(e.to_string()))?
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .map_err(|e| Error::Tls(e.to_string()))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok((certs, key))
+}
+
+/// TLS 1.2 and 1.3 with ring, before the choice of client authentication.
+fn server_builder() -> Result<rustls::ConfigBuilder<ServerConfig, rustls::WantsVerifier>, Error> {
+    ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| Error::Tls(e.to_string()))
+}
+
+/// The TLS handshake of a new connection, within the head-read deadline: a client that
+/// connects and says nothing holds a connection slot no longer than one that sends a
+/// request head slowly. A failed or late handshake is logged at debug and ends the
+/// connection.
+async fn handshake(
+    acceptor: &TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    deadline: std::time::Duration,
+    peer: std::net::SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    match tokio::time::timeout(deadline, Box::pin(acceptor.accept(stream))).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
 }
 
 /// What a listener does with each request.
@@ -65,8 +135,9 @@ pub enum Role {
     Redirect(u16),
     /// Metrics and health.
     Admin,
-    /// Decisions for an ingress (decision mode).
-    Decision,
+    /// Decisions for an ingress (decision mode), over mutual TLS when an acceptor is
+    /// given (`decision_client_ca`), else plain HTTP.
+    Decision(Option<TlsAcceptor>),
 }
 
 /// Accept connections until `shutdown` flips, then drain for the grace period.
@@ -115,19 +186,11 @@ pub async fn run(
                 Role::Https(acceptor) => {
                     // Each role's state is boxed, so a connection's task holds only
                     // what its own role needs (a plain connection no TLS state).
-                    let handshake = Box::pin(acceptor.accept(stream));
-                    let tls =
-                        match tokio::time::timeout(limits.header_read_timeout, handshake).await {
-                            Ok(Ok(tls)) => tls,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
+                    let Some(tls) =
+                        handshake(&acceptor, stream, limits.header_read_timeout, peer).await
+                    else {
+                        return;
+                    };
                     // ALPN decides, never the first bytes: a client that agreed on
                     // http/1.1 and sends the HTTP/2 preface (or the reverse) gets a
                     // protocol error from the codec ALPN chose.
@@ -164,16 +227,8 @@ pub async fn run(
                     });
                     conn::serve(Protocol::Http1, stream, &limits, signal, service).await;
                 }
-                Role::Decision => {
-                    let conn = Arc::new(ConnInfo::new(peer, false, worker));
-                    let service = service_fn(move |req: Request<Incoming>| {
-                        let (gw, conn) = (Arc::clone(&gw), Arc::clone(&conn));
-                        async move {
-                            Ok::<_, Infallible>(
-                                Box::pin(super::decision::handle(&gw, &conn, req)).await,
-                            )
-                        }
-                    });
+                Role::Decision(None) => {
+                    let service = decision_service(gw, ConnInfo::new(peer, false, worker));
                     Box::pin(conn::serve(
                         Protocol::Http1,
                         stream,
@@ -182,6 +237,17 @@ pub async fn run(
                         service,
                     ))
                     .await;
+                }
+                Role::Decision(Some(acceptor)) => {
+                    // The handshake is the check: rustls refuses a client without a
+                    // certificate from decision_client_ca before a byte of HTTP.
+                    let Some(tls) =
+                        handshake(&acceptor, stream, limits.header_read_timeout, peer).await
+                    else {
+                        return;
+                    };
+                    let service = decision_service(gw, ConnInfo::new(peer, true, worker));
+                    Box::pin(conn::serve(Protocol::Http1, tls, &limits, signal, service)).await;
                 }
                 Role::Admin => {
                     let service = service_fn(move |req: Request<Incoming>| {
@@ -223,6 +289,24 @@ fn proxy_service(
         // not, and the pipeline's is about 13 KiB; boxed, an idle keep-alive
         // connection holds a pointer and the allocation lives only while a request does.
         Box::pin(async move { Ok::<_, Infallible>(pipeline::handle(&gw, &conn, req).await) })
+    })
+}
+
+fn decision_service(
+    gw: Arc<Gateway>,
+    conn: ConnInfo,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<ProxyBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send,
+> + Clone
++ Send
++ Sync {
+    let conn = Arc::new(conn);
+    service_fn(move |req: Request<Incoming>| {
+        let (gw, conn) = (Arc::clone(&gw), Arc::clone(&conn));
+        async move { Ok::<_, Infallible>(Box::pin(super::decision::handle(&gw, &conn, req)).await) }
     })
 }
 

@@ -476,7 +476,18 @@ pub async fn start(gateway: Arc<Gateway>) -> Result<Running, Error> {
     if let Some(addr) = server.decision {
         let (bound, sockets) = listener::bind_shared(addr, workers, "decision")?;
         running.decision = Some(bound);
-        share(sockets, listener::Role::Decision);
+        let acceptor = match (&server.decision_client_ca, &server.tls) {
+            (None, _) => None,
+            (Some(ca), Some((cert, key))) => Some(tokio_rustls::TlsAcceptor::from(
+                listener::decision_tls_config(cert, key, ca)?,
+            )),
+            (Some(_), None) => {
+                return Err(Error::Config(
+                    "decision_client_ca is set without tls_cert and tls_key".into(),
+                ));
+            }
+        };
+        share(sockets, listener::Role::Decision(acceptor));
     }
     if running.https.is_none() && running.http.is_none() && running.decision.is_none() {
         return Err(Error::Config(

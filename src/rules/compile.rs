@@ -265,10 +265,19 @@ impl Compiler<'_> {
         let http = addr(self, "http", &s.http);
         let admin = addr(self, "admin", &s.admin);
         let decision = addr(self, "decision", &s.decision);
+        let decision_client_ca = s.decision_client_ca.as_ref().map(|p| base.join(p));
         if let Some(d) = decision
             && !d.ip().is_loopback()
+            && decision_client_ca.is_none()
         {
-            self.warn(None, ctx.clone(), format!("decision = \"{d}\" is not a loopback address: the decision listener trusts the headers that describe requests, so only the ingress may reach it; bind 127.0.0.1 (or a private address) and set FLEXGATE_DECISION_SECRET"));
+            self.warn(None, ctx.clone(), format!("decision = \"{d}\" is not a loopback address: the decision listener trusts the headers that describe requests, so only the ingress may reach it; bind 127.0.0.1 (or a private address), or require the ingress's client certificate with decision_client_ca, and set FLEXGATE_DECISION_SECRET"));
+        }
+        if decision_client_ca.is_some() && decision.is_none() {
+            self.error(
+                None,
+                ctx.clone(),
+                "decision_client_ca is set but decision is not; add decision = \"host:port\" or remove decision_client_ca".into(),
+            );
         }
         let http_mode = match s.http_mode.as_deref() {
             None | Some("redirect") => HttpMode::Redirect,
@@ -299,6 +308,13 @@ impl Compiler<'_> {
                 None,
                 ctx.clone(),
                 "https is set but tls_cert and tls_key are not; add the PEM files".into(),
+            );
+        }
+        if decision_client_ca.is_some() && tls.is_none() {
+            self.error(
+                None,
+                ctx.clone(),
+                "decision_client_ca makes the decision listener speak TLS with tls_cert and tls_key, which are not set; add the PEM files".into(),
             );
         }
         if http_mode == HttpMode::Redirect && http.is_some() && https.is_none() {
@@ -450,6 +466,7 @@ impl Compiler<'_> {
             http_mode,
             admin,
             decision,
+            decision_client_ca,
             tls,
             upstream,
             upstream_ca: s.upstream_ca.as_ref().map(|p| base.join(p)),

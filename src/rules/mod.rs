@@ -203,6 +203,9 @@ pub struct ServerConfig {
     pub admin: Option<SocketAddr>,
     /// Decision listener (decision mode), if any.
     pub decision: Option<SocketAddr>,
+    /// CA certificates the decision listener's clients must present a certificate
+    /// from (mutual TLS); `None`: plain HTTP, trusted by address (and the secret).
+    pub decision_client_ca: Option<PathBuf>,
     /// Certificate chain and key (PEM), resolved against the config file's directory.
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Upstream base URI.

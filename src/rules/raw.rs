@@ -61,6 +61,10 @@ pub struct RawServer {
     /// ForwardAuth, Caddy `forward_auth`, Envoy `ext_authz`); off when unset. Keep it
     /// on loopback or a private network: it trusts the headers that describe requests.
     pub decision: Option<String>,
+    /// PEM CA certificates, relative to the config file: when set, the decision
+    /// listener speaks TLS with `tls_cert`/`tls_key` and answers only clients whose
+    /// certificate chains to one of them (the ingress's client certificate).
+    pub decision_client_ca: Option<PathBuf>,
     /// PEM certificate chain, relative to the config file.
     pub tls_cert: Option<PathBuf>,
     /// PEM private key, relative to the config file.

@@ -42,14 +42,22 @@ pub struct Tls {
 
 pub fn test_tls(dir: &Path) -> Tls {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    // Distinct subject names: rcgen gives every certificate the same default one, and
+    // OpenSSL (nginx, Caddy's peers) then takes the leaf for self-signed.
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "flexgate test CA");
     let ca_key = KeyPair::generate().unwrap();
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
     let server_key = KeyPair::generate().unwrap();
-    let server_params =
+    let mut server_params =
         CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    server_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "localhost");
     let server_cert = server_params.signed_by(&server_key, &issuer).unwrap();
     let ca = dir.join("ca.pem");
     std::fs::write(&ca, ca_cert.pem()).unwrap();

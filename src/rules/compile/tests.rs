@@ -323,6 +323,46 @@ max_header_bytes = 10
 }
 
 #[test]
+fn a_decision_listener_off_loopback_is_warned_unless_it_requires_a_certificate() {
+    let open = compile_text(
+        "[server]\ndecision = \"0.0.0.0:9191\"\nupstream = \"http://127.0.0.1:5000\"\n",
+        Path::new("rules.toml"),
+    )
+    .unwrap();
+    assert!(
+        open.warnings
+            .to_string()
+            .contains("is not a loopback address"),
+        "{}",
+        open.warnings
+    );
+    let mutual = compile_text(
+        "[server]\ndecision = \"0.0.0.0:9191\"\ndecision_client_ca = \"ingress-ca.pem\"\n\
+         tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nupstream = \"http://127.0.0.1:5000\"\n",
+        Path::new("/etc/flexgate/rules.toml"),
+    )
+    .unwrap();
+    assert!(
+        !mutual.warnings.to_string().contains("loopback"),
+        "{}",
+        mutual.warnings
+    );
+    assert_eq!(
+        mutual.server.decision_client_ca.as_deref(),
+        Some(Path::new("/etc/flexgate/ingress-ca.pem"))
+    );
+    let report = errors_of(
+        "[server]\ndecision_client_ca = \"ingress-ca.pem\"\nhttp = \"127.0.0.1:8080\"\nhttp_mode = \"proxy\"\n",
+    );
+    for needle in [
+        "decision_client_ca is set but decision is not",
+        "decision_client_ca makes the decision listener speak TLS with tls_cert and tls_key, which are not set",
+    ] {
+        assert!(report.contains(needle), "{needle}: {report}");
+    }
+}
+
+#[test]
 fn control_characters_are_named_not_silent() {
     // Found by the `rules` fuzz target: toml reports NUL with an empty message.
     let report = errors_of("# a comment with a NUL \0 in it\n[[route]]\n");
