@@ -401,6 +401,62 @@ async fn a_role_change_in_flexmeasures_tables_changes_decisions_within_5s() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flexmeasures_rate_limits_still_count_each_user_behind_flexgate() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let gw = fm_gateway(fm).await;
+    // Every request reaches FlexMeasures from flexgate's one address: FlexMeasures must
+    // still count them by the user the forwarded token names, as it does alone.
+    let account = fm.add_account_on_plan("3 per minute");
+    let first = fm.add_user_to(account, &[]);
+    let second = fm.add_user_to(account, &[]);
+    let first_token = gw.login(&first.email, &first.password).await;
+    let second_token = gw.login(&second.email, &second.password).await;
+    let own = |user: &FmUser| format!("/api/v3_0/users/{}", user.id);
+    for n in 1..=3 {
+        let answer = gw.get(&own(&first), Some(&first_token)).await;
+        assert_eq!(answer.status, 200, "request {n}: {}", answer.text());
+        assert_eq!(
+            answer
+                .headers
+                .get("x-ratelimit-limit")
+                .map(|v| v.to_str().unwrap()),
+            Some("3"),
+            "FlexMeasures' rate-limit headers pass through"
+        );
+    }
+    let limited = gw.get(&own(&first), Some(&first_token)).await;
+    assert_eq!(limited.status, 429, "{}", limited.text());
+    assert!(
+        limited.text().contains("rate limit"),
+        "FlexMeasures' own 429 body: {}",
+        limited.text()
+    );
+    assert!(
+        limited.headers.contains_key("retry-after"),
+        "{:?}",
+        limited.headers
+    );
+    // The other user of the same account, through the same flexgate, has its own count.
+    let answer = gw.get(&own(&second), Some(&second_token)).await;
+    assert_eq!(
+        answer.status,
+        200,
+        "FlexMeasures counted another user's requests against this one: {}",
+        answer.text()
+    );
+    assert_eq!(
+        answer
+            .headers
+            .get("x-ratelimit-remaining")
+            .map(|v| v.to_str().unwrap()),
+        Some("2")
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_naming_another_tenants_sensor_is_refused() {
     let Some(fm) = real_flexmeasures() else {
         return;

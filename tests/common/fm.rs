@@ -236,6 +236,29 @@ impl RealFm {
     /// FlexMeasures' tables with a bcrypt-over-HMAC password hash as Flask-Security
     /// verifies it. Changes to it then go through FlexMeasures' API.
     pub fn add_user(&self, account: &str, roles: &[&str]) -> FmUser {
+        self.add_user_to(self.account(account), roles)
+    }
+
+    /// A new account on a new FlexMeasures plan whose API rate limit is
+    /// `default_rate_limit` (e.g. "5 per minute"), made directly in FlexMeasures'
+    /// tables; its id. FlexMeasures applies a plan's limit per user of the account.
+    pub fn add_account_on_plan(&self, default_rate_limit: &str) -> i64 {
+        let n = USERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("made-{}-{n}", std::process::id());
+        psql(
+            &self.db_url,
+            &format!(
+                "WITH p AS (INSERT INTO plan (name, default_rate_limit) VALUES ('{name}', '{default_rate_limit}') RETURNING id) \
+                 INSERT INTO account (name, plan_id) SELECT '{name}', id FROM p RETURNING id"
+            ),
+        )
+        .trim()
+        .parse()
+        .unwrap()
+    }
+
+    /// [`RealFm::add_user`] for an account given by id.
+    pub fn add_user_to(&self, account_id: i64, roles: &[&str]) -> FmUser {
         let n = USERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let email = format!("made-{}-{n}@example.com", std::process::id());
         let password = format!("made-password-{n}");
@@ -243,7 +266,6 @@ impl RealFm {
             flexgate::auth::flexmeasures::password_hmac(FM_PASSWORD_SALT.as_bytes(), &password);
         let hash = bcrypt::hash(&hmac.as_bytes()[..72], 4).unwrap();
         let uniquifier = flexgate::auth::random_hex(16);
-        let account_id = self.account(account);
         let id: i64 = psql(
             &self.db_url,
             &format!(
