@@ -268,6 +268,46 @@ async fn one_token_one_identity() {
         let answer = gw.send("GET", &url, &headers, &body).await;
         assert_eq!(answer.status, 400, "{url}: {}", answer.text());
     }
+    // A body Python's json reads and strict JSON does not (NaN): FlexMeasures alone
+    // takes the body's token over the header's and acts as its user (Prosumer A's
+    // member, who may not read a tenant-B user), so flexgate refuses the body outright.
+    let sneaky = format!(r#"{{"auth_token": "{other}", "x": NaN}}"#);
+    let raw = format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nAuthorization: {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{sneaky}",
+        sneaky.len()
+    );
+    let alone = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", fm.port))
+            .await
+            .unwrap();
+        tcp.write_all(raw.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        tcp.read_to_end(&mut out).await.unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    assert!(
+        alone.starts_with("HTTP/1.1 403"),
+        "FlexMeasures alone no longer prefers the body's token; this check can go: {alone}"
+    );
+    let answer = gw
+        .send(
+            "GET",
+            &path,
+            &[
+                ("authorization", token.as_str()),
+                ("content-type", "application/json"),
+            ],
+            &sneaky,
+        )
+        .await;
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    assert!(
+        answer.text().contains("not valid JSON"),
+        "{}",
+        answer.text()
+    );
     // A session cookie of someone else never makes FlexMeasures act as them: the
     // tenant-B token must list tenant B's users, not Prosumer A's.
     let session_json = json!({"_user_id": fm.user("prosumer_member")["fs_uniquifier"]}).to_string();

@@ -926,14 +926,19 @@ async fn authenticate_session(
 }
 
 /// FlexMeasures mode: the `auth_token` of a JSON object body, as Flask-Security reads it
-/// (`request.get_json(silent=True)`): a body that does not parse carries no token; a
-/// key that is not a string is a token that cannot verify. Two `auth_token` keys are
-/// ambiguous (400).
+/// (`request.get_json(silent=True)`); a key that is not a string is a token that cannot
+/// verify, and two `auth_token` keys are ambiguous (400). A body that does not parse
+/// here is refused (400) rather than read as carrying no token: Python's `json` takes
+/// more than strict JSON (`NaN`, `Infinity`, unpaired surrogate escapes, UTF-16 and
+/// UTF-32, numbers out of range, deeper nesting), so FlexMeasures could find a token
+/// in a body flexgate cannot read and act as a user flexgate never checked. Only a
+/// UTF-8 byte-order mark, which Python skips too, is skipped.
 fn body_token(bytes: &Bytes) -> Result<Option<String>, Deny> {
     if bytes.is_empty() {
         return Ok(None);
     }
-    match extract::parse_json_strict(bytes) {
+    let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    match extract::parse_json_strict(text) {
         Ok(Json::Object(map)) => Ok(map.get("auth_token").map(|v| match v {
             Json::String(s) => s.clone(),
             _ => String::new(),
@@ -942,7 +947,7 @@ fn body_token(bytes: &Bytes) -> Result<Option<String>, Deny> {
         Err(e) if e.contains("duplicate key") => {
             Err(Deny::Ambiguous("The JSON body has a duplicate key.".into()))
         }
-        Err(_) => Ok(None),
+        Err(_) => Err(Deny::MalformedJson),
     }
 }
 
@@ -1399,4 +1404,58 @@ fn rewrite_headers(
 /// 200 OK with a JSON body (token endpoint, admin endpoints).
 pub fn ok_json(body: &Json) -> Response<ProxyBody> {
     super::deny::json_response(StatusCode::OK, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token_of(body: &[u8]) -> Result<Option<String>, &'static str> {
+        body_token(&Bytes::copy_from_slice(body)).map_err(|d| d.reason())
+    }
+
+    #[test]
+    fn a_body_token_is_read_as_flask_security_reads_it() {
+        assert_eq!(token_of(b""), Ok(None));
+        assert_eq!(token_of(br#"{"x": 1}"#), Ok(None));
+        assert_eq!(token_of(br#"[1, 2]"#), Ok(None));
+        assert_eq!(token_of(br#"{"auth_token": "T"}"#), Ok(Some("T".into())));
+        assert_eq!(
+            token_of(br#"{"auth\u005ftoken": "T"}"#),
+            Ok(Some("T".into()))
+        );
+        assert_eq!(token_of(br#"{"auth_token": 5}"#), Ok(Some(String::new())));
+        assert_eq!(
+            token_of(b"\xEF\xBB\xBF{\"auth_token\": \"T\"}"),
+            Ok(Some("T".into()))
+        );
+        assert_eq!(
+            token_of(br#"{"auth_token": "A", "auth_token": "B"}"#),
+            Err("ambiguous_input")
+        );
+    }
+
+    #[test]
+    fn a_body_python_would_read_and_flexgate_cannot_is_refused() {
+        let utf16: Vec<u8> =
+            r#"{"auth_token": "B"}"#.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        for body in [
+            &br#"{"auth_token": "B", "x": NaN}"#[..],
+            br#"{"auth_token": "B", "x": -Infinity}"#,
+            br#"{"auth_token": "B", "x": "\ud800"}"#,
+            br#"{"auth_token": "B", "x": 1e400}"#,
+            br#"{"auth_token": "B",}"#,
+            &utf16,
+            b"\xFF\xFE{\x00}\x00",
+        ] {
+            assert_eq!(
+                token_of(body),
+                Err("malformed_json"),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(token_of(deep.as_bytes()), Err("malformed_json"));
+    }
 }
