@@ -539,5 +539,39 @@ async fn the_decision_listener_can_require_a_shared_secret() {
     )
     .await;
     assert_eq!(status, 401, "{body}");
+    // Only nginx's second ask is left uncounted: from an ingress that passes client
+    // headers through (Traefik here), the replay mark is not believed.
+    let counted = |metrics: &str, flavour: &str| {
+        metric(
+            metrics,
+            &format!(
+                "flexgate_decisions_total{{decision=\"unauthenticated\",flavour=\"{flavour}\"}}"
+            ),
+        )
+    };
+    let before = gw.metrics().await;
+    let mut replayed = with.clone();
+    replayed[1] = ("x-original-uri", "/api/v3_0/assets/1");
+    replayed.push(("x-flexgate-replay", "1"));
+    let (status, _, _) = ask(decision, "GET", "/nginx", &replayed, "").await;
+    assert_eq!(status, 401);
+    let mut traefik = vec![
+        ("x-forwarded-method", "GET"),
+        ("x-forwarded-uri", "/api/v3_0/assets/1"),
+    ];
+    traefik.extend_from_slice(&replayed[2..]);
+    let (status, _, _) = ask(decision, "GET", "/traefik", &traefik, "").await;
+    assert_eq!(status, 401);
+    let after = gw.metrics().await;
+    assert_eq!(
+        counted(&after, "nginx"),
+        counted(&before, "nginx"),
+        "nginx's second ask was counted"
+    );
+    assert_eq!(
+        counted(&after, "traefik"),
+        counted(&before, "traefik") + 1.0,
+        "a client-sent replay mark hid a request from the metrics: {after}"
+    );
     gw.stop().await;
 }

@@ -56,6 +56,12 @@ pub struct Flavour {
     pub proto: Option<&'static str>,
     /// Whether the ingress may send the request body along (Envoy `with_request_body`).
     pub body: bool,
+    /// Whether this ingress asks a second time for a denial's body (nginx, whose
+    /// `auth_request` keeps only the status), marked `X-Flexgate-Replay: 1` and then
+    /// not counted again. Ingresses that pass client headers through (Traefik, Caddy,
+    /// Envoy as configured) never get that mark believed: a client could otherwise
+    /// keep its requests out of the audit log and the metrics.
+    pub asks_twice: bool,
 }
 
 /// Every ingress flexgate answers, one row each.
@@ -69,6 +75,7 @@ pub const FLAVOURS: &[Flavour] = &[
         host: From::Header("x-forwarded-host"),
         proto: Some("x-forwarded-proto"),
         body: false,
+        asks_twice: true,
     },
     Flavour {
         name: "traefik",
@@ -79,6 +86,7 @@ pub const FLAVOURS: &[Flavour] = &[
         host: From::Header("x-forwarded-host"),
         proto: Some("x-forwarded-proto"),
         body: true,
+        asks_twice: false,
     },
     Flavour {
         name: "caddy",
@@ -89,6 +97,7 @@ pub const FLAVOURS: &[Flavour] = &[
         host: From::Header("x-forwarded-host"),
         proto: Some("x-forwarded-proto"),
         body: false,
+        asks_twice: false,
     },
     Flavour {
         name: "envoy",
@@ -99,6 +108,7 @@ pub const FLAVOURS: &[Flavour] = &[
         host: From::OwnHost,
         proto: Some("x-forwarded-proto"),
         body: true,
+        asks_twice: false,
     },
 ];
 
@@ -259,10 +269,11 @@ pub async fn handle(gw: &Gateway, conn: &ConnInfo, req: Request<Incoming>) -> Re
             );
         }
     }
-    let replay = parts
-        .headers
-        .get("x-flexgate-replay")
-        .is_some_and(|v| v == "1");
+    let replay = flavour.asks_twice
+        && parts
+            .headers
+            .get("x-flexgate-replay")
+            .is_some_and(|v| v == "1");
     let (original, tls) = match describe(flavour, &parts.method, &parts.uri, &parts.headers) {
         Ok(described) => described,
         Err(BadDescription(status, why)) => {
