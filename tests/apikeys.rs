@@ -264,5 +264,27 @@ async fn in_flexmeasures_mode_a_key_reaches_flexmeasures_as_its_own_token() {
             .status,
         403
     );
+    // FlexMeasures acts with the user's own roles: a key cannot be narrowed here.
+    let admin = fm.user("prosumer_admin")["email"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = run_env(
+        &users,
+        &[
+            "apikey", "create", "--user", &admin, "--name", "narrow", "--roles", "",
+        ],
+        &[
+            ("SECRET_KEY", SECRET_KEY),
+            ("FLEXGATE_STATE_URL", &state.url),
+        ],
+    );
+    assert_ne!(out.code, 0, "a narrowed key was made in FlexMeasures mode");
+    assert!(
+        out.stderr
+            .contains("cannot drop the user's role \"account-admin\""),
+        "{}",
+        out.stderr
+    );
     gw.stop().await;
 }

@@ -134,15 +134,17 @@ pub fn parse_claims(payload: &[u8], now: u64) -> Result<Claims, TokenError> {
     })
 }
 
-/// The payload of a token FlexMeasures itself would issue for this user now.
-pub fn token_payload(uid: &str, now: std::time::SystemTime) -> Vec<u8> {
+/// The payload of a token FlexMeasures itself would issue for this user now. `exp` is
+/// Flask-Security's own expiry (unix seconds; 0: only `SECURITY_TOKEN_MAX_AGE` limits
+/// the token, as for the tokens FlexMeasures issues at login).
+pub fn token_payload(uid: &str, now: std::time::SystemTime, exp: u64) -> Vec<u8> {
     let at = now
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs_f64();
     // Written by hand to keep Flask-Security's key order; a string always serialises.
     let uid = serde_json::to_string(uid).unwrap_or_default();
-    format!(r#"{{"ver":"5","uid":{uid},"fs_paa":{at:?},"exp":0}}"#).into_bytes()
+    format!(r#"{{"ver":"5","uid":{uid},"fs_paa":{at:?},"exp":{exp}}}"#).into_bytes()
 }
 
 /// What the token cache remembers about a token that passed every check.
@@ -326,7 +328,11 @@ impl FmAuthenticator {
         {
             return token;
         }
-        let token: Arc<str> = Arc::from(self.issue(identity.uniquifier(), user).token);
+        // It expires at FlexMeasures a minute after its reuse ends: a stand-in token
+        // that leaked from FlexMeasures' side (a log, a debugger) is worth minutes, not
+        // SECURITY_TOKEN_MAX_AGE.
+        let exp = unix_now() + UPSTREAM_TOKEN_REUSE.as_secs() + 60;
+        let token: Arc<str> = Arc::from(self.issue_until(identity.uniquifier(), user, exp).token);
         self.upstream_tokens
             .insert(user, (Arc::clone(&token), Arc::from(identity.uniquifier())));
         token
@@ -587,9 +593,14 @@ impl FmAuthenticator {
     /// one second in the past, so that a FlexMeasures whose clock lags flexgate's by up
     /// to a second does not see it as "signed in the future".
     pub fn issue(&self, uid: &str, user_id: i64) -> IssuedToken {
+        self.issue_until(uid, user_id, 0)
+    }
+
+    /// [`Self::issue`] with Flask-Security's `exp` set (0: none).
+    fn issue_until(&self, uid: &str, user_id: i64, exp: u64) -> IssuedToken {
         let now = std::time::SystemTime::now();
         let timestamp = unix_now().saturating_sub(1);
-        let token = itsdangerous::sign(&self.keys, &token_payload(uid, now), timestamp);
+        let token = itsdangerous::sign(&self.keys, &token_payload(uid, now, exp), timestamp);
         IssuedToken { token, user_id }
     }
 
@@ -752,6 +763,7 @@ mod tests {
         let p = token_payload(
             "u1",
             std::time::UNIX_EPOCH + Duration::from_millis(1_796_140_800_250),
+            0,
         );
         let text = String::from_utf8(p).unwrap();
         assert!(
@@ -759,5 +771,19 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with(r#","exp":0}"#), "{text}");
+        let claims = parse_claims(
+            &token_payload("u1", std::time::UNIX_EPOCH, 1_796_141_160),
+            1_796_141_000,
+        )
+        .unwrap();
+        assert_eq!(claims.exp, Some(1_796_141_160));
+        assert!(
+            parse_claims(
+                &token_payload("u1", std::time::UNIX_EPOCH, 1_796_141_160),
+                1_796_141_161
+            )
+            .is_err(),
+            "a stand-in token past its exp"
+        );
     }
 }

@@ -199,6 +199,17 @@ impl ApiKeyCommand {
                         owner.roles.join(", ")
                     );
                 }
+                // FlexMeasures acts with the user's own roles on the stand-in token it
+                // gets, and filters some answers by role itself (an admin's listings):
+                // a narrowed key would be narrowed at flexgate's checks only.
+                if stores.flexmeasures
+                    && let Some(roles) = &roles
+                    && let Some(dropped) = owner.roles.iter().find(|r| !roles.contains(r))
+                {
+                    bail!(
+                        "--roles: in FlexMeasures mode a key cannot drop the user's role {dropped:?}: FlexMeasures acts with the user's own roles and filters some answers by them, so the narrowing would hold at flexgate's checks only; create the key for a FlexMeasures user with just the roles it needs (--read-only is enforced by flexgate and works)"
+                    );
+                }
                 let expires_at = match &expires {
                     Some(text) => Some(now + parse_lifetime(text)?),
                     None => None,
