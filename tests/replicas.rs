@@ -66,6 +66,86 @@ async fn failed_logins_count_across_replicas() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_per_client_address_count_across_replicas() {
+    let Some(db) = TestDb::postgres() else { return };
+    let upstream = Upstream::start().await;
+    let per_client =
+        "[auth.throttle]\nfailures_per_email = 100\nfailures_per_client = 4\nwindow_secs = 60";
+    let a = GatewayBuilder::new(&db, &upstream)
+        .demo()
+        .server(per_client)
+        .start()
+        .await;
+    let b = GatewayBuilder::new(&db, &upstream)
+        .rules(&demo_rules())
+        .server(per_client)
+        .start()
+        .await;
+    // Four failures from one address, each for another email, over both replicas...
+    for (n, gw) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let email = format!("guess-{n}@example.com");
+        assert_eq!(attempt(gw, &email, "wrong").await.status, 401);
+    }
+    // ...and that address is refused on both, whatever email it tries next.
+    for gw in [&a, &b] {
+        let answer = attempt(gw, "prosumer@flexgate.demo", "flexgate-demo").await;
+        assert_eq!(answer.status, 429, "{}", answer.text());
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_fail_closed_when_only_the_counts_cannot_be_read() {
+    let Some(db) = TestDb::postgres() else { return };
+    let upstream = Upstream::start().await;
+    let gw = GatewayBuilder::new(&db, &upstream)
+        .demo()
+        .server(THROTTLE)
+        .start()
+        .await;
+    assert_eq!(
+        attempt(&gw, "prosumer@flexgate.demo", "flexgate-demo")
+            .await
+            .status,
+        200
+    );
+    // The users stay readable; only the failure counts are gone.
+    let sql = |q: &str| {
+        let out = std::process::Command::new("psql")
+            .args([&db.url, "-Atqc", q])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sql("ALTER TABLE flexgate_login_failure RENAME TO flexgate_login_failure_away");
+    for password in ["flexgate-demo", "wrong-password"] {
+        let answer = attempt(&gw, "prosumer@flexgate.demo", password).await;
+        assert_eq!(
+            answer.status,
+            503,
+            "a login was decided without its failure counts: {}",
+            answer.text()
+        );
+    }
+    sql("ALTER TABLE flexgate_login_failure_away RENAME TO flexgate_login_failure");
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || async {
+            attempt(&gw, "prosumer@flexgate.demo", "flexgate-demo")
+                .await
+                .status
+                == 200
+        })
+        .await
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logins_fail_closed_when_the_counts_cannot_be_read() {
     let Some((db, faults, via)) = postgres_behind_proxy().await else {
         return;
