@@ -383,6 +383,152 @@ async fn a_logout_on_one_replica_ends_the_session_on_the_others_within_5s() {
     b.stop().await;
 }
 
+/// The value of cookie `name` among an answer's `Set-Cookie` headers, if set (not
+/// cleared).
+fn set_cookie(answer: &Answer, name: &str) -> Option<String> {
+    answer.headers.get_all("set-cookie").iter().find_map(|c| {
+        let value = c
+            .to_str()
+            .ok()?
+            .strip_prefix(&format!("{name}="))?
+            .split(';')
+            .next()?;
+        (!value.is_empty()).then(|| value.to_owned())
+    })
+}
+
+/// The status of a GET of `path` with only this `Cookie` header.
+async fn cookie_status(gw: &TestGateway, path: &str, cookie: &str) -> u16 {
+    gw.send("GET", path, &[("cookie", cookie)], "").await.status
+}
+
+/// FlexMeasures' login form through flexgate, with "Remember Me" ticked: the
+/// `session` and `remember_token` cookies it sets.
+async fn form_login_remembered(gw: &TestGateway, email: &str, password: &str) -> (String, String) {
+    let page = gw.get("/login", None).await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    let html = page.text();
+    let at = html
+        .find("name=\"csrf_token\"")
+        .expect("the form has a CSRF token");
+    let value = &html[at..];
+    let start = value.find("value=\"").unwrap() + 7;
+    let csrf = &value[start..start + value[start..].find('"').unwrap()];
+    let session = set_cookie(&page, "session").expect("the login page starts a session");
+    let form: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("email", email)
+        .append_pair("password", password)
+        .append_pair("remember", "y")
+        .append_pair("csrf_token", csrf)
+        .append_pair("submit", "Login")
+        .finish();
+    let cookie = format!("session={session}");
+    let origin = gw.url("");
+    let answer = gw
+        .send(
+            "POST",
+            "/login",
+            &[
+                ("cookie", &cookie),
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("origin", &origin),
+            ],
+            &form,
+        )
+        .await;
+    assert!(
+        answer.status == 302 || answer.status == 303,
+        "the form login failed: {} {}",
+        answer.status,
+        answer.text()
+    );
+    (
+        set_cookie(&answer, "session").expect("a logged-in session"),
+        set_cookie(&answer, "remember_token").expect("a remember cookie"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logout_refuses_the_remember_cookie_until_the_next_remembered_login() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let Some(state) = TestDb::postgres() else {
+        return;
+    };
+    let replica = || {
+        let db = TestDb::external(&fm.readonly_url);
+        let url = state.url.clone();
+        async move {
+            let placeholder = Upstream::start().await;
+            GatewayBuilder::new(&db, &placeholder)
+                .upstream_url(&fm.base())
+                .rules(&flexmeasures_preset())
+                .server("preserve_host = true\n")
+                .env("FLEXMEASURES_SECRET_KEY", FM_SECRET_KEY)
+                .env("FLEXMEASURES_SECURITY_PASSWORD_SALT", FM_PASSWORD_SALT)
+                .state(&url)
+                .start()
+                .await
+        }
+    };
+    let (a, b) = (replica().await, replica().await);
+    let user = fm.add_user("prosumer_a", &[]);
+    let path = format!("/api/v3_0/assets/{}", fm.asset("prosumer_a"));
+    let (session, remember) = form_login_remembered(&a, &user.email, &user.password).await;
+    let remembered = format!("remember_token={remember}");
+    assert_eq!(
+        cookie_status(&a, &path, &remembered).await,
+        200,
+        "the remember cookie alone"
+    );
+    let out = a
+        .send(
+            "POST",
+            "/logout",
+            &[
+                ("cookie", &format!("session={session}; {remembered}")),
+                ("origin", &a.url("")),
+            ],
+            "",
+        )
+        .await;
+    assert!(out.status < 400, "{}", out.status);
+    assert_eq!(
+        cookie_status(&a, &path, &remembered).await,
+        401,
+        "replayed after the logout"
+    );
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || async {
+            cookie_status(&b, &path, &remembered).await == 401
+        })
+        .await,
+        "the other replica still takes the logged-out remember cookie after 5 s"
+    );
+    // The next login with "Remember Me" gets the very same value from FlexMeasures
+    // (it has no issue time): from then on it works again, on both replicas.
+    let (_, again) = form_login_remembered(&a, &user.email, &user.password).await;
+    assert_eq!(
+        again, remember,
+        "FlexMeasures issued another remember value"
+    );
+    assert_eq!(
+        cookie_status(&a, &path, &remembered).await,
+        200,
+        "the new login's remember cookie"
+    );
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || async {
+            cookie_status(&b, &path, &remembered).await == 200
+        })
+        .await,
+        "the other replica still refuses the new login's remember cookie after 5 s"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_origin_cookie_writes_are_refused_and_csrf_passes_through() {
     let Some(fm) = real_flexmeasures() else {

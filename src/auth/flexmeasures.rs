@@ -473,6 +473,50 @@ impl FmAuthenticator {
         }
     }
 
+    /// A response passing through that sets a `remember_token` cookie FlexMeasures
+    /// signed (a new "remember me" login) lifts that cookie's revocation, on every
+    /// replica: Flask-Login's remember cookie has no issue time, so the value a logout
+    /// revoked is the very value the user's next login gets. (A copy taken before the
+    /// logout is then valid again too, as it is at FlexMeasures; the value changes only
+    /// with the user's `fs_uniquifier`.)
+    pub fn lift_reissued_remember(&self, headers: &http::HeaderMap) {
+        use super::flask_session::{check_remember, remember_revocation_key};
+        for set in headers.get_all(http::header::SET_COOKIE) {
+            let Some(value) = set
+                .to_str()
+                .ok()
+                .and_then(|c| c.strip_prefix("remember_token="))
+                .map(|rest| {
+                    rest.split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .trim_matches('"')
+                })
+            else {
+                continue;
+            };
+            if value.is_empty() || check_remember(&self.remember_secret, value).is_none() {
+                continue;
+            }
+            let key = remember_revocation_key(value);
+            if !self.revoked.contains_key(&key) && self.state.is_none() {
+                continue;
+            }
+            self.revoked.invalidate(&key);
+            if let Some(state) = &self.state {
+                let state = state.clone();
+                // Kept as long as a replica could take to read it, many times over.
+                let keep_until = i64::try_from(unix_now() + 3_600).unwrap_or(i64::MAX);
+                self.store.spawn(async move {
+                    if let Err(e) = state.lift_session(&key, keep_until).await {
+                        tracing::warn!(error = %e, "cannot share a new login's remember cookie with the other replicas");
+                    }
+                });
+            }
+        }
+    }
+
     /// Take in the logouts other replicas recorded after feed position `last`.
     pub async fn follow_revocations(&self, last: &mut i64) -> Result<usize, store::Error> {
         let Some(state) = &self.state else {
@@ -485,6 +529,11 @@ impl FmAuthenticator {
             .offload(async move { db.revoked_sessions_since(after, now as i64).await })
             .await?;
         for row in &rows {
+            if row.lifted {
+                self.revoked.invalidate(&row.key);
+                *last = row.id;
+                continue;
+            }
             let left = u64::try_from(row.expires_at)
                 .unwrap_or(0)
                 .saturating_sub(now);

@@ -405,11 +405,17 @@ async fn serve(
             conn.worker,
         )
         .await?;
-    if let (Some(proof), Authenticator::FlexMeasures(fm)) = (ending, &*gw.auth)
+    if let Authenticator::FlexMeasures(fm) = &*gw.auth
         && response.status().as_u16() < 400
-        && !proof.keys.is_empty()
     {
-        fm.revoke(&proof);
+        if let Some(proof) = ending
+            && !proof.keys.is_empty()
+        {
+            fm.revoke(&proof);
+        }
+        if response.headers().contains_key(http::header::SET_COOKIE) {
+            fm.lift_reissued_remember(response.headers());
+        }
     }
     Ok(response)
 }

@@ -251,6 +251,11 @@ const POSTGRES_MIGRATIONS: MigrationSource = &[
         "api_keys",
         include_str!("../../migrations/postgres/0003_api_keys.sql"),
     ),
+    (
+        4,
+        "lifted_revocations",
+        include_str!("../../migrations/postgres/0004_lifted_revocations.sql"),
+    ),
 ];
 
 const SQLITE_MIGRATIONS: MigrationSource = &[
@@ -268,6 +273,11 @@ const SQLITE_MIGRATIONS: MigrationSource = &[
         3,
         "api_keys",
         include_str!("../../migrations/sqlite/0003_api_keys.sql"),
+    ),
+    (
+        4,
+        "lifted_revocations",
+        include_str!("../../migrations/sqlite/0004_lifted_revocations.sql"),
     ),
 ];
 

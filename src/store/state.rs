@@ -14,19 +14,43 @@ pub struct RevokedSession {
     pub id: i64,
     /// The session's revocation key.
     pub key: [u8; 32],
-    /// Unix seconds after which the cookie could not be valid anyway.
+    /// Unix seconds after which the cookie could not be valid anyway (for a lifted
+    /// row: until when it is kept for replicas to read).
     pub expires_at: i64,
+    /// The revocation was lifted: forget it.
+    pub lifted: bool,
 }
 
 impl Store {
-    /// Record a logged-out session for every replica (idempotent).
+    /// Record a logged-out session for every replica. The key's row is replaced, so a
+    /// key revoked again after a lift gets a new feed position the replicas read.
     pub async fn revoke_session(&self, key: &[u8; 32], expires_at: i64) -> Result<(), Error> {
+        self.replace_revocation(key, expires_at, false).await
+    }
+
+    /// Lift a revocation on every replica: the lifted row is kept until `keep_until`
+    /// so that every replica reads it, then pruned.
+    pub async fn lift_session(&self, key: &[u8; 32], keep_until: i64) -> Result<(), Error> {
+        self.replace_revocation(key, keep_until, true).await
+    }
+
+    async fn replace_revocation(
+        &self,
+        key: &[u8; 32],
+        expires_at: i64,
+        lifted: bool,
+    ) -> Result<(), Error> {
         dispatch!(self.pool(), p => {
+            sqlx::query("DELETE FROM flexgate_revoked_session WHERE key = $1")
+                .bind(&key[..])
+                .execute(p)
+                .await?;
             sqlx::query(
-                "INSERT INTO flexgate_revoked_session (key, expires_at) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                "INSERT INTO flexgate_revoked_session (key, expires_at, lifted) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING",
             )
             .bind(&key[..])
             .bind(expires_at)
+            .bind(lifted)
             .execute(p)
             .await?;
         });
@@ -41,7 +65,7 @@ impl Store {
     ) -> Result<Vec<RevokedSession>, Error> {
         dispatch!(self.pool(), p => {
             let rows = sqlx::query(
-                "SELECT id, key, expires_at FROM flexgate_revoked_session WHERE id > $1 AND expires_at > $2 ORDER BY id LIMIT 10000",
+                "SELECT id, key, expires_at, lifted FROM flexgate_revoked_session WHERE id > $1 AND expires_at > $2 ORDER BY id LIMIT 10000",
             )
             .bind(after)
             .bind(now)
@@ -54,6 +78,7 @@ impl Store {
                         id: r.try_get("id")?,
                         key: key.try_into().map_err(|_| Error::Invalid("a revocation key is not 32 bytes".into()))?,
                         expires_at: r.try_get("expires_at")?,
+                        lifted: r.try_get("lifted")?,
                     })
                 })
                 .collect()
