@@ -449,6 +449,9 @@ async fn http2_authority_is_forwarded_and_a_disagreeing_host_refused() {
         "host disagreeing with :authority was served: {out:?}"
     );
     assert_eq!(upstream.count(), 1);
+    // Closed first: a client that keeps its connection open holds a graceful
+    // shutdown for its whole grace period.
+    drop(h2);
     gw.stop().await;
 }
 
@@ -656,6 +659,9 @@ async fn http2_cookie_crumbs_reach_the_upstream_as_one_cookie_line() {
     let seen = upstream.last();
     let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
     assert_eq!(cookies, ["a=1; b=2; c=3"]);
+    // Closed first: a client that keeps its connection open holds a graceful
+    // shutdown for its whole grace period.
+    drop(h2);
     gw.stop().await;
 }
 

@@ -124,6 +124,7 @@ async fn start_ingress(
     kind: &str,
     decision: SocketAddr,
     upstream: SocketAddr,
+    proxy: SocketAddr,
     tls: Option<DecisionTls<'_>>,
 ) -> Option<Ingress> {
     let (binary, package, template) = match kind {
@@ -152,6 +153,7 @@ async fn start_ingress(
     .replace("{{LISTEN_PORT}}", &port.to_string())
     .replace("{{DECISION_ADDR}}", &decision.to_string())
     .replace("{{UPSTREAM_ADDR}}", &upstream.to_string())
+    .replace("{{PROXY_ADDR}}", &proxy.to_string())
     .replace("{{TMP}}", &dir.path().display().to_string())
     .replace(
         "{{DECISION_SCHEME}}",
@@ -271,8 +273,10 @@ async fn behind(kind: &str, mtls: bool) {
     let upstream = Upstream::start().await;
     let certs = tempfile::tempdir().unwrap();
     let client = IngressCert::new(certs.path(), kind, &rustls::RootCertStore::empty());
+    // The plain listener answers logins, which the ingress sends there.
     let mut server = String::from(
-        "decision = \"127.0.0.1:0\"\nallowed_hosts = [\"app.example\", \"localhost\"]\n",
+        "decision = \"127.0.0.1:0\"\nallowed_hosts = [\"app.example\", \"localhost\"]\n\
+         http_mode = \"proxy\"\ntrusted_proxies = [\"127.0.0.1\"]\n",
     );
     if mtls {
         server.push_str(&format!("decision_client_ca = {:?}\n", client.ca));
@@ -287,7 +291,8 @@ async fn behind(kind: &str, mtls: bool) {
         client: &client,
         server_ca: &gw.tls.ca,
     });
-    let Some(ingress) = start_ingress(kind, decision, upstream.addr, tls).await else {
+    let proxy = gw.http.expect("the plain proxy listener is bound");
+    let Some(ingress) = start_ingress(kind, decision, upstream.addr, proxy, tls).await else {
         return;
     };
     let token = gw.demo_token("prosumer@flexgate.demo").await;
@@ -383,6 +388,41 @@ async fn behind(kind: &str, mtls: bool) {
         "{kind}: a forged identity reached the upstream: {:?}",
         public.headers.get("x-flexgate-user-id")
     );
+    // Logins go through the ingress to flexgate's proxy listener, which answers them;
+    // the decision listener refuses to decide one.
+    let login = |password: &'static str| {
+        let addr = ingress.addr;
+        async move {
+            ask(
+                addr,
+                "POST",
+                "/api/requestAuthToken",
+                &[("content-type", "application/json")],
+                &format!(r#"{{"email": "prosumer@flexgate.demo", "password": "{password}"}}"#),
+            )
+            .await
+        }
+    };
+    let (status, _, body) = login("flexgate-demo").await;
+    assert_eq!(status, 200, "{kind}: a login through the ingress: {body}");
+    assert!(body.contains("auth_token"), "{kind}: {body}");
+    let (status, _, body) = login("wrong").await;
+    assert_eq!(status, 401, "{kind}: {body}");
+    if !mtls {
+        let (status, _, body) = ask(
+            decision,
+            "POST",
+            "/nginx",
+            &[
+                ("x-original-method", "POST"),
+                ("x-original-uri", "/api/requestAuthToken"),
+            ],
+            "",
+        )
+        .await;
+        assert_eq!(status, 404, "{kind}: a login was decided: {body}");
+        assert!(body.contains("proxy listener"), "{body}");
+    }
     // The decisions were counted by flavour.
     let metrics = gw.metrics().await;
     assert!(
@@ -574,4 +614,80 @@ async fn the_decision_listener_can_require_a_shared_secret() {
         "a client-sent replay mark hid a request from the metrics: {after}"
     );
     gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_proxies_name_the_client_for_login_limits_and_the_upstream() {
+    let db = TestDb::sqlite();
+    let upstream = Upstream::start().await;
+    let limits =
+        "[auth.throttle]\nfailures_per_email = 100\nfailures_per_client = 3\nwindow_secs = 60\n";
+    let start = |trusted: &'static str| {
+        GatewayBuilder::new(&db, &upstream)
+            .demo()
+            .server(&format!("http_mode = \"proxy\"\n{trusted}"))
+            .rules(&format!("{}\n{limits}", demo_rules()))
+            .start()
+    };
+    let login = |addr: SocketAddr, client: &'static str, n: usize| async move {
+        ask(
+            addr,
+            "POST",
+            "/api/requestAuthToken",
+            &[
+                ("content-type", "application/json"),
+                ("x-forwarded-for", client),
+            ],
+            &format!(r#"{{"email": "guess-{n}@example.com", "password": "wrong"}}"#),
+        )
+        .await
+        .0
+    };
+    // Behind a trusted proxy (this test's loopback address), each client it names has
+    // its own count...
+    let gw = start("trusted_proxies = [\"127.0.0.1\"]\n").await;
+    let plain = gw.http.unwrap();
+    for n in 0..3 {
+        assert_eq!(login(plain, "192.0.2.1", n).await, 401);
+    }
+    assert_eq!(
+        login(plain, "192.0.2.1", 3).await,
+        429,
+        "the named client's limit"
+    );
+    assert_eq!(
+        login(plain, "192.0.2.2", 4).await,
+        401,
+        "another client behind the same proxy was locked out"
+    );
+    // ...and the upstream is told the client, not what the client claimed before it.
+    let (status, _, _) = ask(
+        plain,
+        "GET",
+        "/api/v3_0/health/ready",
+        &[("x-forwarded-for", "203.0.113.66, 192.0.2.9")],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(upstream.last().headers["x-forwarded-for"], "192.0.2.9");
+    gw.stop().await;
+    // Trusting no proxy, X-Forwarded-For names nobody: the connection's address counts.
+    let db = TestDb::sqlite();
+    let gw = GatewayBuilder::new(&db, &upstream)
+        .demo()
+        .server("http_mode = \"proxy\"\n")
+        .rules(&format!("{}\n{limits}", demo_rules()))
+        .start()
+        .await;
+    let plain = gw.http.unwrap();
+    for n in 0..3 {
+        assert_eq!(login(plain, "192.0.2.1", n).await, 401);
+    }
+    assert_eq!(login(plain, "192.0.2.2", 3).await, 429);
+    gw.stop().await;
+}
+
+fn demo_rules() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml")).unwrap()
 }

@@ -81,6 +81,10 @@ pub enum Deny {
     WrongMethod(&'static str),
     /// Too many failed logins (429).
     Throttled(Duration),
+    /// The decision listener was asked about a login (404): flexgate answers logins
+    /// itself on its proxy listener, with its brute-force limits; an ingress must send
+    /// them there rather than have them decided and passed on.
+    LoginNotDecided,
     /// A dependency could not answer, so flexgate fails closed (503).
     Unavailable(&'static str),
     /// The upstream refused or broke the connection (502).
@@ -99,6 +103,7 @@ impl Deny {
             | Deny::BadHost(_)
             | Deny::BadRequestBody => StatusCode::BAD_REQUEST,
             Deny::NoRoute(s) | Deny::MethodNotAllowed(s) => *s,
+            Deny::LoginNotDecided => StatusCode::NOT_FOUND,
             Deny::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Deny::LoginRedirect { .. } => StatusCode::FOUND,
             Deny::Forbidden(_) | Deny::RoleForbidden { .. } => StatusCode::FORBIDDEN,
@@ -118,7 +123,10 @@ impl Deny {
         match self {
             Deny::Unauthenticated(_) | Deny::LoginRedirect { .. } => "unauthenticated",
             Deny::Forbidden(_) | Deny::RoleForbidden { .. } => "forbidden",
-            Deny::NoRoute(_) | Deny::MethodNotAllowed(_) | Deny::NotFound { .. } => "not_found",
+            Deny::NoRoute(_)
+            | Deny::MethodNotAllowed(_)
+            | Deny::NotFound { .. }
+            | Deny::LoginNotDecided => "not_found",
             Deny::BadPath(_)
             | Deny::Invalid { .. }
             | Deny::Ambiguous(_)
@@ -137,6 +145,7 @@ impl Deny {
         match self {
             Deny::BadPath(e) => e.as_str(),
             Deny::NoRoute(_) => "no_route",
+            Deny::LoginNotDecided => "login_not_decided",
             Deny::MethodNotAllowed(_) => "method_not_allowed",
             Deny::Unauthenticated(r)
             | Deny::Forbidden(r)
@@ -191,6 +200,10 @@ impl Deny {
                 message,
             } => unprocessable(location, field, message),
             Deny::BadPath(_) => simple(status, "The request path is malformed or ambiguous."),
+            Deny::LoginNotDecided => simple(
+                status,
+                "Logins are answered by flexgate's proxy listener, not decided here; route the token endpoint there.",
+            ),
             Deny::Ambiguous(what) => simple(status, what),
             Deny::BadHost(_) => simple(
                 status,

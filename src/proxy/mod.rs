@@ -24,6 +24,7 @@ pub mod decision;
 pub mod deny;
 pub mod evaluate;
 pub mod forward;
+pub mod forwarded;
 pub mod h1;
 pub mod headers;
 pub mod host;

@@ -263,6 +263,20 @@ pub async fn handle(
     conn: &ConnInfo,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    // Behind a trusted proxy the client is the one it names (one branch when no proxy
+    // is trusted).
+    let behind;
+    let conn = match super::forwarded::client_behind(
+        &gw.server().trusted_proxies,
+        conn.peer.ip(),
+        req.headers(),
+    ) {
+        Some(client) => {
+            behind = ConnInfo::new(SocketAddr::new(client, 0), conn.tls, conn.worker);
+            &behind
+        }
+        None => conn,
+    };
     let mut book = Bookkeeping::start(gw, conn, req.method().clone());
     let installed = Arc::clone(&book.installed);
     // With candidate rules in shadow, the request as described to them (the body and
@@ -672,12 +686,11 @@ async fn decide_request(
     };
     if path == rules.token_endpoint {
         outcome.route = Some(Arc::from(metrics::TOKEN_ENDPOINT));
-        // FlexMeasures answers its own login (same users, same tokens); flexgate's
-        // native tokens come only from flexgate's own listeners.
-        return match &*gw.auth {
-            Authenticator::FlexMeasures(_) => Ok(empty()),
-            Authenticator::Native(_) => Err(Deny::NoRoute(rules.unmatched_status)),
-        };
+        // Logins are flexgate's own work, on its proxy listener (password check off
+        // the runtime, one answer for unknown and wrong, limits across replicas): a
+        // login decided here and passed on would reach FlexMeasures' own, unthrottled
+        // and telling unknown emails apart. The ingress routes the endpoint to the proxy.
+        return Err(Deny::LoginNotDecided);
     }
     let matched = match_with_override(rules, &parts.method, &mut parts.headers, &path)?;
     let route = matched.route;

@@ -18,7 +18,7 @@ use super::raw::{RawAcl, RawCheck, RawConfig, RawItem, RawKind, RawRoute, RawSou
 use super::{
     AllowedHosts, CacheSettings, Check, Config, Credentials, CrossOrigin, Diagnostic, Diagnostics,
     HttpMode, IdentityHeaders, IdentitySource, IfAbsent, Kind, Limits, PathOptions, Route, RuleSet,
-    ServerConfig, Target, ThrottleSettings,
+    ServerConfig, Target, ThrottleSettings, TrustedProxies,
 };
 use crate::policy::acl::parse_term;
 use crate::policy::{
@@ -494,6 +494,7 @@ impl Compiler<'_> {
             forward_authorization: raw.identity.forward_authorization.unwrap_or(false),
             audit_allows: raw.audit.log_allows.unwrap_or(false),
             allowed_hosts: self.allowed_hosts(s.allowed_hosts.as_deref()),
+            trusted_proxies: self.trusted_proxies(s.trusted_proxies.as_deref()),
             preserve_host: s.preserve_host.unwrap_or(false),
             identity_source: self.identity_source(&raw.identity),
             shadow: raw.shadow.rules.as_ref().map(|p| base.join(p)),
@@ -560,6 +561,21 @@ impl Compiler<'_> {
             }
         }
         AllowedHosts::new(patterns.iter().map(String::as_str))
+    }
+
+    fn trusted_proxies(&mut self, entries: Option<&[String]>) -> TrustedProxies {
+        let mut nets = Vec::new();
+        for entry in entries.unwrap_or_default() {
+            match TrustedProxies::parse(entry) {
+                Some(net) => nets.push(net),
+                None => self.error(
+                    None,
+                    Some("[server]".to_owned()),
+                    format!("trusted_proxies: {entry:?} is not an address or network; write e.g. \"127.0.0.1\", \"10.0.0.0/8\" or \"fd00::/8\""),
+                ),
+            }
+        }
+        TrustedProxies::new(nets)
     }
 
     fn permissions(&mut self, declared: &[Spanned<String>]) -> Vec<String> {

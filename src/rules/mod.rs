@@ -232,6 +232,8 @@ pub struct ServerConfig {
     pub audit_allows: bool,
     /// Host names clients may address (empty: any).
     pub allowed_hosts: AllowedHosts,
+    /// Proxies in front of flexgate whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
     /// Forward the client's `Host` rather than the upstream's authority.
     pub preserve_host: bool,
     /// Where identities come from.
@@ -250,6 +252,58 @@ pub enum IdentitySource {
         /// How often cached users are compared with FlexMeasures' tables.
         revalidate: Duration,
     },
+}
+
+/// The proxies in front of flexgate (a load balancer ending TLS, an ingress sending
+/// logins on) whose `X-Forwarded-For` is believed. Without them every client behind
+/// such a proxy has the proxy's address, and the per-address login limit would lock
+/// all of them out together; with them, a client's own address is throttled. Empty:
+/// the connection's address is the client's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies {
+    /// Networks as (address, prefix length).
+    nets: Vec<(std::net::IpAddr, u8)>,
+}
+
+impl TrustedProxies {
+    /// Parse `"10.0.0.0/8"`, `"127.0.0.1"` or `"::1"` (a plain address is one host).
+    pub fn parse(entry: &str) -> Option<(std::net::IpAddr, u8)> {
+        let (addr, len) = match entry.split_once('/') {
+            Some((addr, len)) => (addr, Some(len.parse::<u8>().ok()?)),
+            None => (entry, None),
+        };
+        let addr: std::net::IpAddr = addr.parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = len.unwrap_or(max);
+        (len <= max).then_some((addr, len))
+    }
+
+    /// The networks (already parsed).
+    pub fn new(nets: Vec<(std::net::IpAddr, u8)>) -> TrustedProxies {
+        TrustedProxies { nets }
+    }
+
+    /// Whether any proxy is trusted.
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty()
+    }
+
+    /// Whether `ip` is one of the trusted proxies (an IPv4-mapped IPv6 address counts
+    /// as its IPv4 address).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.nets.iter().any(|&(net, len)| match (net, ip) {
+            (std::net::IpAddr::V4(net), std::net::IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (std::net::IpAddr::V6(net), std::net::IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        })
+    }
 }
 
 /// The `Host` names a deployment answers to: exact names and `*.suffix` wildcards,

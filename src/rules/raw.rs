@@ -82,6 +82,10 @@ pub struct RawServer {
     /// Host names clients may address (`api.example.com`, `*.example.com`); any other
     /// `Host` is refused with 400 before authentication. Empty: every host (warned).
     pub allowed_hosts: Option<Vec<String>>,
+    /// Addresses or networks (`"127.0.0.1"`, `"10.0.0.0/8"`) of proxies in front of
+    /// flexgate whose `X-Forwarded-For` is believed: a request from one of them is
+    /// throttled, logged and forwarded as coming from the client they name.
+    pub trusted_proxies: Option<Vec<String>>,
     /// Send the client's `Host` upstream instead of the upstream's own authority, so an
     /// upstream that checks host names (FlexMeasures' `TRUSTED_HOSTS`) still can.
     pub preserve_host: Option<bool>,
