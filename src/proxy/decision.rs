@@ -62,6 +62,10 @@ pub struct Flavour {
     /// Envoy as configured) never get that mark believed: a client could otherwise
     /// keep its requests out of the audit log and the metrics.
     pub asks_twice: bool,
+    /// Whether the operator chooses the describing headers (`[server.decision_headers]`):
+    /// nginx sends whatever its `proxy_set_header` lines name; the other ingresses
+    /// send fixed names.
+    pub configurable: bool,
 }
 
 /// Every ingress flexgate answers, one row each.
@@ -76,6 +80,7 @@ pub const FLAVOURS: &[Flavour] = &[
         proto: Some("x-forwarded-proto"),
         body: false,
         asks_twice: true,
+        configurable: true,
     },
     Flavour {
         name: "traefik",
@@ -87,6 +92,7 @@ pub const FLAVOURS: &[Flavour] = &[
         proto: Some("x-forwarded-proto"),
         body: true,
         asks_twice: false,
+        configurable: false,
     },
     Flavour {
         name: "caddy",
@@ -98,6 +104,7 @@ pub const FLAVOURS: &[Flavour] = &[
         proto: Some("x-forwarded-proto"),
         body: false,
         asks_twice: false,
+        configurable: false,
     },
     Flavour {
         name: "envoy",
@@ -109,6 +116,7 @@ pub const FLAVOURS: &[Flavour] = &[
         proto: Some("x-forwarded-proto"),
         body: true,
         asks_twice: false,
+        configurable: false,
     },
 ];
 
@@ -135,9 +143,51 @@ pub const SECRET_HEADER: &str = "x-flexgate-decision-secret";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadDescription(pub StatusCode, pub &'static str);
 
+impl Flavour {
+    /// Whether this flavour reads the original request from header `name` (which is
+    /// then the ingress's, not the client's).
+    fn reads(&self, name: &str) -> bool {
+        [self.method, self.uri, self.host]
+            .iter()
+            .any(|f| matches!(f, From::Header(h) if *h == name))
+            || self.proto == Some(name)
+    }
+}
+
+/// The flavours this deployment answers: [`FLAVOURS`] with the configurable ones
+/// reading the headers `[server.decision_headers]` names. Built once at start; the
+/// configured names are kept for the process's life (the table holds `'static`
+/// names, and server settings change only with a restart).
+pub fn flavours(configured: &crate::rules::DecisionHeaders) -> Vec<Flavour> {
+    fn named(configured: &Option<String>, default: From) -> From {
+        match configured {
+            Some(name) => From::Header(Box::leak(name.clone().into_boxed_str())),
+            None => default,
+        }
+    }
+    FLAVOURS
+        .iter()
+        .map(|f| {
+            if !f.configurable {
+                return *f;
+            }
+            Flavour {
+                method: named(&configured.method, f.method),
+                uri: named(&configured.uri, f.uri),
+                host: named(&configured.host, f.host),
+                proto: match &configured.proto {
+                    Some(name) => Some(Box::leak(name.clone().into_boxed_str())),
+                    None => f.proto,
+                },
+                ..*f
+            }
+        })
+        .collect()
+}
+
 /// The flavour a decision request's path names.
-pub fn flavour_of(path: &str) -> Option<&'static Flavour> {
-    FLAVOURS.iter().find(|f| {
+pub fn flavour_of<'a>(flavours: &'a [Flavour], path: &str) -> Option<&'a Flavour> {
+    flavours.iter().find(|f| {
         path == f.path
             || (f.prefix
                 && path
@@ -220,7 +270,10 @@ pub fn describe(
     };
     let mut original = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
-        if name == http::header::HOST || DESCRIBING.contains(&name.as_str()) {
+        if name == http::header::HOST
+            || DESCRIBING.contains(&name.as_str())
+            || flavour.reads(name.as_str())
+        {
             continue;
         }
         original.append(name.clone(), value.clone());
@@ -249,7 +302,7 @@ pub async fn handle(gw: &Gateway, conn: &ConnInfo, req: Request<Incoming>) -> Re
             &serde_json::json!({"message": why, "status": status.as_u16()}),
         )
     };
-    let Some(flavour) = flavour_of(parts.uri.path()) else {
+    let Some(flavour) = flavour_of(gw.decision_flavours(), parts.uri.path()) else {
         return refuse(
             StatusCode::NOT_FOUND,
             "Ask /nginx, /traefik, /caddy or /envoy/<path> on the decision listener.",
@@ -352,7 +405,7 @@ mod tests {
         pairs: &[(&str, &str)],
     ) -> Result<(http::request::Parts, bool), BadDescription> {
         let uri: Uri = path.parse().unwrap();
-        let flavour = flavour_of(uri.path()).expect("a flavour");
+        let flavour = flavour_of(FLAVOURS, uri.path()).expect("a flavour");
         describe(flavour, &Method::GET, &uri, &headers(pairs))
     }
 
@@ -378,6 +431,58 @@ mod tests {
             p.headers.get("x-original-uri").is_none() && p.headers.get("x-forwarded-uri").is_none()
         );
         assert!(tls);
+    }
+
+    #[test]
+    fn an_operator_names_the_headers_nginx_describes_with() {
+        let configured = crate::rules::DecisionHeaders {
+            method: Some("x-auth-method".into()),
+            uri: Some("x-auth-uri".into()),
+            host: None,
+            proto: Some("x-auth-scheme".into()),
+        };
+        let table = flavours(&configured);
+        let uri: Uri = "/nginx".parse().unwrap();
+        let nginx = flavour_of(&table, uri.path()).unwrap();
+        let (p, tls) = describe(
+            nginx,
+            &Method::GET,
+            &uri,
+            &headers(&[
+                ("host", "app.example"),
+                ("x-auth-method", "PUT"),
+                ("x-auth-uri", "/api/v3_0/assets/7"),
+                ("x-auth-scheme", "https"),
+                ("x-original-uri", "/ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(p.method, Method::PUT);
+        assert_eq!(p.uri, "/api/v3_0/assets/7");
+        assert!(tls);
+        for name in [
+            "x-auth-method",
+            "x-auth-uri",
+            "x-auth-scheme",
+            "x-original-uri",
+        ] {
+            assert!(
+                p.headers.get(name).is_none(),
+                "{name} reached the request decided"
+            );
+        }
+        // The usual names no longer describe it, and the fixed flavours are unchanged.
+        let usual = headers(&[
+            ("host", "app.example"),
+            ("x-original-method", "GET"),
+            ("x-original-uri", "/api/v3_0/assets/7"),
+        ]);
+        assert_eq!(
+            describe(nginx, &Method::GET, &uri, &usual).unwrap_err().1,
+            "not_described"
+        );
+        let traefik = flavour_of(&table, "/traefik").unwrap();
+        assert_eq!(traefik.method, From::Header("x-forwarded-method"));
     }
 
     #[test]
@@ -409,7 +514,7 @@ mod tests {
     #[test]
     fn envoy_appends_the_original_path_to_its_prefix() {
         let uri: Uri = "/envoy/api/v3_0/assets/1?page=2".parse().unwrap();
-        let flavour = flavour_of(uri.path()).unwrap();
+        let flavour = flavour_of(FLAVOURS, uri.path()).unwrap();
         assert_eq!(flavour.name, "envoy");
         let (p, _) = describe(
             flavour,
@@ -422,7 +527,10 @@ mod tests {
             (p.method.as_str(), p.uri.to_string().as_str()),
             ("POST", "/api/v3_0/assets/1?page=2")
         );
-        assert!(flavour_of("/envoyx/a").is_none() && flavour_of("/nginx/extra").is_none());
+        assert!(
+            flavour_of(FLAVOURS, "/envoyx/a").is_none()
+                && flavour_of(FLAVOURS, "/nginx/extra").is_none()
+        );
     }
 
     #[test]

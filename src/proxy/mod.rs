@@ -115,6 +115,8 @@ pub struct Gateway {
     forward_authorization: bool,
     audit_allows: bool,
     decision_secret: Option<crate::settings::Secret>,
+    /// The decision listener's flavours, with the configured describing headers.
+    decision_flavours: Vec<decision::Flavour>,
     store: Store,
     /// This gateway's metrics.
     pub metrics: Metrics,
@@ -229,6 +231,7 @@ impl Gateway {
             forward_authorization: server.forward_authorization,
             audit_allows: server.audit_allows,
             decision_secret: settings.decision_secret.clone(),
+            decision_flavours: decision::flavours(&server.decision_headers),
             server: server.clone(),
             store,
             metrics,
@@ -292,6 +295,11 @@ impl Gateway {
 
     fn hsts(&self) -> Option<&HeaderValue> {
         self.hsts.as_ref()
+    }
+
+    /// The flavours the decision listener answers.
+    pub fn decision_flavours(&self) -> &[decision::Flavour] {
+        &self.decision_flavours
     }
 
     /// The shared secret decision requests must carry, when one is configured.

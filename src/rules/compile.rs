@@ -16,9 +16,9 @@ use super::extract::{IdType, JsonPointer, Source};
 use super::matcher::{Matcher, Methods, Template};
 use super::raw::{RawAcl, RawCheck, RawConfig, RawItem, RawKind, RawRoute, RawSource};
 use super::{
-    AllowedHosts, CacheSettings, Check, Config, Credentials, CrossOrigin, Diagnostic, Diagnostics,
-    HttpMode, IdentityHeaders, IdentitySource, IfAbsent, Kind, Limits, PathOptions, Route, RuleSet,
-    ServerConfig, Target, ThrottleSettings, TrustedProxies,
+    AllowedHosts, CacheSettings, Check, Config, Credentials, CrossOrigin, DecisionHeaders,
+    Diagnostic, Diagnostics, HttpMode, IdentityHeaders, IdentitySource, IfAbsent, Kind, Limits,
+    PathOptions, Route, RuleSet, ServerConfig, Target, ThrottleSettings, TrustedProxies,
 };
 use crate::policy::acl::parse_term;
 use crate::policy::{
@@ -495,6 +495,7 @@ impl Compiler<'_> {
             audit_allows: raw.audit.log_allows.unwrap_or(false),
             allowed_hosts: self.allowed_hosts(s.allowed_hosts.as_deref()),
             trusted_proxies: self.trusted_proxies(s.trusted_proxies.as_deref()),
+            decision_headers: self.decision_headers(&s.decision_headers),
             preserve_host: s.preserve_host.unwrap_or(false),
             identity_source: self.identity_source(&raw.identity),
             shadow: raw.shadow.rules.as_ref().map(|p| base.join(p)),
@@ -561,6 +562,44 @@ impl Compiler<'_> {
             }
         }
         AllowedHosts::new(patterns.iter().map(String::as_str))
+    }
+
+    fn decision_headers(&mut self, raw: &super::raw::RawDecisionHeaders) -> DecisionHeaders {
+        let mut name = |key: &str, value: &Option<String>| -> Option<String> {
+            let v = value.as_ref()?.to_ascii_lowercase();
+            // Headers with a meaning of their own to HTTP or to flexgate.
+            const RESERVED: &[&str] = &[
+                "host",
+                "connection",
+                "keep-alive",
+                "proxy-connection",
+                "te",
+                "trailer",
+                "transfer-encoding",
+                "upgrade",
+                "content-length",
+                "content-type",
+                "cookie",
+                "authorization",
+                "x-forwarded-for",
+            ];
+            let reserved = RESERVED.contains(&v.as_str()) || v.starts_with("x-flexgate-");
+            if http::HeaderName::from_bytes(v.as_bytes()).is_err() || reserved {
+                self.error(
+                    None,
+                    Some("[server.decision_headers]".to_owned()),
+                    format!("{key} = {v:?} cannot describe a request: use a header name of your ingress's own, e.g. \"X-Original-Method\" (not Host, a hop-by-hop header or an X-Flexgate-* one)"),
+                );
+                return None;
+            }
+            Some(v)
+        };
+        DecisionHeaders {
+            method: name("method", &raw.method),
+            uri: name("uri", &raw.uri),
+            host: name("host", &raw.host),
+            proto: name("proto", &raw.proto),
+        }
     }
 
     fn trusted_proxies(&mut self, entries: Option<&[String]>) -> TrustedProxies {

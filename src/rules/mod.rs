@@ -232,6 +232,9 @@ pub struct ServerConfig {
     pub audit_allows: bool,
     /// Host names clients may address (empty: any).
     pub allowed_hosts: AllowedHosts,
+    /// Header names the nginx flavour of the decision listener reads (lowercase;
+    /// `None`: its default).
+    pub decision_headers: DecisionHeaders,
     /// Proxies in front of flexgate whose `X-Forwarded-For` names the client.
     pub trusted_proxies: TrustedProxies,
     /// Forward the client's `Host` rather than the upstream's authority.
@@ -252,6 +255,20 @@ pub enum IdentitySource {
         /// How often cached users are compared with FlexMeasures' tables.
         revalidate: Duration,
     },
+}
+
+/// `[server.decision_headers]`: where an nginx `auth_request` describes the original
+/// request, when its configuration uses other names than the usual ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DecisionHeaders {
+    /// The original method.
+    pub method: Option<String>,
+    /// The original request-target.
+    pub uri: Option<String>,
+    /// The original host.
+    pub host: Option<String>,
+    /// The original scheme.
+    pub proto: Option<String>,
 }
 
 /// The proxies in front of flexgate (a load balancer ending TLS, an ingress sending

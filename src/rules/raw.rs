@@ -82,6 +82,10 @@ pub struct RawServer {
     /// Host names clients may address (`api.example.com`, `*.example.com`); any other
     /// `Host` is refused with 400 before authentication. Empty: every host (warned).
     pub allowed_hosts: Option<Vec<String>>,
+    /// The headers the nginx flavour of the decision listener reads the original
+    /// request from (nginx sends what its `proxy_set_header` lines say).
+    #[serde(default)]
+    pub decision_headers: RawDecisionHeaders,
     /// Addresses or networks (`"127.0.0.1"`, `"10.0.0.0/8"`) of proxies in front of
     /// flexgate whose `X-Forwarded-For` is believed: a request from one of them is
     /// throttled, logged and forwarded as coming from the client they name.
@@ -92,6 +96,20 @@ pub struct RawServer {
     /// Connection and size limits.
     #[serde(default)]
     pub limits: RawLimits,
+}
+
+/// `[server.decision_headers]`: header names, each optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDecisionHeaders {
+    /// The original method (default `X-Original-Method`).
+    pub method: Option<String>,
+    /// The original request-target (default `X-Original-URI`).
+    pub uri: Option<String>,
+    /// The original host (default `X-Forwarded-Host`, else `Host`).
+    pub host: Option<String>,
+    /// The original scheme (default `X-Forwarded-Proto`).
+    pub proto: Option<String>,
 }
 
 /// `[server.limits]`.

@@ -363,6 +363,29 @@ fn a_decision_listener_off_loopback_is_warned_unless_it_requires_a_certificate()
 }
 
 #[test]
+fn decision_headers_must_be_the_ingresss_own() {
+    let config = compile_text(
+        "[server]\nhttp = \"127.0.0.1:8080\"\nhttp_mode = \"proxy\"\n[server.decision_headers]\nmethod = \"X-Auth-Method\"\n",
+        Path::new("rules.toml"),
+    )
+    .unwrap();
+    assert_eq!(
+        config.server.decision_headers.method.as_deref(),
+        Some("x-auth-method")
+    );
+    let report = errors_of(
+        "[server]\n[server.decision_headers]\nmethod = \"Host\"\nuri = \"X-Flexgate-User-Id\"\nproto = \"bad header\"\n",
+    );
+    for needle in [
+        "method = \"host\"",
+        "uri = \"x-flexgate-user-id\"",
+        "proto = \"bad header\"",
+    ] {
+        assert!(report.contains(needle), "{needle}: {report}");
+    }
+}
+
+#[test]
 fn control_characters_are_named_not_silent() {
     // Found by the `rules` fuzz target: toml reports NUL with an empty message.
     let report = errors_of("# a comment with a NUL \0 in it\n[[route]]\n");
