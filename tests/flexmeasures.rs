@@ -437,6 +437,42 @@ async fn a_role_change_in_flexmeasures_tables_changes_decisions_within_5s() {
         moved,
         "an account change in FlexMeasures' tables did not reach flexgate within 5 s"
     );
+    // A role granted and taken away (as FlexMeasures' CLI `add-role` / `remove-role`
+    // does, in roles_users): an admin may read another tenant's user.
+    let other = format!("/api/v3_0/users/{}", fm.user("prosumer_member")["id"]);
+    assert_eq!(gw.get(&other, Some(&token)).await.status, 403);
+    let sql = |q: String| {
+        let out = std::process::Command::new("psql")
+            .args([&fm.db_url, "-Atqc", &q])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sql(format!(
+        "INSERT INTO roles_users (user_id, role_id) SELECT {}, id FROM role WHERE name = 'admin'",
+        user.id
+    ));
+    let granted = eventually(Duration::from_secs(5), || async {
+        gw.get(&other, Some(&token)).await.status == 200
+    })
+    .await;
+    assert!(granted, "a granted role did not reach flexgate within 5 s");
+    sql(format!(
+        "DELETE FROM roles_users WHERE user_id = {} AND role_id = (SELECT id FROM role WHERE name = 'admin')",
+        user.id
+    ));
+    let revoked = eventually(Duration::from_secs(5), || async {
+        gw.get(&other, Some(&token)).await.status == 403
+    })
+    .await;
+    assert!(
+        revoked,
+        "a removed role still counted at flexgate after 5 s"
+    );
     gw.stop().await;
 }
 
@@ -493,6 +529,46 @@ async fn flexmeasures_rate_limits_still_count_each_user_behind_flexgate() {
             .map(|v| v.to_str().unwrap()),
         Some("2")
     );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_are_throttled_alike_for_known_and_unknown_emails() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let gw = fm_gateway(fm).await;
+    let user = fm.add_user("prosumer_a", &[]);
+    let unknown = format!("nobody-{}@example.com", std::process::id());
+    for email in [user.email.as_str(), unknown.as_str()] {
+        let mut answers = Vec::new();
+        for _ in 0..5 {
+            let answer = gw
+                .send(
+                    "POST",
+                    "/api/requestAuthToken",
+                    &[("content-type", "application/json")],
+                    &json!({"email": email, "password": "wrong"}).to_string(),
+                )
+                .await;
+            answers.push((answer.status, answer.text()));
+        }
+        assert!(
+            answers.iter().all(|(status, _)| *status == 401),
+            "{email}: {answers:?}"
+        );
+        // Past the limit, even the right password waits: 429 with Retry-After.
+        let answer = gw
+            .send(
+                "POST",
+                "/api/requestAuthToken",
+                &[("content-type", "application/json")],
+                &json!({"email": email, "password": user.password}).to_string(),
+            )
+            .await;
+        assert_eq!(answer.status, 429, "{email}: {}", answer.text());
+        assert!(answer.headers.contains_key("retry-after"));
+    }
     gw.stop().await;
 }
 
