@@ -101,6 +101,21 @@ pub async fn evaluate<O: OwnerSource, T: Trace>(
         return Ok(());
     }
     let Some(identity) = who else {
+        // As the proxy answers: a page sends a browser without credentials to log in.
+        if route.login_redirect.is_some()
+            && method.is_safe()
+            && let Ok(uri) = probe.path.parse::<http::Uri>()
+        {
+            let location = pipeline::login_location(route, &uri);
+            note(
+                trace,
+                format!("no credentials: the page sends the browser to {location}"),
+            );
+            return Err(Deny::LoginRedirect {
+                reason: "no_token",
+                location,
+            });
+        }
         note(trace, "no credentials: the route needs them".into());
         return Err(Deny::Unauthenticated("no_token"));
     };

@@ -582,7 +582,7 @@ fn session_cookies(headers: &HeaderMap) -> Result<SessionCookies<'_>, Deny> {
 
 /// Where an unauthenticated page request is sent: the route's login page with `next`
 /// set to the path and query asked for, as FlexMeasures' UI does.
-fn login_location(route: &Route, uri: &http::Uri) -> String {
+pub(crate) fn login_location(route: &Route, uri: &http::Uri) -> String {
     let login = route.login_redirect.as_deref().unwrap_or("/login");
     let next = uri.path_and_query().map_or("/", |p| p.as_str());
     let encoded: String = form_urlencoded::byte_serialize(next.as_bytes()).collect();
