@@ -565,6 +565,81 @@ mod tests {
     }
 
     #[test]
+    fn flexmeasures_secrets_come_from_variables_or_files_and_never_show() {
+        let dir = std::env::temp_dir().join(format!("flexgate-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("secret_key");
+        let salt = dir.join("salt");
+        let old = dir.join("fallbacks");
+        let empty = dir.join("empty");
+        std::fs::write(&key, "file-secret-key-0123456789abcdef\n").unwrap();
+        std::fs::write(&salt, "file-salt\r\n").unwrap();
+        std::fs::write(&old, "older-key-1\n\nolder-key-2\r\n").unwrap();
+        std::fs::write(&empty, "\n").unwrap();
+        let path = |p: &std::path::Path| p.display().to_string();
+        let s = Settings::from_vars(vars(&[
+            ("FLEXMEASURES_SECRET_KEY_FILE", &path(&key)),
+            ("FLEXMEASURES_SECURITY_PASSWORD_SALT_FILE", &path(&salt)),
+            ("FLEXMEASURES_SECRET_KEY_FALLBACKS_FILE", &path(&old)),
+        ]))
+        .unwrap();
+        let fm = &s.flexmeasures;
+        assert_eq!(
+            fm.secret_key().unwrap().expose(),
+            b"file-secret-key-0123456789abcdef"
+        );
+        assert_eq!(fm.password_salt().unwrap().expose(), b"file-salt");
+        let fallbacks: Vec<&[u8]> = fm.fallbacks.iter().map(Secret::expose).collect();
+        assert_eq!(fallbacks, [&b"older-key-1"[..], b"older-key-2"]);
+        assert_eq!(fm.remember_salt, "remember-salt");
+        let shown = format!("{s:?}");
+        for secret in ["file-secret-key", "file-salt", "older-key"] {
+            assert!(!shown.contains(secret), "{secret} shows in {shown}");
+        }
+        // The variables themselves, FlexMeasures' JSON list for the fallbacks, and the
+        // salt defaulting to the key as in FlexMeasures.
+        let s = Settings::from_vars(vars(&[
+            ("FLEXMEASURES_SECRET_KEY", "direct-key"),
+            ("FLEXMEASURES_SECRET_KEY_FALLBACKS", r#"["a", "", "b"]"#),
+        ]))
+        .unwrap();
+        assert_eq!(
+            s.flexmeasures.password_salt().unwrap().expose(),
+            b"direct-key"
+        );
+        assert_eq!(s.flexmeasures.fallbacks.len(), 2);
+        // Mistakes, each named, none showing a secret.
+        let err = Settings::from_vars(vars(&[
+            ("FLEXMEASURES_SECRET_KEY", "both-ways"),
+            ("FLEXMEASURES_SECRET_KEY_FILE", &path(&key)),
+            ("FLEXMEASURES_SECURITY_PASSWORD_SALT_FILE", &path(&empty)),
+            ("FLEXMEASURES_SECRET_KEY_FALLBACKS", "old-key-not-json"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "set either FLEXMEASURES_SECRET_KEY or FLEXMEASURES_SECRET_KEY_FILE, not both",
+            "FLEXMEASURES_SECURITY_PASSWORD_SALT_FILE names an empty file",
+            "expected a JSON list of strings",
+        ] {
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+        assert!(
+            !err.contains("both-ways") && !err.contains("old-key-not-json"),
+            "{err}"
+        );
+        let missing = dir.join("missing");
+        let err = Settings::from_vars(vars(&[("FLEXMEASURES_SECRET_KEY_FILE", &path(&missing))]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("FLEXMEASURES_SECRET_KEY_FILE cannot be read"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn typed_values_are_parsed() {
         let s = Settings::from_vars(vars(&[
             ("DATABASE_URL", "postgres://u@127.0.0.1/db"),
