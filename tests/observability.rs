@@ -261,10 +261,20 @@ fn audit_lines_are_json_with_the_decision_and_no_secrets() {
     let config = dir.path().join("rules.toml");
     let rules =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml")).unwrap();
+    // Candidate rules in shadow: asset reads for admins only.
+    let candidate = dir.path().join("candidate.toml");
+    std::fs::write(
+        &candidate,
+        rules.replace(
+            "name = \"asset-read\"\nmethods = [\"GET\"]\npath = \"/api/v3_0/assets/{id}\"\n",
+            "name = \"asset-read\"\nmethods = [\"GET\"]\npath = \"/api/v3_0/assets/{id}\"\nroles_required = [\"admin\"]\n",
+        ),
+    )
+    .unwrap();
     std::fs::write(
         &config,
         format!(
-            "[server]\nhttps = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\nupstream = \"http://{}\"\n\n{rules}",
+            "[server]\nhttps = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ntls_cert = {:?}\ntls_key = {:?}\nupstream = \"http://{}\"\n\n[shadow]\nrules = \"candidate.toml\"\n\n{rules}",
             tls.cert.display().to_string(),
             tls.key.display().to_string(),
             upstream.addr
@@ -279,6 +289,27 @@ fn audit_lines_are_json_with_the_decision_and_no_secrets() {
         store.migrate().await.unwrap();
         flexgate::demo::seed(&store, 4).await.unwrap();
     });
+    let made = common::flexgate(&db)
+        .args([
+            "apikey",
+            "create",
+            "--user",
+            "prosumer@flexgate.demo",
+            "--name",
+            "meter-7",
+            "--json",
+        ])
+        .env("SECRET_KEY", SECRET_KEY)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let made: Value = serde_json::from_slice(&made.stdout).unwrap();
+    let key = made["key"].as_str().unwrap().to_owned();
+    let key_id = made["id"].clone();
     let ready = dir.path().join("ready.json");
     let log = dir.path().join("log.jsonl");
     let mut child = common::flexgate(&db)
@@ -338,18 +369,29 @@ fn audit_lines_are_json_with_the_decision_and_no_secrets() {
                 .as_str()
                 .unwrap()
                 .to_owned();
+        let send = |method: &'static str, path: &'static str, credential: String| {
+            let client = client.clone();
+            async move {
+                let req = http::Request::builder()
+                    .method(method)
+                    .uri(format!("https://localhost:{port}{path}"))
+                    .header("authorization", format!("Bearer {credential}"))
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap();
+                client.request(req).await.unwrap().status()
+            }
+        };
         for (method, path) in [
             ("DELETE", "/api/v3_0/assets/1"),
             ("GET", "/api/v3_0/assets/3"),
         ] {
-            let req = http::Request::builder()
-                .method(method)
-                .uri(format!("https://localhost:{port}{path}"))
-                .header("authorization", format!("Bearer {token}"))
-                .body(http_body_util::Full::new(bytes::Bytes::new()))
-                .unwrap();
-            assert_eq!(client.request(req).await.unwrap().status(), 403);
+            assert_eq!(send(method, path, token.clone()).await, 403);
         }
+        // An API key's denial names the key, never its value.
+        assert_eq!(send("GET", "/api/v3_0/assets/3", key.clone()).await, 403);
+        // Allowed here, forbidden by the candidate: one audit line with both.
+        assert_eq!(send("GET", "/api/v3_0/assets/1", token.clone()).await, 200);
+        tokio::time::sleep(Duration::from_millis(300)).await;
         token
     });
     let _ = std::process::Command::new("kill")
@@ -384,6 +426,25 @@ fn audit_lines_are_json_with_the_decision_and_no_secrets() {
         assert_eq!(denied[field], value, "{field} in {denied}");
     }
     assert!(denied["timestamp"].is_string(), "{denied}");
+    let by_key = audit
+        .iter()
+        .find(|l| l["key.name"] == "meter-7")
+        .unwrap_or_else(|| panic!("no audit line for the key's denied request:\n{text}"));
+    assert_eq!(by_key["key.id"], key_id, "{by_key}");
+    assert_eq!(by_key["decision"], "forbidden", "{by_key}");
+    let shadowed = audit
+        .iter()
+        .find(|l| l["shadow.decision"].is_string())
+        .unwrap_or_else(|| panic!("no audit line for the shadow's disagreement:\n{text}"));
+    for (field, value) in [
+        ("decision", json!("allow")),
+        ("shadow.decision", json!("forbidden")),
+        ("shadow.reason", json!("roles_required")),
+        ("rule.name", json!("asset-read")),
+        ("user.id", json!(5)),
+    ] {
+        assert_eq!(shadowed[field], value, "{field} in {shadowed}");
+    }
     assert!(
         audit
             .iter()
@@ -397,12 +458,14 @@ fn audit_lines_are_json_with_the_decision_and_no_secrets() {
         "login not audited:\n{text}"
     );
     assert!(
-        !audit
-            .iter()
-            .any(|l| l["http.method"] == "GET" && l["decision"] == "allow"),
+        !audit.iter().any(|l| l["http.method"] == "GET"
+            && l["decision"] == "allow"
+            && l["shadow.decision"].is_null()),
         "allows are not logged by default"
     );
     for secret in [
+        key.as_str(),
+        &key[..20],
         token.as_str(),
         &token[..40],
         password,

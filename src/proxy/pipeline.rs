@@ -315,7 +315,9 @@ pub async fn handle(
             Some((_, "upstream_unreachable" | "upstream_timeout")) | None => ("allow", "allowed"),
             Some(deny) => deny,
         };
-        if decision != "cancelled" {
+        // Logins are flexgate's own answer whatever the rules: nothing to compare.
+        let login = outcome.route.as_deref() == Some(metrics::TOKEN_ENDPOINT);
+        if decision != "cancelled" && !login {
             let enforced = super::shadow::Enforced {
                 route: outcome
                     .route
@@ -502,6 +504,11 @@ async fn admit(
     };
     outcome.user_id = Some(identity.principal.user_id);
     outcome.key = identity.key.as_ref().map(|k| (k.id, Arc::clone(&k.name)));
+    if outcome.shadow {
+        // Kept from here on, so the candidate decides for the same caller also when a
+        // later stage (origin, roles, key scope, body) refuses the request.
+        outcome.identity = Some(Arc::clone(&identity));
+    }
     if matches!(credential, Credential::Session)
         && match route.cross_origin {
             CrossOrigin::Allow => false,
@@ -537,7 +544,6 @@ async fn admit(
     let decided = authorize(&gw.owners, rules, route, &facts, &identity, &mut checking).await;
     outcome.checked = checking.last;
     if outcome.shadow {
-        outcome.identity = Some(Arc::clone(&identity));
         outcome.body = json.clone();
     }
     decided?;
