@@ -384,7 +384,10 @@ async fn http2_attack_table() {
                 let refused_ok = matches!(row.expect, Expect::RefusedOrStripped(_));
                 match (out.status, seen.last()) {
                     (Some(200), Some(s)) => {
-                        match names.iter().find(|n| s.headers.contains_key(**n)) {
+                        match names
+                            .iter()
+                            .find(|n| s.headers.contains_key(**n) || s.trailers.contains_key(**n))
+                        {
                             Some(n) => Err(format!("{n} reached the upstream")),
                             None if s.path != path => {
                                 Err(format!("the upstream saw {} for {path}", s.path))

@@ -93,6 +93,8 @@ pub struct Seen {
     pub query: Option<String>,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// Trailer fields after a chunked body, if any came.
+    pub trailers: HeaderMap,
 }
 
 /// A recording upstream. Behaviour by path: `/slow/<ms>` waits, `/status/<code>`
@@ -227,6 +229,7 @@ async fn upstream_answer(
         query: req.uri().query().map(str::to_owned),
         headers: req.headers().clone(),
         body,
+        trailers: HeaderMap::new(),
     };
     if path == "/ws" {
         seen.lock().unwrap().push(record(Bytes::new(), &req));
@@ -262,17 +265,20 @@ async fn upstream_answer(
         return Ok(Response::new(full(format!("{{\"bytes\":{total}}}"))));
     }
     let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+    let (body, trailers) = match body.collect().await {
+        Ok(collected) => {
+            let trailers = collected.trailers().cloned().unwrap_or_default();
+            (collected.to_bytes(), trailers)
+        }
+        Err(_) => Default::default(),
+    };
     seen.lock().unwrap().push(Seen {
         method: parts.method.clone(),
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
         headers: parts.headers.clone(),
         body,
+        trailers,
     });
     if let Some(ms) = path
         .strip_prefix("/slow/")
