@@ -253,24 +253,38 @@ impl ApiKeys {
         let Some(store) = &self.store else {
             return Ok(0);
         };
-        let due: Vec<(i64, i64)> = {
+        // (key, last use, what was written before): taken as written now, so uses
+        // that arrive during the write are not lost, and put back if the write fails.
+        let due: Vec<(i64, i64, i64)> = {
             let mut uses = self.uses.lock().unwrap_or_else(|p| p.into_inner());
             uses.iter_mut()
                 .filter(|(_, (used, written))| {
                     *used - *written >= USE_RECORD_INTERVAL || (*written == 0 && *used > 0)
                 })
                 .map(|(id, (used, written))| {
-                    *written = *used;
-                    (*id, *used)
+                    let before = std::mem::replace(written, *used);
+                    (*id, *used, before)
                 })
                 .collect()
         };
-        if !due.is_empty() {
-            let db = store.clone();
-            let batch = due.clone();
-            store
-                .offload(async move { db.touch_api_keys(&batch).await })
-                .await?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let db = store.clone();
+        let batch: Vec<(i64, i64)> = due.iter().map(|&(id, used, _)| (id, used)).collect();
+        if let Err(e) = store
+            .offload(async move { db.touch_api_keys(&batch).await })
+            .await
+        {
+            let mut uses = self.uses.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, used, before) in &due {
+                if let Some(entry) = uses.get_mut(id)
+                    && entry.1 == *used
+                {
+                    entry.1 = *before;
+                }
+            }
+            return Err(e);
         }
         Ok(due.len())
     }
