@@ -579,6 +579,14 @@ async fn the_decision_listener_can_require_a_shared_secret() {
     )
     .await;
     assert_eq!(status, 401, "{body}");
+    // A method override the route does not take would reach the upstream through the
+    // ingress (the proxy strips it; an ingress cannot be told to): refused.
+    let mut overriding = with.clone();
+    overriding[0] = ("x-original-method", "POST");
+    overriding[1] = ("x-original-uri", "/api/v3_0/assets");
+    overriding.push(("x-http-method-override", "DELETE"));
+    let (status, _, body) = ask(decision, "GET", "/nginx", &overriding, "").await;
+    assert_eq!(status, 400, "{body}");
     // Only nginx's second ask is left uncounted: from an ingress that passes client
     // headers through (Traefik here), the replay mark is not believed.
     let counted = |metrics: &str, flavour: &str| {

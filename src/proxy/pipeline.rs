@@ -698,10 +698,25 @@ async fn decide_request(
         // and telling unknown emails apart. The ingress routes the endpoint to the proxy.
         return Err(Deny::LoginNotDecided);
     }
+    let overridden = headers::METHOD_OVERRIDE
+        .iter()
+        .any(|name| parts.headers.contains_key(name));
     let matched = match_with_override(rules, &parts.method, &mut parts.headers, &path)?;
     let route = matched.route;
     outcome.route = Some(Arc::clone(&route.name));
     outcome.route_index = Some(matched.index);
+    // The proxy strips a method override the route does not take; here the ingress
+    // forwards the client's headers as they are, so the upstream could run the request
+    // as a method other than the one decided: refuse it.
+    if overridden
+        && !headers::METHOD_OVERRIDE
+            .iter()
+            .any(|name| parts.headers.contains_key(name))
+    {
+        return Err(Deny::Ambiguous(
+            "A method-override header is not taken on this route: the upstream could run the request as another method than the one decided.".into(),
+        ));
+    }
     if route.needs_body && body.is_none() {
         // Ids in a body that never reaches flexgate cannot be checked: fail closed.
         return Err(Deny::Forbidden("body_needed_for_decision"));

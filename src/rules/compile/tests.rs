@@ -363,6 +363,44 @@ fn a_decision_listener_off_loopback_is_warned_unless_it_requires_a_certificate()
 }
 
 #[test]
+fn body_checked_routes_are_listed_when_a_decision_listener_is_set() {
+    let rules = r#"
+[kind.doc]
+query = "SELECT owner FROM doc WHERE id = $1"
+columns = ["owner"]
+acl = { read = [["account:{owner}"]] }
+
+[[route]]
+name = "doc-by-body"
+methods = ["POST"]
+path = "/docs"
+  [[route.check]]
+  permission = "read"
+  kind = "doc"
+  json = "/doc_id"
+"#;
+    let with = compile_text(
+        &format!("[server]\ndecision = \"127.0.0.1:9191\"\n{rules}"),
+        Path::new("rules.toml"),
+    )
+    .unwrap()
+    .warnings
+    .to_string();
+    assert!(
+        with.contains("doc-by-body") && with.contains("reads ids from the JSON body"),
+        "{with}"
+    );
+    let without = compile_text(rules, Path::new("rules.toml"))
+        .unwrap()
+        .warnings
+        .to_string();
+    assert!(
+        !without.contains("reads ids from the JSON body"),
+        "{without}"
+    );
+}
+
+#[test]
 fn decision_headers_must_be_the_ingresss_own() {
     let config = compile_text(
         "[server]\nhttp = \"127.0.0.1:8080\"\nhttp_mode = \"proxy\"\n[server.decision_headers]\nmethod = \"X-Auth-Method\"\n",
