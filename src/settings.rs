@@ -124,7 +124,7 @@ pub struct Settings {
 /// FlexMeasures' secrets as flexgate needs them in FlexMeasures mode, from
 /// `FLEXMEASURES_*` variables or the files their `*_FILE` variants name (Kubernetes
 /// secrets); never from the rule file, never logged.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct FlexMeasuresSecrets {
     /// `FLEXMEASURES_SECRET_KEY`: FlexMeasures' `SECRET_KEY`.
     pub secret_key: Option<Secret>,
@@ -135,6 +135,23 @@ pub struct FlexMeasuresSecrets {
     pub password_salt: Option<Secret>,
     /// `FLEXMEASURES_SECURITY_REMEMBER_SALT` (default `remember-salt`).
     pub remember_salt: String,
+    /// `FLEXMEASURES_PERMANENT_SESSION_LIFETIME`: FlexMeasures' `PERMANENT_SESSION_LIFETIME`
+    /// in seconds (Flask's default, 31 days, unless FlexMeasures' config sets another):
+    /// a browser session older than this is refused, as FlexMeasures refuses it.
+    pub session_lifetime: u64,
+}
+
+impl Default for FlexMeasuresSecrets {
+    /// No secrets, and FlexMeasures' defaults for the rest.
+    fn default() -> Self {
+        FlexMeasuresSecrets {
+            secret_key: None,
+            fallbacks: Vec::new(),
+            password_salt: None,
+            remember_salt: "remember-salt".to_owned(),
+            session_lifetime: crate::auth::flask_session::DEFAULT_SESSION_MAX_AGE,
+        }
+    }
 }
 
 impl FlexMeasuresSecrets {
@@ -173,6 +190,7 @@ struct RawSettings {
     flexmeasures_security_password_salt: Option<String>,
     flexmeasures_security_password_salt_file: Option<String>,
     flexmeasures_security_remember_salt: Option<String>,
+    flexmeasures_permanent_session_lifetime: Option<String>,
     flexgate_state_url: Option<String>,
     flexgate_decision_secret: Option<String>,
 }
@@ -291,6 +309,21 @@ impl Settings {
             ),
             remember_salt: nonempty(raw.flexmeasures_security_remember_salt)
                 .unwrap_or_else(|| "remember-salt".to_owned()),
+            session_lifetime: match nonempty(raw.flexmeasures_permanent_session_lifetime) {
+                None => crate::auth::flask_session::DEFAULT_SESSION_MAX_AGE,
+                Some(v) => match v.parse::<u64>() {
+                    Ok(secs) if (1..=366 * 86_400).contains(&secs) => secs,
+                    _ => {
+                        problems.push(Problem {
+                            var: "FLEXMEASURES_PERMANENT_SESSION_LIFETIME",
+                            message: format!(
+                                "expected whole seconds between 1 and 31622400 (366 days), as FlexMeasures' PERMANENT_SESSION_LIFETIME, got {v:?}"
+                            ),
+                        });
+                        crate::auth::flask_session::DEFAULT_SESSION_MAX_AGE
+                    }
+                },
+            },
         };
 
         let state_url = match nonempty(raw.flexgate_state_url) {
@@ -364,6 +397,7 @@ const KNOWN_VARS: &[&str] = &[
     "FLEXMEASURES_SECURITY_PASSWORD_SALT",
     "FLEXMEASURES_SECURITY_PASSWORD_SALT_FILE",
     "FLEXMEASURES_SECURITY_REMEMBER_SALT",
+    "FLEXMEASURES_PERMANENT_SESSION_LIFETIME",
     "FLEXGATE_STATE_URL",
     "FLEXGATE_DECISION_SECRET",
 ];
@@ -592,6 +626,7 @@ mod tests {
         let fallbacks: Vec<&[u8]> = fm.fallbacks.iter().map(Secret::expose).collect();
         assert_eq!(fallbacks, [&b"older-key-1"[..], b"older-key-2"]);
         assert_eq!(fm.remember_salt, "remember-salt");
+        assert_eq!(fm.session_lifetime, 31 * 86_400, "Flask's default");
         let shown = format!("{s:?}");
         for secret in ["file-secret-key", "file-salt", "older-key"] {
             assert!(!shown.contains(secret), "{secret} shows in {shown}");
@@ -614,6 +649,7 @@ mod tests {
             ("FLEXMEASURES_SECRET_KEY_FILE", &path(&key)),
             ("FLEXMEASURES_SECURITY_PASSWORD_SALT_FILE", &path(&empty)),
             ("FLEXMEASURES_SECRET_KEY_FALLBACKS", "old-key-not-json"),
+            ("FLEXMEASURES_PERMANENT_SESSION_LIFETIME", "a month"),
         ]))
         .unwrap_err()
         .to_string();
@@ -621,6 +657,7 @@ mod tests {
             "set either FLEXMEASURES_SECRET_KEY or FLEXMEASURES_SECRET_KEY_FILE, not both",
             "FLEXMEASURES_SECURITY_PASSWORD_SALT_FILE names an empty file",
             "expected a JSON list of strings",
+            "FLEXMEASURES_PERMANENT_SESSION_LIFETIME: expected whole seconds",
         ] {
             assert!(err.contains(needle), "{needle}: {err}");
         }

@@ -252,6 +252,35 @@ async fn a_logout_ends_that_session_and_no_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_older_than_flexmeasures_session_lifetime_is_refused() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    // A FlexMeasures whose PERMANENT_SESSION_LIFETIME is 2 s, as flexgate is told.
+    let db = TestDb::external(&fm.readonly_url);
+    let placeholder = Upstream::start().await;
+    let gw = GatewayBuilder::new(&db, &placeholder)
+        .upstream_url(&fm.base())
+        .rules(&flexmeasures_preset())
+        .server("preserve_host = true\n")
+        .env("FLEXMEASURES_SECRET_KEY", FM_SECRET_KEY)
+        .env("FLEXMEASURES_SECURITY_PASSWORD_SALT", FM_PASSWORD_SALT)
+        .env("FLEXMEASURES_PERMANENT_SESSION_LIFETIME", "2")
+        .start()
+        .await;
+    let cookie = session_for(fm, "prosumer_admin", flexgate::auth::unix_now() as f64);
+    let path = format!("/api/v3_0/assets/{}", fm.asset("prosumer_a"));
+    assert_eq!(cookie_status(&gw, &path, &cookie).await, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(3_500)).await;
+    assert_eq!(
+        cookie_status(&gw, &path, &cookie).await,
+        401,
+        "a session past its lifetime was taken"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_reset_and_a_deactivation_end_sessions_within_5s() {
     let Some(fm) = real_flexmeasures() else {
         return;

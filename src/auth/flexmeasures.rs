@@ -257,7 +257,7 @@ impl FmAuthenticator {
             keys,
             session_keys,
             remember_secret: secret.expose().to_vec(),
-            session_max_age: super::flask_session::DEFAULT_SESSION_MAX_AGE,
+            session_max_age: secrets.session_lifetime,
             revoked: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .expire_after(UntilInstant)
