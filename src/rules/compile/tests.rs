@@ -401,6 +401,33 @@ path = "/docs"
 }
 
 #[test]
+fn an_h2c_upgrade_is_refused_and_an_empty_host_list_warned() {
+    let report = errors_of(
+        "[[route]]\nname = \"tunnel\"\nmethods = [\"GET\"]\npath = \"/ws\"\nauth = \"public\"\nupgrades = [\"websocket\", \"h2c\"]\n",
+    );
+    assert!(
+        report.contains("upgrades: \"h2c\" is never allowed"),
+        "{report}"
+    );
+    let open = compile_text("[server]\n", Path::new("rules.toml")).unwrap();
+    assert!(
+        open.warnings.to_string().contains("allowed_hosts is empty"),
+        "{}",
+        open.warnings
+    );
+    let listed = compile_text(
+        "[server]\nallowed_hosts = [\"api.example.com\"]\n",
+        Path::new("rules.toml"),
+    )
+    .unwrap();
+    assert!(
+        !listed.warnings.to_string().contains("allowed_hosts"),
+        "{}",
+        listed.warnings
+    );
+}
+
+#[test]
 fn decision_headers_must_be_the_ingresss_own() {
     let config = compile_text(
         "[server]\nhttp = \"127.0.0.1:8080\"\nhttp_mode = \"proxy\"\n[server.decision_headers]\nmethod = \"X-Auth-Method\"\n",
