@@ -109,6 +109,10 @@ async fn flexmeasures_own_client_sees_through_flexgate_what_it_sees_alone() {
             direct["all_as_expected"], true,
             "{user} at FlexMeasures alone: {direct}"
         );
+        assert_eq!(
+            proxied["all_as_expected"], true,
+            "{user} through flexgate: {proxied}"
+        );
         let calls = direct["calls"].as_object().unwrap();
         assert!(calls.len() >= 12, "{direct}");
         for (name, d) in calls {
@@ -116,6 +120,12 @@ async fn flexmeasures_own_client_sees_through_flexgate_what_it_sees_alone() {
             assert_eq!(
                 (&p["ok"], &p["status"]),
                 (&d["ok"], &d["status"]),
+                "{user}: {name} through flexgate {p} vs alone {d}"
+            );
+            // The data read back is the data posted, through flexgate as alone.
+            assert_eq!(
+                p.get("values_match"),
+                d.get("values_match"),
                 "{user}: {name} through flexgate {p} vs alone {d}"
             );
             compared += 1;
