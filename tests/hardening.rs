@@ -699,3 +699,28 @@ async fn a_malformed_chunked_body_is_the_clients_400_and_the_upstream_connection
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_content_types_are_refused_on_checked_routes() {
+    let db = TestDb::sqlite();
+    let upstream = Upstream::start().await;
+    let gw = GatewayBuilder::new(&db, &upstream).demo().start().await;
+    let token = gw.demo_token("prosumer-admin@flexgate.demo").await;
+    let before = upstream.count();
+    let answer = gw
+        .send(
+            "POST",
+            "/api/v3_0/assets",
+            &[
+                ("authorization", token.as_str()),
+                ("content-type", "text/plain"),
+                ("content-type", "application/json"),
+            ],
+            r#"{"account_id": 3, "name": "x"}"#,
+        )
+        .await;
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    assert!(answer.text().contains("Content-Type"), "{}", answer.text());
+    assert_eq!(upstream.count(), before, "the request reached the upstream");
+    gw.stop().await;
+}

@@ -454,6 +454,15 @@ async fn admit(
     if route.public {
         return Ok((Permit::new(route, None, Credential::None), body));
     }
+    // One Content-Type (RFC 9110 8.3): with two, flexgate and the upstream could read
+    // the body differently (a JSON body's ids and token checked here, another kind of
+    // body run there).
+    let mut content_types = parts.headers.get_all(CONTENT_TYPE).iter();
+    if content_types.next().is_some() && content_types.next().is_some() {
+        return Err(Deny::Ambiguous(
+            "The Content-Type header is given more than once.".into(),
+        ));
+    }
     let query = parts.uri.query();
     let facts = Facts {
         params,
