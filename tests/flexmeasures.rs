@@ -451,17 +451,7 @@ async fn a_role_change_in_flexmeasures_tables_changes_decisions_within_5s() {
     // does, in roles_users): an admin may read another tenant's user.
     let other = format!("/api/v3_0/users/{}", fm.user("prosumer_member")["id"]);
     assert_eq!(gw.get(&other, Some(&token)).await.status, 403);
-    let sql = |q: String| {
-        let out = std::process::Command::new("psql")
-            .args([&fm.db_url, "-Atqc", &q])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let sql = |q: String| psql(&fm.db_url, &q);
     sql(format!(
         "INSERT INTO roles_users (user_id, role_id) SELECT {}, id FROM role WHERE name = 'admin'",
         user.id

@@ -12,16 +12,30 @@ use crate::common::*;
 use crate::flexmeasures::flexmeasures_preset;
 
 async fn ui_gateway(fm: &RealFm) -> TestGateway {
+    ui_gateway_with(fm, None, &[]).await
+}
+
+/// [`ui_gateway`] sharing state through `state_url` (a replica), with extra variables.
+async fn ui_gateway_with(
+    fm: &RealFm,
+    state_url: Option<&str>,
+    env: &[(&str, &str)],
+) -> TestGateway {
     let db = TestDb::external(&fm.readonly_url);
     let placeholder = Upstream::start().await;
-    GatewayBuilder::new(&db, &placeholder)
+    let mut builder = GatewayBuilder::new(&db, &placeholder)
         .upstream_url(&fm.base())
         .rules(&flexmeasures_preset())
         .server("preserve_host = true\n")
         .env("FLEXMEASURES_SECRET_KEY", FM_SECRET_KEY)
-        .env("FLEXMEASURES_SECURITY_PASSWORD_SALT", FM_PASSWORD_SALT)
-        .start()
-        .await
+        .env("FLEXMEASURES_SECURITY_PASSWORD_SALT", FM_PASSWORD_SALT);
+    for (key, value) in env {
+        builder = builder.env(key, value);
+    }
+    if let Some(url) = state_url {
+        builder = builder.state(url);
+    }
+    builder.start().await
 }
 
 /// A session cookie FlexMeasures would accept for this user, logged in at `login_time`.
@@ -257,17 +271,12 @@ async fn a_session_older_than_flexmeasures_session_lifetime_is_refused() {
         return;
     };
     // A FlexMeasures whose PERMANENT_SESSION_LIFETIME is 2 s, as flexgate is told.
-    let db = TestDb::external(&fm.readonly_url);
-    let placeholder = Upstream::start().await;
-    let gw = GatewayBuilder::new(&db, &placeholder)
-        .upstream_url(&fm.base())
-        .rules(&flexmeasures_preset())
-        .server("preserve_host = true\n")
-        .env("FLEXMEASURES_SECRET_KEY", FM_SECRET_KEY)
-        .env("FLEXMEASURES_SECURITY_PASSWORD_SALT", FM_PASSWORD_SALT)
-        .env("FLEXMEASURES_PERMANENT_SESSION_LIFETIME", "2")
-        .start()
-        .await;
+    let gw = ui_gateway_with(
+        fm,
+        None,
+        &[("FLEXMEASURES_PERMANENT_SESSION_LIFETIME", "2")],
+    )
+    .await;
     let cookie = session_for(fm, "prosumer_admin", flexgate::auth::unix_now() as f64);
     let path = format!("/api/v3_0/assets/{}", fm.asset("prosumer_a"));
     assert_eq!(cookie_status(&gw, &path, &cookie).await, 200);
@@ -354,23 +363,10 @@ async fn a_logout_on_one_replica_ends_the_session_on_the_others_within_5s() {
     let Some(state) = TestDb::postgres() else {
         return;
     };
-    let replica = |state: &TestDb| {
-        let db = TestDb::external(&fm.readonly_url);
-        let url = state.url.clone();
-        async move {
-            let placeholder = Upstream::start().await;
-            GatewayBuilder::new(&db, &placeholder)
-                .upstream_url(&fm.base())
-                .rules(&flexmeasures_preset())
-                .server("preserve_host = true\n")
-                .env("FLEXMEASURES_SECRET_KEY", FM_SECRET_KEY)
-                .env("FLEXMEASURES_SECURITY_PASSWORD_SALT", FM_PASSWORD_SALT)
-                .state(&url)
-                .start()
-                .await
-        }
-    };
-    let (a, b) = (replica(&state).await, replica(&state).await);
+    let (a, b) = (
+        ui_gateway_with(fm, Some(&state.url), &[]).await,
+        ui_gateway_with(fm, Some(&state.url), &[]).await,
+    );
     let cookie = session_for(
         fm,
         "prosumer_admin",
@@ -485,23 +481,10 @@ async fn a_logout_refuses_the_remember_cookie_until_the_next_remembered_login() 
     let Some(state) = TestDb::postgres() else {
         return;
     };
-    let replica = || {
-        let db = TestDb::external(&fm.readonly_url);
-        let url = state.url.clone();
-        async move {
-            let placeholder = Upstream::start().await;
-            GatewayBuilder::new(&db, &placeholder)
-                .upstream_url(&fm.base())
-                .rules(&flexmeasures_preset())
-                .server("preserve_host = true\n")
-                .env("FLEXMEASURES_SECRET_KEY", FM_SECRET_KEY)
-                .env("FLEXMEASURES_SECURITY_PASSWORD_SALT", FM_PASSWORD_SALT)
-                .state(&url)
-                .start()
-                .await
-        }
-    };
-    let (a, b) = (replica().await, replica().await);
+    let (a, b) = (
+        ui_gateway_with(fm, Some(&state.url), &[]).await,
+        ui_gateway_with(fm, Some(&state.url), &[]).await,
+    );
     let user = fm.add_user("prosumer_a", &[]);
     let path = format!("/api/v3_0/assets/{}", fm.asset("prosumer_a"));
     let (session, remember) = form_login_remembered(&a, &user.email, &user.password).await;

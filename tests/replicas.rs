@@ -14,6 +14,26 @@ fn demo_rules() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml")).unwrap()
 }
 
+/// Two flexgate processes' worth of gateways on one database (the first seeds the demo
+/// data), with these throttle settings.
+async fn two_replicas(
+    db: &TestDb,
+    upstream: &Upstream,
+    throttle: &str,
+) -> (TestGateway, TestGateway) {
+    let a = GatewayBuilder::new(db, upstream)
+        .demo()
+        .server(throttle)
+        .start()
+        .await;
+    let b = GatewayBuilder::new(db, upstream)
+        .rules(&demo_rules())
+        .server(throttle)
+        .start()
+        .await;
+    (a, b)
+}
+
 async fn attempt(gw: &TestGateway, email: &str, password: &str) -> Answer {
     gw.send(
         "POST",
@@ -28,16 +48,7 @@ async fn attempt(gw: &TestGateway, email: &str, password: &str) -> Answer {
 async fn failed_logins_count_across_replicas() {
     let Some(db) = TestDb::postgres() else { return };
     let upstream = Upstream::start().await;
-    let a = GatewayBuilder::new(&db, &upstream)
-        .demo()
-        .server(THROTTLE)
-        .start()
-        .await;
-    let b = GatewayBuilder::new(&db, &upstream)
-        .rules(&demo_rules())
-        .server(THROTTLE)
-        .start()
-        .await;
+    let (a, b) = two_replicas(&db, &upstream, THROTTLE).await;
     let email = "prosumer@flexgate.demo";
     // Three failures, spread over both replicas...
     for gw in [&a, &b, &a] {
@@ -71,16 +82,7 @@ async fn failed_logins_per_client_address_count_across_replicas() {
     let upstream = Upstream::start().await;
     let per_client =
         "[auth.throttle]\nfailures_per_email = 100\nfailures_per_client = 4\nwindow_secs = 60";
-    let a = GatewayBuilder::new(&db, &upstream)
-        .demo()
-        .server(per_client)
-        .start()
-        .await;
-    let b = GatewayBuilder::new(&db, &upstream)
-        .rules(&demo_rules())
-        .server(per_client)
-        .start()
-        .await;
+    let (a, b) = two_replicas(&db, &upstream, per_client).await;
     // Four failures from one address, each for another email, over both replicas...
     for (n, gw) in [&a, &b, &a, &b].into_iter().enumerate() {
         let email = format!("guess-{n}@example.com");
@@ -111,17 +113,7 @@ async fn logins_fail_closed_when_only_the_counts_cannot_be_read() {
         200
     );
     // The users stay readable; only the failure counts are gone.
-    let sql = |q: &str| {
-        let out = std::process::Command::new("psql")
-            .args([&db.url, "-Atqc", q])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+    let sql = |q: &str| crate::common::fm::psql(&db.url, q);
     sql("ALTER TABLE flexgate_login_failure RENAME TO flexgate_login_failure_away");
     for password in ["flexgate-demo", "wrong-password"] {
         let answer = attempt(&gw, "prosumer@flexgate.demo", password).await;

@@ -24,13 +24,8 @@ pub fn client_behind(
         return None;
     }
     // Every X-Forwarded-For line, in order, is one list; read it from the right.
-    let lines: Vec<&[u8]> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect();
-    for line in lines.iter().rev() {
-        for entry in line.rsplit(|&b| b == b',') {
+    for line in headers.get_all("x-forwarded-for").iter().rev() {
+        for entry in line.as_bytes().rsplit(|&b| b == b',') {
             let ip = std::str::from_utf8(entry)
                 .ok()
                 .and_then(|e| e.trim().parse::<IpAddr>().ok())?;

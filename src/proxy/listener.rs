@@ -205,7 +205,7 @@ pub async fn run(
                         tls,
                         &limits,
                         signal,
-                        proxy_service(gw, conn),
+                        service(gw, conn, Served::Proxy),
                     ))
                     .await;
                 }
@@ -216,7 +216,7 @@ pub async fn run(
                         stream,
                         &limits,
                         signal,
-                        proxy_service(gw, conn),
+                        service(gw, conn, Served::Proxy),
                     ))
                     .await;
                 }
@@ -228,7 +228,7 @@ pub async fn run(
                     conn::serve(Protocol::Http1, stream, &limits, signal, service).await;
                 }
                 Role::Decision(None) => {
-                    let service = decision_service(gw, ConnInfo::new(peer, false, worker));
+                    let service = service(gw, ConnInfo::new(peer, false, worker), Served::Decision);
                     Box::pin(conn::serve(
                         Protocol::Http1,
                         stream,
@@ -246,7 +246,7 @@ pub async fn run(
                     else {
                         return;
                     };
-                    let service = decision_service(gw, ConnInfo::new(peer, true, worker));
+                    let service = service(gw, ConnInfo::new(peer, true, worker), Served::Decision);
                     Box::pin(conn::serve(Protocol::Http1, tls, &limits, signal, service)).await;
                 }
                 Role::Admin => {
@@ -270,9 +270,19 @@ pub async fn run(
     }
 }
 
-fn proxy_service(
+/// What a connection's requests go to.
+#[derive(Clone, Copy)]
+enum Served {
+    /// The proxy pipeline.
+    Proxy,
+    /// The decision listener's answers.
+    Decision,
+}
+
+fn service(
     gw: Arc<Gateway>,
     conn: ConnInfo,
+    served: Served,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<ProxyBody>,
@@ -286,27 +296,14 @@ fn proxy_service(
         let gw = Arc::clone(&gw);
         let conn = Arc::clone(&conn);
         // Boxed: hyper keeps room for one request future in every connection, idle or
-        // not, and the pipeline's is about 13 KiB; boxed, an idle keep-alive
+        // not, and the pipeline's is several KiB; boxed, an idle keep-alive
         // connection holds a pointer and the allocation lives only while a request does.
-        Box::pin(async move { Ok::<_, Infallible>(pipeline::handle(&gw, &conn, req).await) })
-    })
-}
-
-fn decision_service(
-    gw: Arc<Gateway>,
-    conn: ConnInfo,
-) -> impl hyper::service::Service<
-    Request<Incoming>,
-    Response = Response<ProxyBody>,
-    Error = Infallible,
-    Future = impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send,
-> + Clone
-+ Send
-+ Sync {
-    let conn = Arc::new(conn);
-    service_fn(move |req: Request<Incoming>| {
-        let (gw, conn) = (Arc::clone(&gw), Arc::clone(&conn));
-        async move { Ok::<_, Infallible>(Box::pin(super::decision::handle(&gw, &conn, req)).await) }
+        Box::pin(async move {
+            Ok::<_, Infallible>(match served {
+                Served::Proxy => pipeline::handle(&gw, &conn, req).await,
+                Served::Decision => super::decision::handle(&gw, &conn, req).await,
+            })
+        })
     })
 }
 

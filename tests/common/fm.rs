@@ -138,7 +138,8 @@ fn base_url(url: &str) -> String {
     }
 }
 
-fn psql(url: &str, sql: &str) -> String {
+/// Run one SQL statement with `psql` (the test fails if it does); its output.
+pub fn psql(url: &str, sql: &str) -> String {
     let out = Command::new("psql")
         .args([url, "-Atqc", sql])
         .output()
