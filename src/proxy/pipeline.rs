@@ -726,8 +726,12 @@ async fn decide_request(
             "A method-override header is not taken on this route: the upstream could run the request as another method than the one decided.".into(),
         ));
     }
-    if route.needs_body && body.is_none() {
-        // Ids in a body that never reaches flexgate cannot be checked: fail closed.
+    // Ids in a body that never reaches flexgate cannot be checked, nor, in FlexMeasures
+    // mode, a token FlexMeasures would take from a JSON body: fail closed.
+    if body.is_none()
+        && (route.needs_body
+            || (gw.auth.is_flexmeasures() && is_json(parts.headers.get(CONTENT_TYPE))))
+    {
         return Err(Deny::Forbidden("body_needed_for_decision"));
     }
     let (permit, _) = admit(
@@ -1069,19 +1073,22 @@ pub fn checked_json(headers: &HeaderMap, bytes: &Bytes) -> Result<Option<Json>, 
     Ok(Some(json))
 }
 
-/// Whether a Content-Type is JSON (`application/json`, `application/*+json`).
+/// Whether a Content-Type is JSON (`application/json`, `application/*+json`), read from
+/// its bytes as Werkzeug reads it (latin-1): a parameter with other than ASCII bytes
+/// must not make a JSON body look like none.
 pub fn is_json(content_type: Option<&HeaderValue>) -> bool {
-    let Some(ct) = content_type.and_then(|v| v.to_str().ok()) else {
+    let Some(ct) = content_type else {
         return false;
     };
-    let essence = ct
-        .split(';')
+    let bytes = ct.as_bytes();
+    let essence = bytes
+        .split(|&b| b == b';')
         .next()
-        .unwrap_or("")
-        .trim()
+        .unwrap_or_default()
+        .trim_ascii()
         .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    essence == b"application/json"
+        || (essence.starts_with(b"application/") && essence.ends_with(b"+json"))
 }
 
 /// FlexMeasures `/api/dev`: answer an unknown or malformed path id before asking for
@@ -1461,6 +1468,18 @@ mod tests {
 
     fn token_of(body: &[u8]) -> Result<Option<String>, &'static str> {
         body_token(&Bytes::copy_from_slice(body)).map_err(|d| d.reason())
+    }
+
+    #[test]
+    fn json_content_types_are_read_from_their_bytes() {
+        let ct = |v: &[u8]| is_json(Some(&HeaderValue::from_bytes(v).unwrap()));
+        assert!(ct(b"application/json"));
+        assert!(ct(b" Application/JSON ; charset=utf-8"));
+        assert!(ct(b"application/json; x=\xe9"), "a latin-1 parameter");
+        assert!(ct(b"application/vnd.api+json"));
+        assert!(!ct(b"text/plain"));
+        assert!(!ct(b"application/jsonx"));
+        assert!(!is_json(None));
     }
 
     #[test]
