@@ -511,6 +511,17 @@ async fn a_logout_refuses_the_remember_cookie_until_the_next_remembered_login() 
         401,
         "replayed after the logout"
     );
+    // Nor does a public page turn the logged-out cookie into a new session.
+    let page = a
+        .send("GET", "/login", &[("cookie", &remembered)], "")
+        .await;
+    if let Some(fresh) = set_cookie(&page, "session") {
+        assert_eq!(
+            cookie_status(&a, &path, &format!("session={fresh}")).await,
+            401,
+            "a logged-out remember cookie became a session on a public page"
+        );
+    }
     assert!(
         eventually(std::time::Duration::from_secs(5), || async {
             cookie_status(&b, &path, &remembered).await == 401

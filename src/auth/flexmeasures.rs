@@ -451,6 +451,11 @@ impl FmAuthenticator {
         proof
     }
 
+    /// Whether any of these session or remember cookies was logged out.
+    pub fn any_revoked(&self, proof: &SessionProof) -> bool {
+        proof.keys.iter().any(|key| self.revoked.contains_key(key))
+    }
+
     /// Refuse these sessions from now on, until a cookie could no longer be valid anyway
     /// (a session cookie lives `session_max_age`; a remember cookie a year in browsers,
     /// and as long as the user's uniquifier at FlexMeasures).
@@ -479,7 +484,7 @@ impl FmAuthenticator {
     /// revoked is the very value the user's next login gets. (A copy taken before the
     /// logout is then valid again too, as it is at FlexMeasures; the value changes only
     /// with the user's `fs_uniquifier`.)
-    pub fn lift_reissued_remember(&self, headers: &http::HeaderMap) {
+    pub fn lift_reissued_remember(&self, headers: &http::HeaderMap, carried: Option<[u8; 32]>) {
         use super::flask_session::{check_remember, remember_revocation_key};
         for set in headers.get_all(http::header::SET_COOKIE) {
             let Some(value) = set
@@ -500,6 +505,11 @@ impl FmAuthenticator {
                 continue;
             }
             let key = remember_revocation_key(value);
+            // Set back to the very cookie the request carried (Flask-Login refreshing
+            // it): no new login, so nothing is lifted.
+            if carried == Some(key) {
+                continue;
+            }
             if !self.revoked.contains_key(&key) && self.state.is_none() {
                 continue;
             }

@@ -382,6 +382,26 @@ async fn serve(
             Authenticator::FlexMeasures(fm) => Some(fm.session_keys_of(cookies)),
             Authenticator::Native(_) => None,
         });
+    // FlexMeasures mode: the remember cookie this request carries (its revocation key),
+    // so that only a login setting it anew lifts its revocation, not a replayed copy;
+    // and on public routes, which authenticate nobody, logged-out cookies are removed
+    // before FlexMeasures could log their user in again from them.
+    let mut carried_remember = None;
+    if let Authenticator::FlexMeasures(fm) = &*gw.auth
+        && parts.headers.contains_key(http::header::COOKIE)
+    {
+        let proof = session_cookies(&parts.headers)
+            .map(|cookies| {
+                carried_remember = cookies
+                    .remember
+                    .map(crate::auth::flask_session::remember_revocation_key);
+                fm.session_keys_of(cookies)
+            })
+            .unwrap_or_default();
+        if route.public && fm.any_revoked(&proof) {
+            headers::strip_cookies(&mut parts.headers, headers::FLEXMEASURES_SESSION_COOKIES);
+        }
+    }
 
     let (permit, body) = admit(
         gw,
@@ -430,7 +450,7 @@ async fn serve(
             fm.revoke(&proof);
         }
         if response.headers().contains_key(http::header::SET_COOKIE) {
-            fm.lift_reissued_remember(response.headers());
+            fm.lift_reissued_remember(response.headers(), carried_remember);
         }
     }
     Ok(response)
