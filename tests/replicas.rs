@@ -170,3 +170,38 @@ async fn logins_fail_closed_when_the_counts_cannot_be_read() {
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_and_a_lift_keep_the_later_event_whatever_order_they_land_in() {
+    let mut dbs = vec![TestDb::sqlite()];
+    dbs.extend(TestDb::postgres());
+    for db in &dbs {
+        let store = flexgate::store::Store::connect(&db.url, &Default::default())
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        let key = [7u8; 32];
+        let state = |store: &flexgate::store::Store| {
+            let store = store.clone();
+            async move {
+                let rows = store.revoked_sessions_since(0, 0).await.unwrap();
+                rows.iter().find(|r| r.key == [7u8; 32]).map(|r| r.lifted)
+            }
+        };
+        // The logout (at 2) lands after the lift of an earlier login (at 1)...
+        store.revoke_session(&key, i64::MAX, 2).await.unwrap();
+        store.lift_session(&key, i64::MAX, 1).await.unwrap();
+        assert_eq!(
+            state(&store).await,
+            Some(false),
+            "{}: an older lift won",
+            db.url
+        );
+        // ...and a later login's lift (at 3) replaces it, as a logout after it would.
+        store.lift_session(&key, i64::MAX, 3).await.unwrap();
+        assert_eq!(state(&store).await, Some(true));
+        store.revoke_session(&key, i64::MAX, 4).await.unwrap();
+        assert_eq!(state(&store).await, Some(false));
+        store.close().await;
+    }
+}

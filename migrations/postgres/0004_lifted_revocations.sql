@@ -5,3 +5,6 @@
 -- replaced by a lifted one, which tells every replica to forget the revocation and is
 -- pruned like the others once every replica has had time to read it.
 ALTER TABLE flexgate_revoked_session ADD COLUMN lifted BOOLEAN NOT NULL DEFAULT FALSE;
+-- When the logout or the login happened (Unix milliseconds): an older event never
+-- replaces a newer one's row, whichever replica writes last.
+ALTER TABLE flexgate_revoked_session ADD COLUMN changed_at BIGINT NOT NULL DEFAULT 0;

@@ -468,9 +468,10 @@ impl FmAuthenticator {
         if let Some(state) = &self.state {
             let (state, keys) = (state.clone(), proof.keys.clone());
             let expires_at = i64::try_from(unix_now() + lifetime).unwrap_or(i64::MAX);
+            let changed_at = unix_millis();
             self.store.spawn(async move {
                 for key in keys {
-                    if let Err(e) = state.revoke_session(&key, expires_at).await {
+                    if let Err(e) = state.revoke_session(&key, expires_at, changed_at).await {
                         tracing::warn!(error = %e, "cannot share a logout with the other replicas");
                     }
                 }
@@ -518,8 +519,9 @@ impl FmAuthenticator {
                 let state = state.clone();
                 // Kept as long as a replica could take to read it, many times over.
                 let keep_until = i64::try_from(unix_now() + 3_600).unwrap_or(i64::MAX);
+                let changed_at = unix_millis();
                 self.store.spawn(async move {
-                    if let Err(e) = state.lift_session(&key, keep_until).await {
+                    if let Err(e) = state.lift_session(&key, keep_until, changed_at).await {
                         tracing::warn!(error = %e, "cannot share a new login's remember cookie with the other replicas");
                     }
                 });
@@ -700,6 +702,13 @@ impl FmAuthenticator {
         self.verified.run_pending_tasks();
         (self.users.entry_count(), self.verified.entry_count())
     }
+}
+
+/// Now in Unix milliseconds: the order of logouts and logins shared between replicas.
+fn unix_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -22,37 +22,57 @@ pub struct RevokedSession {
 }
 
 impl Store {
-    /// Record a logged-out session for every replica. The key's row is replaced, so a
-    /// key revoked again after a lift gets a new feed position the replicas read.
-    pub async fn revoke_session(&self, key: &[u8; 32], expires_at: i64) -> Result<(), Error> {
-        self.replace_revocation(key, expires_at, false).await
+    /// Record a logged-out session for every replica, as of `changed_at` (Unix
+    /// milliseconds, when the logout passed). The key's row is replaced, so a key
+    /// revoked again after a lift gets a new feed position the replicas read.
+    pub async fn revoke_session(
+        &self,
+        key: &[u8; 32],
+        expires_at: i64,
+        changed_at: i64,
+    ) -> Result<(), Error> {
+        self.replace_revocation(key, expires_at, false, changed_at)
+            .await
     }
 
-    /// Lift a revocation on every replica: the lifted row is kept until `keep_until`
-    /// so that every replica reads it, then pruned.
-    pub async fn lift_session(&self, key: &[u8; 32], keep_until: i64) -> Result<(), Error> {
-        self.replace_revocation(key, keep_until, true).await
+    /// Lift a revocation on every replica, as of `changed_at`: the lifted row is kept
+    /// until `keep_until` so that every replica reads it, then pruned.
+    pub async fn lift_session(
+        &self,
+        key: &[u8; 32],
+        keep_until: i64,
+        changed_at: i64,
+    ) -> Result<(), Error> {
+        self.replace_revocation(key, keep_until, true, changed_at)
+            .await
     }
 
+    /// Replace the key's row in one transaction, unless the row there records a later
+    /// event: a lift and a logout racing between replicas keep the later of the two.
     async fn replace_revocation(
         &self,
         key: &[u8; 32],
         expires_at: i64,
         lifted: bool,
+        changed_at: i64,
     ) -> Result<(), Error> {
         dispatch!(self.pool(), p => {
-            sqlx::query("DELETE FROM flexgate_revoked_session WHERE key = $1")
+            let mut tx = p.begin().await?;
+            sqlx::query("DELETE FROM flexgate_revoked_session WHERE key = $1 AND changed_at <= $2")
                 .bind(&key[..])
-                .execute(p)
+                .bind(changed_at)
+                .execute(&mut *tx)
                 .await?;
             sqlx::query(
-                "INSERT INTO flexgate_revoked_session (key, expires_at, lifted) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING",
+                "INSERT INTO flexgate_revoked_session (key, expires_at, lifted, changed_at) VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING",
             )
             .bind(&key[..])
             .bind(expires_at)
             .bind(lifted)
-            .execute(p)
+            .bind(changed_at)
+            .execute(&mut *tx)
             .await?;
+            tx.commit().await?;
         });
         Ok(())
     }
