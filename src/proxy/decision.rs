@@ -353,12 +353,13 @@ pub async fn handle(gw: &Gateway, conn: &ConnInfo, req: Request<Incoming>) -> Re
     } else {
         None
     };
-    // The client's address, as the ingress saw it (trusted on this listener only).
+    // The client's address, as the ingress saw it (trusted on this listener only): the
+    // entry the ingress appended, the last one; those before it are the client's own.
     let client = parts
         .headers
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
+        .and_then(|v| v.rsplit(',').next())
         .and_then(|ip| ip.trim().parse::<std::net::IpAddr>().ok())
         .map_or(conn.peer, |ip| std::net::SocketAddr::new(ip, 0));
     let conn = ConnInfo::new(client, tls, conn.worker);

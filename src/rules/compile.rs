@@ -581,7 +581,11 @@ impl Compiler<'_> {
                 "content-type",
                 "cookie",
                 "authorization",
+                "proxy-authorization",
                 "x-forwarded-for",
+                "x-http-method-override",
+                "x-http-method",
+                "x-method-override",
             ];
             let reserved = RESERVED.contains(&v.as_str()) || v.starts_with("x-flexgate-");
             if http::HeaderName::from_bytes(v.as_bytes()).is_err() || reserved {

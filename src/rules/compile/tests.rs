@@ -439,12 +439,13 @@ fn decision_headers_must_be_the_ingresss_own() {
         Some("x-auth-method")
     );
     let report = errors_of(
-        "[server]\n[server.decision_headers]\nmethod = \"Host\"\nuri = \"X-Flexgate-User-Id\"\nproto = \"bad header\"\n",
+        "[server]\n[server.decision_headers]\nmethod = \"Host\"\nuri = \"X-Flexgate-User-Id\"\nproto = \"bad header\"\nhost = \"X-HTTP-Method-Override\"\n",
     );
     for needle in [
         "method = \"host\"",
         "uri = \"x-flexgate-user-id\"",
         "proto = \"bad header\"",
+        "host = \"x-http-method-override\"",
     ] {
         assert!(report.contains(needle), "{needle}: {report}");
     }
