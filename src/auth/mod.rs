@@ -308,6 +308,24 @@ struct Verified {
     expires: Instant,
 }
 
+/// A front-cache copy of a [`Verified`] entry with the text of the token it was
+/// verified for: a later request presenting the same text needs no HMAC, since only a
+/// token whose signature checked out is ever filed.
+#[derive(Debug, Clone)]
+struct KnownToken {
+    verified: Verified,
+    text: Arc<str>,
+}
+
+impl KnownToken {
+    fn new(text: &str, verified: Verified) -> Self {
+        KnownToken {
+            verified,
+            text: Arc::from(text),
+        }
+    }
+}
+
 struct UntilTokenExpiry;
 
 impl Expiry<[u8; 32], Verified> for UntilTokenExpiry {
@@ -331,7 +349,7 @@ pub struct NativeAuthenticator {
     verified: moka::sync::Cache<[u8; 32], Verified>,
     /// Recent answers of the two caches above, per thread (see [`crate::cache`]).
     front_principals: FrontCache<i64, Arc<Identity>>,
-    front_verified: FrontCache<[u8; 32], Verified>,
+    front_verified: FrontCache<[u8; 32], KnownToken>,
     hasher: PasswordHasher,
     throttle: LoginLimits,
     metrics: Metrics,
@@ -414,8 +432,21 @@ impl NativeAuthenticator {
     /// Check a token and return who it belongs to.
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
         let now = unix_now();
-        let signed = token::verify(&self.key, token)?;
-        let hit = self.verified_token(&signed.tag);
+        let unverified = token::parse(token)?;
+        // This thread verified this very text before: no HMAC again. Anything else (a
+        // miss, or another text claiming the same signature) is verified in full.
+        let known = self
+            .front_verified
+            .read(&unverified.tag, Instant::now(), |known| {
+                token::same_text(&known.text, token).then(|| known.verified.clone())
+            });
+        let (signed, hit) = match known {
+            Some(known) => (None, Some(known)),
+            None => {
+                let signed = unverified.verify(&self.key)?;
+                (Some(signed), self.verified_token(&signed.tag, token))
+            }
+        };
         self.metrics.cache_lookup("tokens", hit.is_some());
         if let Some(hit) = hit {
             token::check_age(hit.issued_at, now, self.max_age)?;
@@ -428,8 +459,12 @@ impl NativeAuthenticator {
             }
             // The user's credentials changed since: check from scratch. (A front copy
             // of this entry may stay; it carries the old version, so it leads here too.)
-            self.verified.invalidate(&signed.tag);
+            self.verified.invalidate(&unverified.tag);
         }
+        let signed = match signed {
+            Some(signed) => signed,
+            None => unverified.verify(&self.key)?,
+        };
         let claims = signed.claims(now, self.max_age)?;
         let identity = self.identity(claims.user_id).await?;
         if !identity.active {
@@ -461,24 +496,29 @@ impl NativeAuthenticator {
             expires: Instant::now() + ttl,
         };
         let epoch = self.front_verified.epoch();
-        self.front_verified
-            .put(signed.tag, verified.clone(), verified.expires, epoch);
+        self.front_verified.put(
+            signed.tag,
+            KnownToken::new(token, verified.clone()),
+            verified.expires,
+            epoch,
+        );
         self.verified.insert(signed.tag, verified);
         Ok(identity)
     }
 
-    /// What the token cache remembers about the token with this tag, this thread's
-    /// copy first.
-    fn verified_token(&self, tag: &[u8; 32]) -> Option<Verified> {
-        if let Some(hit) = self.front_verified.get(tag, Instant::now()) {
-            return Some(hit);
-        }
+    /// What the shared token cache remembers about the verified token with this tag;
+    /// a hit is copied to this thread's front cache with the token's text.
+    fn verified_token(&self, tag: &[u8; 32], token: &str) -> Option<Verified> {
         // Token entries are never invalidated wholesale (a changed credential is caught by
         // its version), so the epoch only orders this copy after any future bump.
         let epoch = self.front_verified.epoch();
         let hit = self.verified.get(tag)?;
-        self.front_verified
-            .put(*tag, hit.clone(), hit.expires, epoch);
+        self.front_verified.put(
+            *tag,
+            KnownToken::new(token, hit.clone()),
+            hit.expires,
+            epoch,
+        );
         Some(hit)
     }
 

@@ -157,30 +157,89 @@ pub struct Signed<'t> {
 
 /// Check the shape and the signature (constant-time), decoding nothing else.
 pub fn verify<'t>(key: &TokenKey, token: &'t str) -> Result<Signed<'t>, TokenError> {
+    parse(token)?.verify(key)
+}
+
+/// A token of the right shape whose signature is not checked yet: what a cache of
+/// verified tokens is asked about before any HMAC is computed.
+#[derive(Debug, Clone, Copy)]
+pub struct Unverified<'t> {
+    token: &'t str,
+    payload: &'t str,
+    stamp: &'t str,
+    /// The signature as the token claims it; only [`Unverified::verify`] vouches for it.
+    pub tag: [u8; 32],
+}
+
+/// Split a token into its three parts and decode the signature, checking nothing else.
+pub fn parse(token: &str) -> Result<Unverified<'_>, TokenError> {
     if token.is_empty() || token.len() > MAX_TOKEN_LEN {
         return Err(TokenError::Malformed);
     }
-    let mut parts = token.split('.');
-    let (Some(payload), Some(stamp), Some(signature), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let Some(first) = token.find('.') else {
         return Err(TokenError::Malformed);
     };
+    let Some(second) = token[first + 1..].find('.') else {
+        return Err(TokenError::Malformed);
+    };
+    let second = first + 1 + second;
+    // A fourth part would leave a '.' in the signature, which is not base64url: the
+    // decoding below refuses it.
+    let signature = &token[second + 1..];
     let mut tag = [0u8; 32];
     match URL_SAFE_NO_PAD.decode_slice(signature, &mut tag) {
         Ok(32) => {}
         _ => return Err(TokenError::Malformed),
     }
-    let signed_len = payload.len() + 1 + stamp.len();
-    let mut mac = key.mac.clone();
-    mac.update(&token.as_bytes()[..signed_len]);
-    mac.verify_slice(&tag)
-        .map_err(|_| TokenError::BadSignature)?;
-    Ok(Signed {
-        payload,
-        stamp,
+    Ok(Unverified {
+        token,
+        payload: &token[..first],
+        stamp: &token[first + 1..second],
         tag,
     })
+}
+
+impl<'t> Unverified<'t> {
+    /// The whole token text.
+    pub fn text(&self) -> &'t str {
+        self.token
+    }
+
+    /// Check the signature (constant-time).
+    pub fn verify(self, key: &TokenKey) -> Result<Signed<'t>, TokenError> {
+        let signed_len = self.payload.len() + 1 + self.stamp.len();
+        let mut mac = key.mac.clone();
+        mac.update(&self.token.as_bytes()[..signed_len]);
+        mac.verify_slice(&self.tag)
+            .map_err(|_| TokenError::BadSignature)?;
+        Ok(Signed {
+            payload: self.payload,
+            stamp: self.stamp,
+            tag: self.tag,
+        })
+    }
+}
+
+/// Whether two texts are equal, in time that depends on their lengths only: for
+/// comparing a presented token with one verified earlier without telling, by timing,
+/// how much of it matched.
+pub fn same_text(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut words_a = a.chunks_exact(8);
+    let mut words_b = b.chunks_exact(8);
+    let mut diff = 0u64;
+    for (x, y) in (&mut words_a).zip(&mut words_b) {
+        let x = u64::from_ne_bytes(x.try_into().expect("chunks of 8"));
+        let y = u64::from_ne_bytes(y.try_into().expect("chunks of 8"));
+        diff |= x ^ y;
+    }
+    for (x, y) in words_a.remainder().iter().zip(words_b.remainder()) {
+        diff |= u64::from(x ^ y);
+    }
+    std::hint::black_box(diff) == 0
 }
 
 impl Signed<'_> {
@@ -416,6 +475,41 @@ mod tests {
                 ),
                 "case {i} {case:?}: {result:?}"
             );
+        }
+    }
+
+    #[test]
+    fn parsing_splits_without_vouching_and_verifying_vouches() {
+        let t = token();
+        let parsed = parse(&t).unwrap();
+        assert_eq!(parsed.text(), t);
+        assert_eq!(parsed.verify(&key()).unwrap().tag, parsed.tag);
+        // Another payload under the same signature parses to the same tag, and only
+        // verification tells them apart.
+        let forged = format!("x{t}");
+        let parsed_forgery = parse(&forged).unwrap();
+        assert_eq!(parsed_forgery.tag, parsed.tag);
+        assert_eq!(
+            parsed_forgery.verify(&key()).map(|s| s.tag),
+            Err(TokenError::BadSignature)
+        );
+        assert_eq!(
+            parse(&format!("{t}.x")).map(|p| p.tag),
+            Err(TokenError::Malformed)
+        );
+    }
+
+    #[test]
+    fn same_text_compares_every_byte() {
+        let t = token();
+        assert!(same_text(&t, &t.clone()));
+        assert!(same_text("", ""));
+        assert!(!same_text(&t, &t[..t.len() - 1]), "a prefix");
+        for at in [0, 7, 8, t.len() / 2, t.len() - 1] {
+            let mut other = t.clone().into_bytes();
+            other[at] ^= 0x01;
+            let other = String::from_utf8(other).unwrap();
+            assert!(!same_text(&t, &other), "differs at {at}");
         }
     }
 
