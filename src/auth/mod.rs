@@ -349,7 +349,8 @@ pub struct NativeAuthenticator {
     verified: moka::sync::Cache<[u8; 32], Verified>,
     /// Recent answers of the two caches above, per thread (see [`crate::cache`]).
     front_principals: FrontCache<i64, Arc<Identity>>,
-    front_verified: FrontCache<[u8; 32], KnownToken>,
+    /// Keyed by [`token::probe`]: a hit still compares the whole text.
+    front_verified: FrontCache<u64, KnownToken>,
     hasher: PasswordHasher,
     throttle: LoginLimits,
     metrics: Metrics,
@@ -432,22 +433,22 @@ impl NativeAuthenticator {
     /// Check a token and return who it belongs to.
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
         let now = unix_now();
-        let unverified = token::parse(token)?;
-        // This thread verified this very text before: no HMAC again. Anything else (a
-        // miss, or another text claiming the same signature) is verified in full.
-        let known = self
-            .front_verified
-            .read(&unverified.tag, Instant::now(), |known| {
+        // This thread verified this very text before: nothing to parse or verify again.
+        // Anything else (a miss, or another text under the same probe) is checked in full.
+        let known = token::probe(token).and_then(|probe| {
+            self.front_verified.read(&probe, Instant::now(), |known| {
                 token::same_text(&known.text, token).then(|| known.verified.clone())
-            });
+            })
+        });
         let (signed, hit) = match known {
             Some(known) => (None, Some(known)),
             None => {
-                let signed = unverified.verify(&self.key)?;
+                let signed = token::parse(token)?.verify(&self.key)?;
                 (Some(signed), self.verified_token(&signed.tag, token))
             }
         };
         self.metrics.cache_lookup("tokens", hit.is_some());
+        let was_cached = hit.is_some();
         if let Some(hit) = hit {
             token::check_age(hit.issued_at, now, self.max_age)?;
             let identity = self.identity(hit.user_id).await?;
@@ -457,14 +458,16 @@ impl NativeAuthenticator {
             if identity.credential_version == hit.credential_version {
                 return Ok(identity);
             }
-            // The user's credentials changed since: check from scratch. (A front copy
-            // of this entry may stay; it carries the old version, so it leads here too.)
-            self.verified.invalidate(&unverified.tag);
         }
         let signed = match signed {
             Some(signed) => signed,
-            None => unverified.verify(&self.key)?,
+            None => token::parse(token)?.verify(&self.key)?,
         };
+        if was_cached {
+            // The user's credentials changed since: check from scratch. (A front copy
+            // of this entry may stay; it carries the old version, so it leads here too.)
+            self.verified.invalidate(&signed.tag);
+        }
         let claims = signed.claims(now, self.max_age)?;
         let identity = self.identity(claims.user_id).await?;
         if !identity.active {
@@ -495,13 +498,7 @@ impl NativeAuthenticator {
             credential_version: identity.credential_version,
             expires: Instant::now() + ttl,
         };
-        let epoch = self.front_verified.epoch();
-        self.front_verified.put(
-            signed.tag,
-            KnownToken::new(token, verified.clone()),
-            verified.expires,
-            epoch,
-        );
+        self.file_front(token, &verified);
         self.verified.insert(signed.tag, verified);
         Ok(identity)
     }
@@ -509,17 +506,24 @@ impl NativeAuthenticator {
     /// What the shared token cache remembers about the verified token with this tag;
     /// a hit is copied to this thread's front cache with the token's text.
     fn verified_token(&self, tag: &[u8; 32], token: &str) -> Option<Verified> {
+        let hit = self.verified.get(tag)?;
+        self.file_front(token, &hit);
+        Some(hit)
+    }
+
+    /// Keep `verified` for this thread under the text of the token it was verified for.
+    fn file_front(&self, token: &str, verified: &Verified) {
         // Token entries are never invalidated wholesale (a changed credential is caught by
         // its version), so the epoch only orders this copy after any future bump.
         let epoch = self.front_verified.epoch();
-        let hit = self.verified.get(tag)?;
-        self.front_verified.put(
-            *tag,
-            KnownToken::new(token, hit.clone()),
-            hit.expires,
-            epoch,
-        );
-        Some(hit)
+        if let Some(probe) = token::probe(token) {
+            self.front_verified.put(
+                probe,
+                KnownToken::new(token, verified.clone()),
+                verified.expires,
+                epoch,
+            );
+        }
     }
 
     /// The cached identity of a user, loading it once under concurrent misses.
