@@ -231,6 +231,46 @@ fn psql_list(url: &str, sql: &str) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_claiming_a_known_tokens_signature_is_checked_in_full() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let gw = fm_gateway(fm).await;
+    let (email, password, id) = creds(fm, "tenant_b_member");
+    let token = gw.login(&email, &password).await;
+    let (other_email, other_password, _) = creds(fm, "prosumer_member");
+    let other = gw.login(&other_email, &other_password).await;
+    let path = format!("/api/v3_0/users/{id}");
+    // Every worker knows the good token first, so a forgery below meets its entry.
+    for _ in 0..8 {
+        assert_eq!(gw.get(&path, Some(&token)).await.status, 200);
+    }
+    let (payload, rest) = token.split_once('.').unwrap();
+    let (other_payload, _) = other.split_once('.').unwrap();
+    let mut flipped = payload.as_bytes().to_vec();
+    flipped[3] = if flipped[3] == b'A' { b'B' } else { b'A' };
+    let forgeries = [
+        format!("{other_payload}.{rest}"),
+        format!("{}.{rest}", String::from_utf8(flipped).unwrap()),
+    ];
+    let outcome = "flexgate_token_validations_total{outcome=\"bad_signature\"}";
+    let before = metric(&gw.metrics().await, outcome);
+    for _ in 0..4 {
+        for forged in &forgeries {
+            let answer = gw.get(&path, Some(forged)).await;
+            assert_eq!(answer.status, 401, "{}", answer.text());
+        }
+    }
+    let after = metric(&gw.metrics().await, outcome);
+    assert!(
+        after - before >= 8.0,
+        "flexgate itself refused the forgeries ({before} -> {after} bad signatures)"
+    );
+    assert_eq!(gw.get(&path, Some(&token)).await.status, 200);
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_token_one_identity() {
     let Some(fm) = real_flexmeasures() else {
         return;

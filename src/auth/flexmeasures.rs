@@ -32,7 +32,8 @@ use super::crypt_threads::CryptThreads;
 use super::itsdangerous::{self, Derivation, Keys};
 use super::throttle::LoginLimits;
 use super::token::TokenError;
-use super::{AuthError, Error, Identity, IssuedToken, LoginError, unix_now};
+use super::{AuthError, Error, Identity, IssuedToken, KnownToken, LoginError, unix_now};
+use crate::cache::{Expiring, FRONT_SLOTS, FrontCache};
 use crate::metrics::Metrics;
 use crate::rules::{CacheSettings, ThrottleSettings};
 use crate::settings::FlexMeasuresSecrets;
@@ -201,9 +202,13 @@ pub struct FmAuthenticator {
     password_salt: Vec<u8>,
     max_age: u64,
     /// Identities by `fs_uniquifier`; revalidated every interval.
-    users: moka::future::Cache<Arc<str>, Arc<Identity>>,
+    users: moka::future::Cache<Arc<str>, Expiring<Arc<Identity>>>,
     /// Tokens that passed every check, by the SHA-256 of the whole token.
     verified: moka::sync::Cache<[u8; 32], Verified>,
+    /// Recent answers of the two caches above, per thread (see [`crate::cache`]).
+    front_users: FrontCache<Arc<str>, Arc<Identity>>,
+    front_verified: FrontCache<u64, KnownToken<Verified>>,
+    users_ttl: Duration,
     threads: CryptThreads,
     throttle: LoginLimits,
     metrics: Metrics,
@@ -279,6 +284,9 @@ impl FmAuthenticator {
                     }
                 })
                 .build(),
+            front_users: FrontCache::new(FRONT_SLOTS),
+            front_verified: FrontCache::new(FRONT_SLOTS),
+            users_ttl: cache.principal_ttl,
             threads: CryptThreads::start(max_concurrent_logins)
                 .map_err(|e| Error::Hash(format!("cannot start hashing threads: {e}")))?,
             throttle: LoginLimits::new(state.clone(), throttle.clone()),
@@ -346,12 +354,19 @@ impl FmAuthenticator {
     /// Check a FlexMeasures token and return its user.
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
         let now = unix_now();
-        let tag: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let hit = self.verified.get(&tag);
+        // This thread checked this very text before: no hashing or lookup in the shared
+        // cache. Anything else goes by the SHA-256 of the whole text.
+        let hit = KnownToken::find(&self.front_verified, token).or_else(|| {
+            let tag: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+            let hit = self.verified.get(&tag)?;
+            KnownToken::file(&self.front_verified, token, hit.clone(), hit.expires);
+            Some(hit)
+        });
         self.metrics.cache_lookup("tokens", hit.is_some());
         let (uid, issued_at, exp) = match hit {
             Some(v) => (v.uid, v.issued_at, v.exp),
             None => {
+                let tag: [u8; 32] = Sha256::digest(token.as_bytes()).into();
                 let unsigned = itsdangerous::unsign(&self.keys, token)?;
                 itsdangerous::check_age(unsigned.timestamp, now, self.max_age)?;
                 let claims = parse_claims(&unsigned.payload, now)?;
@@ -366,6 +381,12 @@ impl FmAuthenticator {
                     exp: claims.exp,
                     expires: Instant::now() + Duration::from_secs(until.saturating_sub(now)),
                 };
+                KnownToken::file(
+                    &self.front_verified,
+                    token,
+                    verified.clone(),
+                    verified.expires,
+                );
                 self.verified.insert(tag, verified);
                 (uid, unsigned.timestamp, claims.exp)
             }
@@ -563,28 +584,42 @@ impl FmAuthenticator {
 
     /// The cached identity of the user with this `fs_uniquifier`.
     pub async fn user(&self, uid: &Arc<str>) -> Result<Arc<Identity>, AuthError> {
-        if let Some(hit) = self.users.get(uid).await {
+        if let Some(hit) = self.front_users.get(uid, Instant::now()) {
             self.metrics.cache_lookup("principals", true);
             return Ok(hit);
         }
-        self.metrics.cache_lookup("principals", false);
-        // Boxed: the loading future is several KiB, and every request future that
-        // awaits this one would otherwise carry that room, cache hits included.
-        Box::pin(self.load_user(uid)).await
+        // Boxed: the shared cache's and the loading futures are several KiB, and every
+        // request future that awaits this one would otherwise carry that room, front
+        // cache hits included.
+        Box::pin(self.user_shared(uid)).await
     }
 
-    /// [`FmAuthenticator::user`] on a cache miss: one query, shared by concurrent misses.
-    async fn load_user(&self, uid: &Arc<str>) -> Result<Arc<Identity>, AuthError> {
+    /// [`FmAuthenticator::user`] past the front cache: the shared cache, then one query
+    /// shared by concurrent misses.
+    async fn user_shared(&self, uid: &Arc<str>) -> Result<Arc<Identity>, AuthError> {
+        let epoch = self.front_users.epoch();
+        if let Some(hit) = self.users.get(uid).await {
+            self.metrics.cache_lookup("principals", true);
+            self.front_users
+                .put(Arc::clone(uid), Arc::clone(&hit.value), hit.expires, epoch);
+            return Ok(hit.value);
+        }
+        self.metrics.cache_lookup("principals", false);
         let store = self.store.clone();
         let key = Arc::clone(uid);
-        self.users
+        let ttl = self.users_ttl;
+        let loaded = self
+            .users
             .try_get_with(Arc::clone(uid), async move {
                 let db = store.clone();
                 match store
                     .offload(async move { db.fm_user_by_uniquifier(&key).await })
                     .await
                 {
-                    Ok(Some(user)) => Ok(Arc::new(Identity::from_flexmeasures(user))),
+                    Ok(Some(user)) => Ok(Expiring {
+                        value: Arc::new(Identity::from_flexmeasures(user)),
+                        expires: Instant::now() + ttl,
+                    }),
                     Ok(None) => Err(None),
                     Err(e) => Err(Some(Arc::new(e))),
                 }
@@ -593,7 +628,14 @@ impl FmAuthenticator {
             .map_err(|e| match &*e {
                 None => AuthError::UnknownUser,
                 Some(err) => AuthError::Unavailable(Arc::clone(err)),
-            })
+            })?;
+        self.front_users.put(
+            Arc::clone(uid),
+            Arc::clone(&loaded.value),
+            loaded.expires,
+            epoch,
+        );
+        Ok(loaded.value)
     }
 
     /// The identity of a user named by email or id (for `explain`), from the database.
@@ -672,7 +714,7 @@ impl FmAuthenticator {
         let cached: Vec<(Arc<str>, String)> = self
             .users
             .iter()
-            .map(|(uid, identity)| (Arc::clone(&*uid), identity.fingerprint().to_owned()))
+            .map(|(uid, identity)| (Arc::clone(&*uid), identity.value.fingerprint().to_owned()))
             .collect();
         let mut dropped = 0;
         for batch in cached.chunks(REVALIDATE_BATCH) {
@@ -686,11 +728,16 @@ impl FmAuthenticator {
                 .iter()
                 .map(|(u, f)| (u.as_str(), f.as_str()))
                 .collect();
+            let before = dropped;
             for (uid, fingerprint) in batch {
                 if current.get(&**uid) != Some(&fingerprint.as_str()) {
                     self.users.invalidate(uid).await;
                     dropped += 1;
                 }
+            }
+            if dropped > before {
+                // After the shared cache, so that no thread can file an old identity again.
+                self.front_users.invalidate_all();
             }
         }
         Ok((cached.len(), dropped))

@@ -308,20 +308,39 @@ struct Verified {
     expires: Instant,
 }
 
-/// A front-cache copy of a [`Verified`] entry with the text of the token it was
-/// verified for: a later request presenting the same text needs no HMAC, since only a
-/// token whose signature checked out is ever filed.
+/// A front-cache copy of a token cache's entry with the text of the token it was
+/// verified for, filed under [`token::probe`]: a later request presenting the same text
+/// needs no parsing, hashing or MAC, since only a token that passed every check is ever
+/// filed. Both token formats (native and FlexMeasures) keep their checks this way.
 #[derive(Debug, Clone)]
-struct KnownToken {
-    verified: Verified,
+struct KnownToken<V> {
+    verified: V,
     text: Arc<str>,
 }
 
-impl KnownToken {
-    fn new(text: &str, verified: Verified) -> Self {
+impl<V: Clone + Send> KnownToken<V> {
+    fn new(text: &str, verified: V) -> Self {
         KnownToken {
             verified,
             text: Arc::from(text),
+        }
+    }
+
+    /// This thread's entry for exactly this token text, if it has one.
+    fn find(front: &FrontCache<u64, KnownToken<V>>, token: &str) -> Option<V> {
+        let probe = token::probe(token)?;
+        front.read(&probe, Instant::now(), |known| {
+            token::same_text(&known.text, token).then(|| known.verified.clone())
+        })
+    }
+
+    /// File `verified` for this thread under the text of the token it was verified for.
+    fn file(front: &FrontCache<u64, KnownToken<V>>, token: &str, verified: V, expires: Instant) {
+        // Token entries are never invalidated wholesale (a changed credential is caught
+        // later, by the user's entry), so the epoch only orders this copy after any bump.
+        let epoch = front.epoch();
+        if let Some(probe) = token::probe(token) {
+            front.put(probe, KnownToken::new(token, verified), expires, epoch);
         }
     }
 }
@@ -350,7 +369,7 @@ pub struct NativeAuthenticator {
     /// Recent answers of the two caches above, per thread (see [`crate::cache`]).
     front_principals: FrontCache<i64, Arc<Identity>>,
     /// Keyed by [`token::probe`]: a hit still compares the whole text.
-    front_verified: FrontCache<u64, KnownToken>,
+    front_verified: FrontCache<u64, KnownToken<Verified>>,
     hasher: PasswordHasher,
     throttle: LoginLimits,
     metrics: Metrics,
@@ -435,12 +454,7 @@ impl NativeAuthenticator {
         let now = unix_now();
         // This thread verified this very text before: nothing to parse or verify again.
         // Anything else (a miss, or another text under the same probe) is checked in full.
-        let known = token::probe(token).and_then(|probe| {
-            self.front_verified.read(&probe, Instant::now(), |known| {
-                token::same_text(&known.text, token).then(|| known.verified.clone())
-            })
-        });
-        let (signed, hit) = match known {
+        let (signed, hit) = match KnownToken::find(&self.front_verified, token) {
             Some(known) => (None, Some(known)),
             None => {
                 let signed = token::parse(token)?.verify(&self.key)?;
@@ -498,7 +512,12 @@ impl NativeAuthenticator {
             credential_version: identity.credential_version,
             expires: Instant::now() + ttl,
         };
-        self.file_front(token, &verified);
+        KnownToken::file(
+            &self.front_verified,
+            token,
+            verified.clone(),
+            verified.expires,
+        );
         self.verified.insert(signed.tag, verified);
         Ok(identity)
     }
@@ -507,23 +526,8 @@ impl NativeAuthenticator {
     /// a hit is copied to this thread's front cache with the token's text.
     fn verified_token(&self, tag: &[u8; 32], token: &str) -> Option<Verified> {
         let hit = self.verified.get(tag)?;
-        self.file_front(token, &hit);
+        KnownToken::file(&self.front_verified, token, hit.clone(), hit.expires);
         Some(hit)
-    }
-
-    /// Keep `verified` for this thread under the text of the token it was verified for.
-    fn file_front(&self, token: &str, verified: &Verified) {
-        // Token entries are never invalidated wholesale (a changed credential is caught by
-        // its version), so the epoch only orders this copy after any future bump.
-        let epoch = self.front_verified.epoch();
-        if let Some(probe) = token::probe(token) {
-            self.front_verified.put(
-                probe,
-                KnownToken::new(token, verified.clone()),
-                verified.expires,
-                epoch,
-            );
-        }
     }
 
     /// The cached identity of a user, loading it once under concurrent misses.
