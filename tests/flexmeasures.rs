@@ -457,6 +457,35 @@ async fn a_password_reset_and_a_deactivation_through_flexmeasures_end_tokens_wit
     gw.stop().await;
 }
 
+/// flexgate's own refusals (403 `forbidden`) so far, over every route.
+async fn forbidden_by_flexgate(gw: &TestGateway) -> f64 {
+    gw.metrics()
+        .await
+        .lines()
+        .filter(|l| {
+            l.starts_with("flexgate_requests_total{") && l.contains("decision=\"forbidden\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Whether flexgate itself refuses this request (403 and one more `forbidden` counted):
+/// FlexMeasures refuses it on its own too, once its tables say so.
+async fn refused_by_flexgate(gw: &TestGateway, path: &str, token: &str) -> bool {
+    let before = forbidden_by_flexgate(gw).await;
+    gw.get(path, Some(token)).await.status == 403 && forbidden_by_flexgate(gw).await == before + 1.0
+}
+
+/// Eight requests in a row, each on a new connection, each refused by flexgate itself.
+async fn refused_by_flexgate_every_time(gw: &TestGateway, path: &str, token: &str, why: &str) {
+    for _ in 0..8 {
+        assert!(
+            refused_by_flexgate(gw, path, token).await,
+            "{why}: refused by FlexMeasures only"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_role_change_in_flexmeasures_tables_changes_decisions_within_5s() {
     let Some(fm) = real_flexmeasures() else {
@@ -479,14 +508,18 @@ async fn a_role_change_in_flexmeasures_tables_changes_decisions_within_5s() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let moved = eventually(Duration::from_secs(5), || async {
-        gw.get(&probe, Some(&token)).await.status == 403
+    let moved = eventually(Duration::from_secs(5), || {
+        refused_by_flexgate(&gw, &probe, &token)
     })
     .await;
     assert!(
         moved,
         "an account change in FlexMeasures' tables did not reach flexgate within 5 s"
     );
+    // Every worker, not just one: each keeps its own copy of the user in front of the
+    // shared cache, and each new connection may land on any of them. FlexMeasures
+    // refuses on its own too, so flexgate's own count of refusals tells who decided.
+    refused_by_flexgate_every_time(&gw, &probe, &token, "a worker kept the old account").await;
     // A role granted and taken away (as FlexMeasures' CLI `add-role` / `remove-role`
     // does, in roles_users): an admin may read another tenant's user.
     let other = format!("/api/v3_0/users/{}", fm.user("prosumer_member")["id"]);
@@ -501,18 +534,26 @@ async fn a_role_change_in_flexmeasures_tables_changes_decisions_within_5s() {
     })
     .await;
     assert!(granted, "a granted role did not reach flexgate within 5 s");
+    for _ in 0..8 {
+        assert_eq!(
+            gw.get(&other, Some(&token)).await.status,
+            200,
+            "a worker kept the old roles"
+        );
+    }
     sql(format!(
         "DELETE FROM roles_users WHERE user_id = {} AND role_id = (SELECT id FROM role WHERE name = 'admin')",
         user.id
     ));
-    let revoked = eventually(Duration::from_secs(5), || async {
-        gw.get(&other, Some(&token)).await.status == 403
+    let revoked = eventually(Duration::from_secs(5), || {
+        refused_by_flexgate(&gw, &other, &token)
     })
     .await;
     assert!(
         revoked,
         "a removed role still counted at flexgate after 5 s"
     );
+    refused_by_flexgate_every_time(&gw, &other, &token, "a worker kept the admin role").await;
     gw.stop().await;
 }
 
