@@ -31,8 +31,8 @@ use std::time::Instant;
 use thread_local::ThreadLocal;
 
 /// Front-cache slots per thread and cache: enough for a worker's hot set (the tokens,
-/// users and resources of its busy clients) at about 100 KB per thread for the
-/// largest entries.
+/// users and resources of its busy clients) at about 100 KB per thread and cache, and
+/// about 300 KB for the token caches, whose slots also hold each token's text.
 pub const FRONT_SLOTS: usize = 1024;
 
 /// A value together with the instant it stops being valid, as stored in a shared cache
