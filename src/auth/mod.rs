@@ -109,6 +109,40 @@ pub struct IdentityValues {
     pub roles: HeaderValue,
     /// Account roles, comma separated.
     pub account_roles: HeaderValue,
+    /// The five values above as the identity signature's last lines ("\n" before each):
+    /// joined once per identity, not on every request.
+    signed_fields: Box<[u8]>,
+}
+
+impl IdentityValues {
+    /// The values, and the signature lines they make.
+    fn new(
+        user_id: HeaderValue,
+        email: HeaderValue,
+        account_id: HeaderValue,
+        roles: HeaderValue,
+        account_roles: HeaderValue,
+    ) -> Self {
+        let mut signed_fields = Vec::new();
+        for value in [&user_id, &email, &account_id, &roles, &account_roles] {
+            signed_fields.push(b'\n');
+            signed_fields.extend_from_slice(value.as_bytes());
+        }
+        IdentityValues {
+            user_id,
+            email,
+            account_id,
+            roles,
+            account_roles,
+            signed_fields: signed_fields.into_boxed_slice(),
+        }
+    }
+
+    /// `\n` and each value in signature order (user id, email, account id, user roles,
+    /// account roles): the part of the signed text that is the same on every request.
+    pub fn signed_fields(&self) -> &[u8] {
+        &self.signed_fields
+    }
 }
 
 impl Identity {
@@ -119,13 +153,13 @@ impl Identity {
         let value =
             |s: String| HeaderValue::try_from(s).unwrap_or_else(|_| HeaderValue::from_static(""));
         Identity {
-            headers: IdentityValues {
-                user_id: HeaderValue::from(r.user_id),
-                email: value(r.email.clone()),
-                account_id: HeaderValue::from(r.account_id),
-                roles: value(r.roles.join(",")),
-                account_roles: value(r.account_roles.join(",")),
-            },
+            headers: IdentityValues::new(
+                HeaderValue::from(r.user_id),
+                value(r.email.clone()),
+                HeaderValue::from(r.account_id),
+                value(r.roles.join(",")),
+                value(r.account_roles.join(",")),
+            ),
             principal: Principal {
                 user_id: r.user_id,
                 account_id: r.account_id,

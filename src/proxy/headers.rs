@@ -328,19 +328,17 @@ impl UpstreamSigner {
 
     /// The signature header's value as bytes; `ts` is the timestamp in decimal.
     fn signature(&self, ts: &[u8], method: &Method, path: &str, id: &Identity) -> [u8; 67] {
-        let digest = canonical_mac(
-            self.mac.clone(),
-            &[
-                ts,
-                method.as_str().as_bytes(),
-                path.as_bytes(),
-                id.headers.user_id.as_bytes(),
-                id.headers.email.as_bytes(),
-                id.headers.account_id.as_bytes(),
-                id.headers.roles.as_bytes(),
-                id.headers.account_roles.as_bytes(),
-            ],
-        );
+        // The canonical lines of `canonical_mac`, with the identity's five joined once
+        // per identity (`IdentityValues::signed_fields`).
+        let mut mac = self.mac.clone();
+        mac.update(b"v1\n");
+        mac.update(ts);
+        mac.update(b"\n");
+        mac.update(method.as_str().as_bytes());
+        mac.update(b"\n");
+        mac.update(path.as_bytes());
+        mac.update(id.headers.signed_fields());
+        let digest: [u8; 32] = mac.finalize().into_bytes().into();
         let mut out = [0u8; 3 + 64];
         out[..3].copy_from_slice(b"v1=");
         const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -469,6 +467,37 @@ pub fn inject_identity(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_signature_is_the_hmac_of_the_canonical_lines() {
+        let secret = Secret::new(b"0123456789abcdef0123456789abcdef".to_vec());
+        let id = Identity::from_record(crate::store::PrincipalRecord {
+            user_id: 5,
+            email: "prosumer@flexgate.demo".into(),
+            active: true,
+            uniquifier: "u".into(),
+            password_hash: "h".into(),
+            account_id: 3,
+            consultancy_account_id: Some(2),
+            roles: vec!["account-admin".into(), "consultant".into()],
+            account_roles: vec!["Prosumer".into()],
+        });
+        let got = UpstreamSigner::new(&secret).signature(
+            b"1800000000",
+            &Method::POST,
+            "/api/v3_0/assets/1",
+            &id,
+        );
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose()).unwrap();
+        mac.update(b"v1\n1800000000\nPOST\n/api/v3_0/assets/1\n5\nprosumer@flexgate.demo\n3\naccount-admin,consultant\nProsumer");
+        let want: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(std::str::from_utf8(&got).unwrap(), format!("v1={want}"));
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
