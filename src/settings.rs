@@ -236,21 +236,14 @@ impl Settings {
             "FLEXGATE_UPSTREAM_SECRET",
             &mut problems,
         );
-        let token_max_age = match nonempty(raw.security_token_max_age) {
-            None => DEFAULT_TOKEN_MAX_AGE_SECS,
-            Some(v) => match v.parse::<u64>() {
-                Ok(secs) if (60..=30 * 86_400).contains(&secs) => secs,
-                _ => {
-                    problems.push(Problem {
-                        var: "SECURITY_TOKEN_MAX_AGE",
-                        message: format!(
-                            "expected whole seconds between 60 and 2592000 (30 days), got {v:?}"
-                        ),
-                    });
-                    DEFAULT_TOKEN_MAX_AGE_SECS
-                }
-            },
-        };
+        let token_max_age = seconds(
+            raw.security_token_max_age,
+            "SECURITY_TOKEN_MAX_AGE",
+            60..=30 * 86_400,
+            "expected whole seconds between 60 and 2592000 (30 days)",
+            &mut problems,
+        )
+        .unwrap_or(DEFAULT_TOKEN_MAX_AGE_SECS);
         let bcrypt_cost = match nonempty(raw.flexgate_bcrypt_cost) {
             None => DEFAULT_BCRYPT_COST,
             Some(v) => match v.parse::<u32>() {
@@ -309,21 +302,14 @@ impl Settings {
             ),
             remember_salt: nonempty(raw.flexmeasures_security_remember_salt)
                 .unwrap_or_else(|| "remember-salt".to_owned()),
-            session_lifetime: match nonempty(raw.flexmeasures_permanent_session_lifetime) {
-                None => crate::auth::flask_session::DEFAULT_SESSION_MAX_AGE,
-                Some(v) => match v.parse::<u64>() {
-                    Ok(secs) if (1..=366 * 86_400).contains(&secs) => secs,
-                    _ => {
-                        problems.push(Problem {
-                            var: "FLEXMEASURES_PERMANENT_SESSION_LIFETIME",
-                            message: format!(
-                                "expected whole seconds between 1 and 31622400 (366 days), as FlexMeasures' PERMANENT_SESSION_LIFETIME, got {v:?}"
-                            ),
-                        });
-                        crate::auth::flask_session::DEFAULT_SESSION_MAX_AGE
-                    }
-                },
-            },
+            session_lifetime: seconds(
+                raw.flexmeasures_permanent_session_lifetime,
+                "FLEXMEASURES_PERMANENT_SESSION_LIFETIME",
+                1..=366 * 86_400,
+                "expected whole seconds between 1 and 31622400 (366 days), as FlexMeasures' PERMANENT_SESSION_LIFETIME",
+                &mut problems,
+            )
+            .unwrap_or(crate::auth::flask_session::DEFAULT_SESSION_MAX_AGE),
         };
 
         let state_url = match nonempty(raw.flexgate_state_url) {
@@ -500,6 +486,28 @@ fn fallbacks(
 
 fn nonempty(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.trim().is_empty())
+}
+
+/// A duration in whole seconds within `range`, if set; a value outside it is a problem
+/// (`expected` says what is, the value given is appended) and reads as unset.
+fn seconds(
+    value: Option<String>,
+    var: &'static str,
+    range: std::ops::RangeInclusive<u64>,
+    expected: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<u64> {
+    let v = nonempty(value)?;
+    match v.parse::<u64>() {
+        Ok(secs) if range.contains(&secs) => Some(secs),
+        _ => {
+            problems.push(Problem {
+                var,
+                message: format!("{expected}, got {v:?}"),
+            });
+            None
+        }
+    }
 }
 
 fn secret(value: Option<String>, var: &'static str, problems: &mut Vec<Problem>) -> Option<Secret> {
