@@ -356,41 +356,30 @@ impl FmAuthenticator {
         let now = unix_now();
         // This thread checked this very text before: no hashing or lookup in the shared
         // cache. Anything else goes by the SHA-256 of the whole text.
-        let hit = KnownToken::find(&self.front_verified, token).or_else(|| {
-            let tag: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-            let hit = self.verified.get(&tag)?;
-            KnownToken::file(&self.front_verified, token, hit.clone(), hit.expires);
-            Some(hit)
-        });
-        self.metrics.cache_lookup("tokens", hit.is_some());
-        let (uid, issued_at, exp) = match hit {
-            Some(v) => (v.uid, v.issued_at, v.exp),
+        let verified = match KnownToken::find(&self.front_verified, token) {
+            Some(known) => {
+                self.metrics.cache_lookup("tokens", true);
+                known
+            }
             None => {
                 let tag: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-                let unsigned = itsdangerous::unsign(&self.keys, token)?;
-                itsdangerous::check_age(unsigned.timestamp, now, self.max_age)?;
-                let claims = parse_claims(&unsigned.payload, now)?;
-                let uid: Arc<str> = Arc::from(claims.uid);
-                let mut until = unsigned.timestamp.saturating_add(self.max_age + 1);
-                if let Some(exp) = claims.exp {
-                    until = until.min(exp.saturating_add(1));
+                let hit = self.verified.get(&tag);
+                self.metrics.cache_lookup("tokens", hit.is_some());
+                match hit {
+                    Some(hit) => {
+                        KnownToken::file(&self.front_verified, token, hit.clone(), hit.expires);
+                        hit
+                    }
+                    None => self.check_unknown(token, tag, now)?,
                 }
-                let verified = Verified {
-                    uid: Arc::clone(&uid),
-                    issued_at: unsigned.timestamp,
-                    exp: claims.exp,
-                    expires: Instant::now() + Duration::from_secs(until.saturating_sub(now)),
-                };
-                KnownToken::file(
-                    &self.front_verified,
-                    token,
-                    verified.clone(),
-                    verified.expires,
-                );
-                self.verified.insert(tag, verified);
-                (uid, unsigned.timestamp, claims.exp)
             }
         };
+        let Verified {
+            uid,
+            issued_at,
+            exp,
+            ..
+        } = verified;
         itsdangerous::check_age(issued_at, now, self.max_age)?;
         if exp.is_some_and(|exp| exp < now) {
             return Err(AuthError::Token(TokenError::Expired));
@@ -400,6 +389,32 @@ impl FmAuthenticator {
             return Err(AuthError::Inactive);
         }
         Ok(identity)
+    }
+
+    /// Check a token no cache knows (its signature, age and claims) and remember it,
+    /// under `tag` (the SHA-256 of its text) and in this thread's front cache.
+    fn check_unknown(&self, token: &str, tag: [u8; 32], now: u64) -> Result<Verified, AuthError> {
+        let unsigned = itsdangerous::unsign(&self.keys, token)?;
+        itsdangerous::check_age(unsigned.timestamp, now, self.max_age)?;
+        let claims = parse_claims(&unsigned.payload, now)?;
+        let mut until = unsigned.timestamp.saturating_add(self.max_age + 1);
+        if let Some(exp) = claims.exp {
+            until = until.min(exp.saturating_add(1));
+        }
+        let verified = Verified {
+            uid: Arc::from(claims.uid),
+            issued_at: unsigned.timestamp,
+            exp: claims.exp,
+            expires: Instant::now() + Duration::from_secs(until.saturating_sub(now)),
+        };
+        KnownToken::file(
+            &self.front_verified,
+            token,
+            verified.clone(),
+            verified.expires,
+        );
+        self.verified.insert(tag, verified.clone());
+        Ok(verified)
     }
 
     /// Authenticate by FlexMeasures' browser session, as Flask-Login does: the
