@@ -20,6 +20,12 @@
 //!   shared cache ([`FrontCache::epoch`]) and files what it got under that epoch, so an
 //!   answer that raced an invalidation is never served again.
 //!
+//! A copy can outlive its shared entry in one way: the shared cache drops an entry for
+//! its size bound (or does not admit one it just loaded) while a thread holds a copy.
+//! That is safe only where invalidations name keys whether or not the shared cache
+//! holds them (the change feed). FlexMeasures mode's revalidation checks the entries
+//! the shared cache holds, so it bumps the epoch after every pass.
+//!
 //! A collision simply replaces the slot: the front cache holds hot keys, the shared
 //! cache holds everything.
 

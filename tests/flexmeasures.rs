@@ -28,11 +28,16 @@ pub fn flexmeasures_preset() -> String {
 /// flexgate in FlexMeasures mode in front of the real FlexMeasures: HTTPS, and plain
 /// HTTP in proxy mode (FlexMeasures' client speaks plain HTTP here).
 async fn fm_gateway(fm: &RealFm) -> TestGateway {
+    fm_gateway_with_rules(fm, &flexmeasures_preset()).await
+}
+
+/// [`fm_gateway`] with another rule file.
+async fn fm_gateway_with_rules(fm: &RealFm, rules: &str) -> TestGateway {
     let db = TestDb::external(&fm.readonly_url);
     let placeholder = Upstream::start().await;
     GatewayBuilder::new(&db, &placeholder)
         .upstream_url(&fm.base())
-        .rules(&flexmeasures_preset())
+        .rules(rules)
         .server("http_mode = \"proxy\"\npreserve_host = true\n")
         .env("FLEXMEASURES_SECRET_KEY", FM_SECRET_KEY)
         .env("FLEXMEASURES_SECURITY_PASSWORD_SALT", FM_PASSWORD_SALT)
@@ -453,6 +458,66 @@ async fn a_password_reset_and_a_deactivation_through_flexmeasures_end_tokens_wit
             "{change}: refused by flexgate {:?} after the change",
             started.elapsed()
         );
+    }
+    gw.stop().await;
+}
+
+/// A user the shared cache did not keep (its bound is one user here) must follow
+/// FlexMeasures' tables like one it kept: each worker's own copy of it is checked by no
+/// revalidation pass, so it must not outlive one (it lived for `principal_ttl_secs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_the_shared_cache_did_not_keep_still_follows_flexmeasures_tables() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let rules = format!(
+        "{}\n[cache]\nprincipal_capacity = 1\n",
+        flexmeasures_preset()
+    );
+    let gw = fm_gateway_with_rules(fm, &rules).await;
+    let probe = format!("/api/v3_0/assets/{}/sensors", fm.asset("prosumer_a"));
+    let mut tokens = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let user = fm.add_user("prosumer_a", &[]);
+        let token = gw.login(&user.email, &user.password).await;
+        // New connections, so that every worker keeps a copy of the user.
+        for _ in 0..8 {
+            assert_eq!(gw.get(&probe, Some(&token)).await.status, 200);
+        }
+        tokens.push(token);
+        ids.push(user.id.to_string());
+    }
+    let entries = metric(
+        &gw.metrics().await,
+        "flexgate_cache_entries{cache=\"principals\"}",
+    );
+    assert!(
+        entries <= 1.0,
+        "the shared user cache holds {entries} users: the test needs it to drop some"
+    );
+    // Each moves to another tenant, one at a time and the latest first (the shared
+    // cache kept at most one of them, and dropping a kept one would make every copy
+    // stale at once). FlexMeasures refuses them on its own too, so flexgate's own
+    // count of refusals tells who decided.
+    for (i, token) in tokens.iter().enumerate().rev() {
+        psql(
+            &fm.db_url,
+            &format!(
+                "UPDATE fm_user SET account_id = {} WHERE id = {}",
+                fm.account("tenant_b"),
+                ids[i]
+            ),
+        );
+        let moved = eventually(Duration::from_secs(5), || {
+            refused_by_flexgate(&gw, &probe, token)
+        })
+        .await;
+        assert!(
+            moved,
+            "user {i}: the account change did not reach flexgate within 5 s"
+        );
+        refused_by_flexgate_every_time(&gw, &probe, token, "a worker kept the old account").await;
     }
     gw.stop().await;
 }

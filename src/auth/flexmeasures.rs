@@ -723,7 +723,14 @@ impl FmAuthenticator {
     }
 
     /// Compare every cached user with FlexMeasures' tables and drop those that changed
-    /// or vanished. Returns how many users were checked and how many dropped.
+    /// or vanished, then make every worker's front copies stale. Returns how many users
+    /// were checked and how many dropped.
+    ///
+    /// The front copies go on every pass, not only when a user was dropped: the shared
+    /// cache can lose a user to its size bound (or refuse to keep one it just loaded)
+    /// while a worker still holds a copy, and no pass would ever check that copy. So a
+    /// copy lives at most about one pass; a worker then asks the shared cache, or
+    /// FlexMeasures' tables, once per user and pass.
     pub async fn revalidate(&self) -> Result<(usize, usize), store::Error> {
         self.users.run_pending_tasks().await;
         let cached: Vec<(Arc<str>, String)> = self
@@ -755,6 +762,8 @@ impl FmAuthenticator {
                 self.front_users.invalidate_all();
             }
         }
+        // Copies of users this pass did not see (the shared cache no longer holds them).
+        self.front_users.invalidate_all();
         Ok((cached.len(), dropped))
     }
 
