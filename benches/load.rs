@@ -4,7 +4,8 @@
 //! binary with a seeded database, and the peers that are installed (`apt-get install
 //! nginx haproxy caddy`): nginx, HAProxy and Caddy as plain reverse proxies, nginx
 //! `auth_request` and Caddy `forward_auth` to a do-nothing 204, and nginx
-//! `auth_request` to flexgate's decision listener. Then drives each scenario from a
+//! `auth_request` to flexgate's decision listener, and a bare hyper + tokio proxy
+//! (`floor_proxy`: the floor of flexgate's own stack). Then drives each scenario from a
 //! one-thread load generator with a fixed number of keep-alive connections for a fixed
 //! time, like `wrk -t1 -c32`. Prints requests/s and latency percentiles per scenario,
 //! and writes `target/bench/load.json` and `target/bench/load.md` with each scenario
@@ -50,6 +51,10 @@ fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` would pass nothing useful here.
     if std::env::args().any(|a| a == "--list") {
         return;
+    }
+    // This binary re-executed as the bare-stack peer (see `floor_proxy`).
+    if let Ok(spec) = std::env::var(FLOOR_PROXY_ENV) {
+        floor_proxy(&spec);
     }
     let secs: u64 = env_or("FLEXGATE_BENCH_SECS", 5);
     let connections: usize = env_or("FLEXGATE_BENCH_CONNECTIONS", 32);
@@ -206,6 +211,7 @@ fn main() {
             .entry("2_over_3".into())
             .or_default()
             .push(public_again.rps() / ours.rps());
+        let mut floor = None;
         for p in bench.peers.iter() {
             let theirs = peer_run(&format!("{}, pair {i}", p.label), p.addr, p.asks_flexgate);
             let key = p.label.split('.').next().unwrap_or(p.label).to_owned();
@@ -213,6 +219,9 @@ fn main() {
                 .entry(format!("3_vs_{key}"))
                 .or_default()
                 .push(ours.rps() / theirs.rps());
+            if key == FLOOR_KEY {
+                floor = Some(theirs);
+            }
         }
         if let (Some(nginx_addr), Some(ours_cpu)) = (bench.nginx, ours.cpu_us_per_request) {
             let theirs = nginx_run(&format!("7, pair {i} (CPU)"), nginx_addr);
@@ -221,6 +230,19 @@ fn main() {
                     .entry("3_cpu_over_7_cpu".into())
                     .or_default()
                     .push(ours_cpu / theirs_cpu);
+                // How far the bare stack itself is from nginx, in the same round.
+                if let Some(floor) = &floor {
+                    peer_pairs
+                        .entry(format!("{FLOOR_KEY}_vs_7"))
+                        .or_default()
+                        .push(floor.rps() / theirs.rps());
+                    if let Some(floor_cpu) = floor.cpu_us_per_request {
+                        peer_pairs
+                            .entry(format!("{FLOOR_KEY}_cpu_over_7_cpu"))
+                            .or_default()
+                            .push(floor_cpu / theirs_cpu);
+                    }
+                }
             }
         }
     }
@@ -936,7 +958,78 @@ fn nginx_auth_conf(dir: &Path, port: u16, upstream: SocketAddr, auth: &str) -> S
     )
 }
 
-/// Start whichever peers are installed (`apt-get install haproxy caddy nginx`).
+/// The bare-stack peer's key in `load.json`'s pairs (its label before the dot).
+const FLOOR_KEY: &str = "7d";
+
+/// Set to `<listen>,<upstream>` to run this bench binary as [`floor_proxy`].
+const FLOOR_PROXY_ENV: &str = "FLEXGATE_BENCH_FLOOR_PROXY";
+
+/// The floor of the stack flexgate is built on: a reverse proxy made of hyper 1's
+/// HTTP/1 server and client connections on one current-thread tokio runtime per core
+/// with `SO_REUSEPORT` (as flexgate's workers are), and nothing else: no authorization,
+/// header rewriting, routing, timeouts or metrics; each client connection gets its own
+/// upstream connection, so there is no pool either. What it costs per request is what
+/// any proxy on this stack costs at least, which says how far flexgate's own work is
+/// from the targets and how far the stack itself is from nginx. Runs as its own process
+/// (this binary, re-executed) so that its CPU is counted like any peer's.
+fn floor_proxy(spec: &str) -> ! {
+    let (listen, upstream) = spec
+        .split_once(',')
+        .and_then(|(l, u)| Some((l.parse::<SocketAddr>().ok()?, u.parse::<SocketAddr>().ok()?)))
+        .expect("FLEXGATE_BENCH_FLOOR_PROXY is <listen>,<upstream>");
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    let threads: Vec<_> = (0..workers)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                    socket.set_reuseport(true).unwrap();
+                    socket.bind(listen).unwrap();
+                    let listener = socket.listen(1024).unwrap();
+                    loop {
+                        let Ok((client, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        tokio::spawn(floor_connection(client, upstream));
+                    }
+                })
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    std::process::exit(1)
+}
+
+/// One client connection of [`floor_proxy`], with its own upstream connection.
+async fn floor_connection(client: TcpStream, upstream: SocketAddr) {
+    let _ = client.set_nodelay(true);
+    let Ok(up) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    let _ = up.set_nodelay(true);
+    let Ok((sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(up)).await else {
+        return;
+    };
+    tokio::spawn(conn);
+    // HTTP/1 serves one request at a time: the lock is never contended.
+    let sender = Arc::new(tokio::sync::Mutex::new(sender));
+    let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+        let sender = Arc::clone(&sender);
+        async move { sender.lock().await.send_request(request).await }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(client), service)
+        .await;
+}
+
+/// Start whichever peers are installed (`apt-get install haproxy caddy nginx`), and
+/// the bare-stack floor.
 fn start_peers(dir: &Path, upstream: SocketAddr, decision: SocketAddr) -> Vec<Peer> {
     let mut peers = Vec::new();
     let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
@@ -965,6 +1058,14 @@ fn start_peers(dir: &Path, upstream: SocketAddr, decision: SocketAddr) -> Vec<Pe
             println!("{label}: did not start listening; skipped");
         }
     };
+    let port = free_port();
+    spawn(
+        "7d. hyper + tokio alone, bare reverse proxy (flexgate's stack, nothing else)",
+        false,
+        port,
+        Command::new(std::env::current_exe().unwrap())
+            .env(FLOOR_PROXY_ENV, format!("127.0.0.1:{port},{upstream}")),
+    );
     match haproxy {
         Some(bin) => {
             let port = free_port();
