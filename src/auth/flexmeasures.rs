@@ -750,19 +750,15 @@ impl FmAuthenticator {
                 .iter()
                 .map(|(u, f)| (u.as_str(), f.as_str()))
                 .collect();
-            let before = dropped;
             for (uid, fingerprint) in batch {
                 if current.get(&**uid) != Some(&fingerprint.as_str()) {
                     self.users.invalidate(uid).await;
                     dropped += 1;
                 }
             }
-            if dropped > before {
-                // After the shared cache, so that no thread can file an old identity again.
-                self.front_users.invalidate_all();
-            }
         }
-        // Copies of users this pass did not see (the shared cache no longer holds them).
+        // After the shared cache, so that no thread can file an old identity again; and
+        // on every pass, for copies of users the shared cache no longer holds.
         self.front_users.invalidate_all();
         Ok((cached.len(), dropped))
     }

@@ -372,34 +372,30 @@ async fn serve(
         _ => None,
     };
 
-    // A logout passing through: which session it ends (revoked once the upstream has
-    // accepted it).
-    let ending = route
-        .ends_session
-        .then(|| session_cookies(&parts.headers).ok())
-        .flatten()
-        .and_then(|cookies| match &*gw.auth {
-            Authenticator::FlexMeasures(fm) => Some(fm.session_keys_of(cookies)),
-            Authenticator::Native(_) => None,
-        });
-    // FlexMeasures mode: the remember cookie this request carries (its revocation key),
-    // so that only a login setting it anew lifts its revocation, not a replayed copy;
-    // and on public routes, which authenticate nobody, logged-out cookies are removed
-    // before FlexMeasures could log their user in again from them.
+    // FlexMeasures mode, for a request with cookies:
+    // - the remember cookie it carries (its revocation key), so that only a login setting
+    //   it anew lifts its revocation, not a replayed copy;
+    // - on public routes, which authenticate nobody, logged-out cookies are removed
+    //   before FlexMeasures could log their user in again from them;
+    // - a logout passing through: which session it ends (revoked once the upstream has
+    //   accepted it).
     let mut carried_remember = None;
+    let mut ending = None;
     if let Authenticator::FlexMeasures(fm) = &*gw.auth
         && parts.headers.contains_key(http::header::COOKIE)
+        && let Ok(cookies) = session_cookies(&parts.headers)
     {
-        let proof = session_cookies(&parts.headers)
-            .map(|cookies| {
-                carried_remember = cookies
-                    .remember
-                    .map(crate::auth::flask_session::remember_revocation_key);
-                fm.session_keys_of(cookies)
-            })
-            .unwrap_or_default();
-        if route.public && fm.any_revoked(&proof) {
-            headers::strip_cookies(&mut parts.headers, headers::FLEXMEASURES_SESSION_COOKIES);
+        carried_remember = cookies
+            .remember
+            .map(crate::auth::flask_session::remember_revocation_key);
+        if route.public || route.ends_session {
+            let proof = fm.session_keys_of(cookies);
+            if route.public && fm.any_revoked(&proof) {
+                headers::strip_cookies(&mut parts.headers, headers::FLEXMEASURES_SESSION_COOKIES);
+            }
+            if route.ends_session {
+                ending = Some(proof);
+            }
         }
     }
 
