@@ -630,6 +630,77 @@ async fn an_opted_in_override_is_matched_and_checked_as_the_overriding_method() 
     gw.stop().await;
 }
 
+#[tokio::test]
+async fn an_override_named_in_connection_is_never_checked_and_then_dropped() {
+    let db = TestDb::sqlite();
+    let upstream = Upstream::start().await;
+    let rules = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"))
+        .unwrap()
+        .replace(
+            "name = \"asset-delete\"\n",
+            "name = \"asset-delete\"\nmethod_override = true\n",
+        );
+    let gw = GatewayBuilder::new(&db, &upstream)
+        .demo()
+        .rules(&rules)
+        .start()
+        .await;
+    let admin = gw.demo_token("prosumer-admin@flexgate.demo").await;
+    // Checked as DELETE, the override would then have gone as hop-by-hop and the
+    // upstream run a POST nobody checked. The override goes first: a POST, which no
+    // route takes on this path (404, the demo's unmatched status).
+    let answer = gw
+        .send(
+            "POST",
+            "/api/v3_0/assets/1",
+            &[
+                ("authorization", &admin),
+                ("x-http-method-override", "DELETE"),
+                ("connection", "X-HTTP-Method-Override"),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(answer.status, 404, "{}", answer.text());
+    assert_eq!(upstream.count(), 0);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn header_names_with_underscores_never_reach_the_upstream() {
+    let db = TestDb::sqlite();
+    let upstream = Upstream::start().await;
+    let gw = gateway(&db, &upstream, "").await;
+    // CGI-style servers (Puma, uWSGI, Werkzeug's) read these as their `-` spellings:
+    // a DELETE override, a second framing, another media type than the one checked.
+    let answer = gw
+        .send(
+            "POST",
+            "/public/x",
+            &[
+                ("X_HTTP_Method_Override", "DELETE"),
+                ("x_method_override", "DELETE"),
+                ("Transfer_Encoding", "chunked"),
+                ("Content_Length", "99"),
+                ("Content_Type", "text/plain"),
+                ("x-kept", "yes"),
+            ],
+            "{}",
+        )
+        .await;
+    assert_eq!(answer.status, 200);
+    let seen = upstream.last();
+    assert_eq!(seen.method, "POST");
+    assert_eq!(&seen.body[..], b"{}");
+    assert_eq!(seen.headers["x-kept"], "yes");
+    assert!(
+        seen.headers.keys().all(|k| !k.as_str().contains('_')),
+        "{:?}",
+        seen.headers
+    );
+    gw.stop().await;
+}
+
 // === cookie crumbs (defect 8) ===
 
 #[tokio::test]

@@ -587,6 +587,25 @@ async fn the_decision_listener_can_require_a_shared_secret() {
     overriding.push(("x-http-method-override", "DELETE"));
     let (status, _, body) = ask(decision, "GET", "/nginx", &overriding, "").await;
     assert_eq!(status, 400, "{body}");
+    // Nor can flexgate take out what the upstream may see in another shape: an
+    // override spelled with `_` (read as `X-HTTP-Method-Override` by CGI-style
+    // servers), a header named in Connection (dropped by some ingresses, not others).
+    let mut odd = with.clone();
+    odd[0] = ("x-original-method", "POST");
+    odd[1] = ("x-original-uri", "/api/v3_0/assets");
+    odd.push(("X_HTTP_Method_Override", "DELETE"));
+    let (status, _, body) = ask(decision, "GET", "/nginx", &odd, "").await;
+    assert_eq!(status, 400, "{body}");
+    let mut nominated = with.clone();
+    nominated.push(("x-asset-id", "1"));
+    nominated.push(("connection", "x-asset-id"));
+    let (status, _, body) = ask(decision, "GET", "/nginx", &nominated, "").await;
+    assert_eq!(status, 400, "{body}");
+    // A target the URI parser would cut at `#` (the ingress forwards all of it).
+    let mut fragment = with.clone();
+    fragment[1] = ("x-original-uri", "/api/v3_0/health/ready?x#&account=7");
+    let (status, _, body) = ask(decision, "GET", "/nginx", &fragment, "").await;
+    assert_eq!(status, 400, "{body}");
     // Only nginx's second ask is left uncounted: from an ingress that passes client
     // headers through (Traefik here), the replay mark is not believed.
     let counted = |metrics: &str, flavour: &str| {

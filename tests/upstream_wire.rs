@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::common::*;
 
@@ -48,6 +48,18 @@ struct Scripted {
 
 impl Scripted {
     async fn start(script: fn(usize, usize, &[u8]) -> Act) -> Scripted {
+        Scripted::start_with(script, None).await
+    }
+
+    /// The same upstream, speaking HTTPS with the test certificate.
+    async fn start_tls(script: fn(usize, usize, &[u8]) -> Act, tls: &Tls) -> Scripted {
+        Scripted::start_with(script, Some(tls_acceptor(tls))).await
+    }
+
+    async fn start_with(
+        script: fn(usize, usize, &[u8]) -> Act,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Scripted {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -57,7 +69,17 @@ impl Scripted {
             while let Ok((stream, _)) = listener.accept().await {
                 conn_no += 1;
                 let log = Arc::clone(&log);
-                tokio::spawn(serve(stream, conn_no, script, log));
+                match &tls {
+                    None => drop(tokio::spawn(serve(stream, conn_no, script, log))),
+                    Some(acceptor) => {
+                        let acceptor = acceptor.clone();
+                        tokio::spawn(async move {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                serve(stream, conn_no, script, log).await;
+                            }
+                        });
+                    }
+                }
             }
         });
         Scripted { addr, seen, task }
@@ -73,8 +95,8 @@ impl Scripted {
     }
 }
 
-async fn serve(
-    mut stream: TcpStream,
+async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
     conn_no: usize,
     script: fn(usize, usize, &[u8]) -> Act,
     log: Log,
@@ -90,7 +112,7 @@ async fn serve(
         log.lock().unwrap().push((conn_no, request.clone()));
         match script(conn_no, request_no, &request) {
             Act::Answer(bytes) => {
-                if stream.write_all(bytes).await.is_err() {
+                if stream.write_all(bytes).await.is_err() || stream.flush().await.is_err() {
                     return;
                 }
             }
@@ -104,7 +126,10 @@ async fn serve(
 }
 
 /// Read one whole request into `buf`; its length, or `None` at end of input.
-async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+async fn read_request<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> Option<usize> {
     loop {
         if let Some(len) = request_len(buf) {
             return Some(len);
@@ -188,6 +213,68 @@ async fn request_framing_comes_from_the_body_sent_never_from_the_client() {
     );
     // Every request went over the one pooled connection.
     assert!(seen.iter().all(|(conn, _)| *conn == 1), "{seen:?}");
+    // An expectation is the client's with flexgate (hyper answers it); the upstream
+    // gets the body at once, and no `Expect` it could answer early and then read that
+    // body as a request of its own.
+    let answer = gw
+        .send("POST", "/e", &[("expect", "100-continue")], "hello")
+        .await;
+    assert_eq!(answer.status, 200);
+    let expecting = &upstream.requests()[4].1;
+    assert!(
+        expecting.ends_with("\r\n\r\nhello") && !expecting.contains("expect"),
+        "{expecting}"
+    );
+    gw.stop().await;
+    upstream.task.abort();
+}
+
+/// One answer that fills the upstream client's first read exactly (16 KiB), and behind
+/// it, in the same flight, an answer to a request nobody sent.
+static EXACT_READ_THEN_STALE: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    let head = b"HTTP/1.1 200 OK\r\ncontent-length: 16342\r\n\r\n";
+    let mut out = head.to_vec();
+    out.resize(16 * 1024, b'x');
+    out.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nSTALE");
+    out
+});
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_an_https_upstream_sent_beyond_its_answer_never_answer_the_next_request() {
+    let db = TestDb::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    let tls = test_tls(dir.path());
+    let upstream = Scripted::start_tls(
+        |conn, request, _| match (conn, request) {
+            (1, 1) => Act::Answer(&EXACT_READ_THEN_STALE),
+            _ => Act::Answer(OK),
+        },
+        &tls,
+    )
+    .await;
+    let placeholder = Upstream::start().await;
+    let gw = GatewayBuilder::new(&db, &placeholder)
+        .upstream_url(&format!("https://localhost:{}", upstream.addr.port()))
+        .server(&format!(
+            "workers = 1\nupstream_ca = {:?}",
+            tls.ca.display().to_string()
+        ))
+        .rules(WIRE_RULES)
+        .start()
+        .await;
+    let first = gw.get("/first", None).await;
+    assert_eq!((first.status, first.body.len()), (200, 16342));
+    // rustls has decrypted the stale answer already; the socket itself is quiet.
+    let second = gw.get("/second", None).await;
+    assert_eq!(second.status, 200);
+    assert_eq!(
+        &second.body[..],
+        b"ok",
+        "answered from bytes left on the connection"
+    );
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[1].0, 2, "the second request went on a new connection");
     gw.stop().await;
     upstream.task.abort();
 }

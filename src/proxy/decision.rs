@@ -255,6 +255,11 @@ pub fn describe(
     let uri: Uri = target
         .parse()
         .map_err(|_| BadDescription(StatusCode::BAD_REQUEST, "bad_uri"))?;
+    // The URI parser cuts a `#...` part off, which the ingress forwards and some
+    // upstreams read as part of the query: decide only a target kept whole.
+    if uri.path_and_query().map(http::uri::PathAndQuery::as_str) != Some(target.as_str()) {
+        return Err(BadDescription(StatusCode::BAD_REQUEST, "bad_uri"));
+    }
     let host = match flavour.host {
         From::Header(name) => one(headers, name)?.or(one(headers, "host")?),
         From::OwnHost => one(headers, "host")?,
@@ -553,6 +558,36 @@ mod tests {
             &[("x-original-method", "GET"), ("x-original-uri", "/x")],
         ] {
             assert!(described("/nginx", pairs).is_err(), "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn a_target_the_uri_parser_would_cut_short_is_refused() {
+        // nginx forwards `#...` upstream as sent; some upstreams read it as query.
+        for (path, header, target) in [
+            ("/nginx", "x-original-uri", "/api/v3_0/users?x#&account=7"),
+            ("/nginx", "x-original-uri", "/api/v3_0/health/ready#/x"),
+            (
+                "/traefik",
+                "x-forwarded-uri",
+                "/api/v3_0/users?x#&account=7",
+            ),
+        ] {
+            let described = described(
+                path,
+                &[
+                    ("host", "a"),
+                    ("x-original-method", "GET"),
+                    ("x-forwarded-method", "GET"),
+                    ("x-forwarded-host", "a"),
+                    (header, target),
+                ],
+            );
+            assert_eq!(
+                described.unwrap_err(),
+                BadDescription(StatusCode::BAD_REQUEST, "bad_uri"),
+                "{target}"
+            );
         }
     }
 }

@@ -22,9 +22,13 @@ use crate::auth::Identity;
 use crate::rules::IdentityHeaders;
 use crate::settings::Secret;
 
-/// Always hop-by-hop (RFC 9110 7.6.1, plus the legacy ones and h2c's `HTTP2-Settings`).
-const HOP_BY_HOP: [HeaderName; 10] = [
+/// Never passed on: hop-by-hop (RFC 9110 7.6.1, plus the legacy ones and h2c's
+/// `HTTP2-Settings`), and `Expect`, which hyper has already answered for the client:
+/// flexgate sends the body at once, and an upstream that answered the expectation early
+/// could read that body as a request of its own.
+const HOP_BY_HOP: [HeaderName; 11] = [
     header::CONNECTION,
+    header::EXPECT,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::TE,
@@ -193,6 +197,52 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     })
 }
 
+/// Remove, before anything reads them, the client's headers the upstream would not see
+/// as flexgate does, so that what is matched and checked is what is forwarded:
+/// - headers the client named in `Connection` (hop-by-hop: they never reach the
+///   upstream, so a rule that read one would check a value the upstream never gets);
+/// - header names with `_`: many servers read `X_HTTP_Method_Override` or `Content_Type`
+///   as their `-` spelling (CGI-style environments), which flexgate would not have
+///   checked. nginx (`underscores_in_headers off`) and gunicorn drop them too.
+///
+/// The usual request carries neither: one pass over the names finds that.
+pub fn drop_unforwarded(headers: &mut HeaderMap) {
+    let odd = |name: &HeaderName| name == header::CONNECTION || name.as_str().contains('_');
+    if !headers.keys().any(odd) {
+        return;
+    }
+    let mut doomed: Vec<HeaderName> = nominated(headers).collect();
+    doomed.extend(headers.keys().filter(|n| n.as_str().contains('_')).cloned());
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// Whether the client named in `Connection` a header other than the protocol's own
+/// tokens, or sent a header name with `_`: such a request cannot be decided for an
+/// ingress, which forwards the client's headers as they are (see [`drop_unforwarded`]).
+pub fn has_unforwarded(headers: &HeaderMap) -> bool {
+    nominated(headers).next().is_some() || headers.keys().any(|n| n.as_str().contains('_'))
+}
+
+/// The headers named in `Connection`, but for the tokens `keep-alive`, `close` and
+/// `upgrade` (handled with the hop-by-hop headers).
+fn nominated(headers: &HeaderMap) -> impl Iterator<Item = HeaderName> + '_ {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| {
+            !t.is_empty()
+                && !["keep-alive", "close", "upgrade"]
+                    .iter()
+                    .any(|k| t.eq_ignore_ascii_case(k))
+        })
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+}
+
 /// Remove hop-by-hop headers (step 1). With `keep_upgrade`, `Upgrade` survives and
 /// `Connection: upgrade` is set again, for a protocol switch. Most requests carry none:
 /// one pass over the names finds that without hashing or allocating.
@@ -200,21 +250,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
         return;
     }
-    // Headers the client named in Connection are hop-by-hop too; the usual tokens
-    // (keep-alive, close, upgrade) are already handled below without collecting.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| {
-            !["keep-alive", "close", "upgrade"]
-                .iter()
-                .any(|k| t.eq_ignore_ascii_case(k))
-        })
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
+    // Headers named in Connection are hop-by-hop too (on requests they went with
+    // `drop_unforwarded`; an upstream's 101 names its own).
+    let named: Vec<HeaderName> = nominated(headers).collect();
     for name in named {
         if !(keep_upgrade && name == header::UPGRADE) {
             headers.remove(&name);
@@ -561,6 +599,27 @@ mod tests {
             "x-forwarded-for: 10.1.2.3\r\nx-forwarded-proto: https\r\nx-forwarded-host: example.org\r\n"
         );
         assert_eq!(h["accept"], "*/*");
+    }
+
+    #[test]
+    fn named_and_underscored_headers_go_before_any_stage_reads_them() {
+        let mut h = map(&[
+            ("Connection", "keep-alive, X-HTTP-Method-Override, upgrade"),
+            ("X-HTTP-Method-Override", "DELETE"),
+            ("X_Asset_Id", "3"),
+            ("Content_Type", "text/plain"),
+            ("Upgrade", "websocket"),
+            ("Accept", "*/*"),
+        ]);
+        assert!(has_unforwarded(&h));
+        drop_unforwarded(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        // The protocol's own tokens stay for the hop-by-hop stage and the upgrade.
+        assert_eq!(left, ["accept", "connection", "upgrade"]);
+        assert!(is_upgrade_request(&h));
+        let plain = map(&[("Connection", "close"), ("Accept", "*/*")]);
+        assert!(!has_unforwarded(&plain));
     }
 
     #[test]

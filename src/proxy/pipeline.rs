@@ -263,6 +263,9 @@ pub async fn handle(
     conn: &ConnInfo,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    // First of all: what the upstream would not see as sent is gone before any stage
+    // (or a shadow rule) reads the headers.
+    headers::drop_unforwarded(req.headers_mut());
     // Behind a trusted proxy the client is the one it names (one branch when no proxy
     // is trusted).
     let behind;
@@ -722,6 +725,14 @@ async fn decide_request(
         // login decided here and passed on would reach FlexMeasures' own, unthrottled
         // and telling unknown emails apart. The ingress routes the endpoint to the proxy.
         return Err(Deny::LoginNotDecided);
+    }
+    // The ingress forwards the client's headers as they are: a header the client named
+    // in `Connection`, or one whose name has `_`, may reach the upstream in another
+    // shape than the one decided (gone, or read as its `-` spelling). Refuse.
+    if headers::has_unforwarded(&parts.headers) {
+        return Err(Deny::Ambiguous(
+            "A header named in Connection, or a header name with '_', cannot be decided: the upstream may not see it as flexgate would.".into(),
+        ));
     }
     let overridden = headers::METHOD_OVERRIDE
         .iter()

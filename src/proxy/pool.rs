@@ -416,6 +416,10 @@ impl Conn {
     fn looks_open(&self) -> bool {
         let tcp = match &self.io {
             Io::Tcp(tcp) => tcp,
+            // rustls may hold bytes it has already decrypted (the upstream sent more
+            // than its answer), or a close_notify: then it wants no read, and the next
+            // request would be answered from those bytes.
+            Io::Tls(tls) if !tls.get_ref().1.wants_read() => return false,
             Io::Tls(tls) => tls.get_ref().0,
         };
         let mut cx = Context::from_waker(Waker::noop());

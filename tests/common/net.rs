@@ -40,6 +40,25 @@ pub struct Tls {
     pub client: Arc<rustls::ClientConfig>,
 }
 
+/// A TLS server side with the test certificate, for upstreams that speak HTTPS.
+pub fn tls_acceptor(tls: &Tls) -> tokio_rustls::TlsAcceptor {
+    use rustls_pki_types::pem::PemObject;
+    let certs = rustls_pki_types::CertificateDer::pem_file_iter(&tls.cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&tls.key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
 pub fn test_tls(dir: &Path) -> Tls {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
     // Distinct subject names: rcgen gives every certificate the same default one, and
@@ -121,21 +140,7 @@ impl Upstream {
 
     /// The same upstream behind HTTPS with `tls`'s certificate (localhost, 127.0.0.1).
     pub async fn start_tls(tls: &Tls) -> Upstream {
-        use rustls_pki_types::pem::PemObject;
-        let certs = rustls_pki_types::CertificateDer::pem_file_iter(&tls.cert)
-            .unwrap()
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&tls.key).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-        Upstream::serve(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+        Upstream::serve(Some(tls_acceptor(tls))).await
     }
 
     async fn serve(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
