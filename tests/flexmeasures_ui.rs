@@ -265,6 +265,103 @@ async fn a_logout_ends_that_session_and_no_other() {
     gw.stop().await;
 }
 
+/// Ask the decision listener as nginx does (`/nginx`, `X-Original-*`); the status.
+async fn decided(
+    decision: std::net::SocketAddr,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(decision).await.unwrap();
+    let mut head = format!(
+        "GET /nginx HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         X-Original-Method: {method}\r\nX-Original-URI: {uri}\r\n"
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tcp.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    text.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_an_ingress_a_logout_ends_its_session_and_unseen_origins_are_refused() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let db = TestDb::external(&fm.readonly_url);
+    let placeholder = Upstream::start().await;
+    let gw = GatewayBuilder::new(&db, &placeholder)
+        .upstream_url(&fm.base())
+        .rules(&flexmeasures_preset())
+        .server("decision = \"127.0.0.1:0\"\npreserve_host = true\n")
+        .env("FLEXMEASURES_SECRET_KEY", FM_SECRET_KEY)
+        .env("FLEXMEASURES_SECURITY_PASSWORD_SALT", FM_PASSWORD_SALT)
+        .start()
+        .await;
+    let decision = gw.decision.unwrap();
+    let now = flexgate::auth::unix_now() as f64;
+    let this = session_for(fm, "prosumer_admin", now + 0.25);
+    let other = session_for(fm, "prosumer_admin", now + 0.5);
+    let asset = fm.asset("prosumer_a");
+    let read = format!("/api/v3_0/assets/{asset}");
+    let same_site = ("sec-fetch-site", "same-origin");
+    assert_eq!(
+        decided(decision, "GET", &read, &[("cookie", &this), same_site]).await,
+        200
+    );
+    // A GET that deletes, shown without Sec-Fetch-Site or Origin (Envoy passes only
+    // the headers it is told to): it cannot be told to be this site's.
+    let delete = format!("/assets/delete_with_data/{asset}");
+    assert_eq!(
+        decided(decision, "GET", &delete, &[("cookie", &other)]).await,
+        403
+    );
+    assert_eq!(
+        decided(
+            decision,
+            "GET",
+            &delete,
+            &[("cookie", &other), ("sec-fetch-site", "cross-site")]
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        decided(decision, "GET", &delete, &[("cookie", &other), same_site]).await,
+        200
+    );
+    // The logout is decided (public); from then on its session is refused, on public
+    // routes too (the ingress would pass the cookie on for FlexMeasures to log in from).
+    assert_eq!(
+        decided(decision, "POST", "/logout", &[("cookie", &this), same_site]).await,
+        200
+    );
+    assert_eq!(
+        decided(decision, "GET", &read, &[("cookie", &this), same_site]).await,
+        401
+    );
+    assert_eq!(
+        decided(decision, "GET", "/login", &[("cookie", &this)]).await,
+        401
+    );
+    assert_eq!(decided(decision, "GET", "/login", &[]).await, 200);
+    assert_eq!(
+        decided(decision, "GET", &read, &[("cookie", &other), same_site]).await,
+        200,
+        "the user's other session ended too"
+    );
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_older_than_flexmeasures_session_lifetime_is_refused() {
     let Some(fm) = real_flexmeasures() else {

@@ -543,6 +543,58 @@ async fn the_decision_listener_can_require_a_client_certificate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_an_operator_gives_the_decision_headers_are_never_a_clients_upstream() {
+    let db = TestDb::sqlite();
+    let upstream = Upstream::start().await;
+    let gw = GatewayBuilder::new(&db, &upstream)
+        .demo()
+        .server(
+            "decision = \"127.0.0.1:0\"\n[server.decision_headers]\n\
+             method = \"x-auth-method\"\nuri = \"x-auth-uri\"\n",
+        )
+        .start()
+        .await;
+    // nginx describing with the configured names is understood.
+    let decision = gw.decision.unwrap();
+    let described = [
+        ("x-auth-method", "GET"),
+        ("x-auth-uri", "/api/v3_0/health/ready"),
+    ];
+    let (status, head, _) = ask(decision, "GET", "/nginx", &described, "").await;
+    assert_eq!(status, 200, "{head}");
+    // On the proxy, a client's copies of any describing header go nowhere.
+    let answer = gw
+        .send(
+            "GET",
+            "/api/v3_0/health/ready",
+            &[
+                ("x-auth-uri", "/api/v3_0/users"),
+                ("x-auth-method", "DELETE"),
+                ("x-original-method", "DELETE"),
+                ("x-flexgate-replay", "1"),
+                ("x-kept", "yes"),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let seen = upstream.last();
+    assert_eq!(seen.headers["x-kept"], "yes");
+    for name in [
+        "x-auth-uri",
+        "x-auth-method",
+        "x-original-method",
+        "x-flexgate-replay",
+    ] {
+        assert!(
+            seen.headers.get(name).is_none(),
+            "{name} reached the upstream"
+        );
+    }
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_decision_listener_can_require_a_shared_secret() {
     let db = TestDb::sqlite();
     let upstream = Upstream::start().await;
@@ -629,11 +681,28 @@ async fn the_decision_listener_can_require_a_shared_secret() {
     traefik.extend_from_slice(&replayed[2..]);
     let (status, _, _) = ask(decision, "GET", "/traefik", &traefik, "").await;
     assert_eq!(status, 401);
+    // nginx asks again only for a denial: an allowed request marked as a second ask
+    // (a client's mark let through) is counted all the same.
+    let allowed = |metrics: &str| {
+        metric(
+            metrics,
+            "flexgate_decisions_total{decision=\"allow\",flavour=\"nginx\"}",
+        )
+    };
+    let mut marked = with.clone();
+    marked.push(("x-flexgate-replay", "1"));
+    let (status, _, _) = ask(decision, "GET", "/nginx", &marked, "").await;
+    assert_eq!(status, 200);
     let after = gw.metrics().await;
     assert_eq!(
         counted(&after, "nginx"),
         counted(&before, "nginx"),
         "nginx's second ask was counted"
+    );
+    assert_eq!(
+        allowed(&after),
+        allowed(&before) + 1.0,
+        "an allowed request hid from the metrics: {after}"
     );
     assert_eq!(
         counted(&after, "traefik"),

@@ -11,7 +11,8 @@
 //! Trust: the describing headers are read only here, on a listener that binds loopback
 //! by default (`config check` warns otherwise) and can require a shared secret header
 //! (`FLEXGATE_DECISION_SECRET`, sent as `X-Flexgate-Decision-Secret`). On the public
-//! listeners the same headers are never read, and stripped before forwarding.
+//! listeners the same headers (and those `[server.decision_headers]` names) are never
+//! read, and stripped before forwarding.
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -183,6 +184,20 @@ pub fn flavours(configured: &crate::rules::DecisionHeaders) -> Vec<Flavour> {
             }
         })
         .collect()
+}
+
+/// The header names an operator configured for nginx to describe requests with.
+pub fn configured_names(configured: &crate::rules::DecisionHeaders) -> Vec<HeaderName> {
+    [
+        &configured.method,
+        &configured.uri,
+        &configured.host,
+        &configured.proto,
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+    .collect()
 }
 
 /// The flavour a decision request's path names.
@@ -362,7 +377,9 @@ pub async fn handle(gw: &Gateway, conn: &ConnInfo, req: Request<Incoming>) -> Re
     // entry the ingress appended, the last one; those before it are the client's own.
     let client = parts
         .headers
-        .get("x-forwarded-for")
+        .get_all("x-forwarded-for")
+        .iter()
+        .next_back()
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.rsplit(',').next())
         .and_then(|ip| ip.trim().parse::<std::net::IpAddr>().ok())

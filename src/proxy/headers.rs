@@ -174,11 +174,14 @@ pub fn join_cookies(headers: &mut HeaderMap) {
 
 /// Headers a backend may trust for the original URL or the client's address; a client
 /// must never set them. Compared after mapping `_` to `-`.
-const SPOOFABLE_PREFIXES: [&str; 8] = [
+const SPOOFABLE_PREFIXES: [&str; 11] = [
     "forwarded",
     "x-forwarded-",
     "x-original-url",
     "x-original-uri",
+    "x-original-method",
+    "x-flexgate-replay",
+    "x-flexgate-decision-secret",
     "x-rewrite-url",
     "x-real-ip",
     "x-client-ip",
@@ -569,6 +572,15 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, ["accept", "x-flexgatex"]);
+        // The decision listener's own headers go whatever the identity prefix.
+        let mut h = map(&[
+            ("X-Original-Method", "DELETE"),
+            ("X-Flexgate-Replay", "1"),
+            ("X-Flexgate-Decision-Secret", "guess"),
+            ("Accept", "application/json"),
+        ]);
+        strip_client_identity(&mut h, "x-id-");
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
     }
 
     #[test]

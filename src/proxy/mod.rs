@@ -117,6 +117,9 @@ pub struct Gateway {
     decision_secret: Option<crate::settings::Secret>,
     /// The decision listener's flavours, with the configured describing headers.
     decision_flavours: Vec<decision::Flavour>,
+    /// The headers `[server.decision_headers]` names (nginx describing a request with
+    /// its own names): a client's copies are removed on the public listeners.
+    decision_header_names: Vec<http::HeaderName>,
     store: Store,
     /// This gateway's metrics.
     pub metrics: Metrics,
@@ -232,6 +235,7 @@ impl Gateway {
             audit_allows: server.audit_allows,
             decision_secret: settings.decision_secret.clone(),
             decision_flavours: decision::flavours(&server.decision_headers),
+            decision_header_names: decision::configured_names(&server.decision_headers),
             server: server.clone(),
             store,
             metrics,
@@ -295,6 +299,11 @@ impl Gateway {
 
     fn hsts(&self) -> Option<&HeaderValue> {
         self.hsts.as_ref()
+    }
+
+    /// The header names `[server.decision_headers]` configures (usually none).
+    pub fn decision_header_names(&self) -> &[http::HeaderName] {
+        &self.decision_header_names
     }
 
     /// The flavours the decision listener answers.

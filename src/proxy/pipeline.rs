@@ -30,7 +30,7 @@ use crate::metrics;
 use crate::policy::{self, Decision, Permission, Refused, Value};
 use crate::rules::extract::{self, ExtractError, IdParse, IdType, ResourceId, Source};
 use crate::rules::matcher::{Found, Params};
-use crate::rules::{Check, CrossOrigin, IfAbsent, Kind, Route, RuleSet, Target};
+use crate::rules::{Check, IfAbsent, Kind, Route, RuleSet, Target};
 use crate::store::owner::OwnerResolver;
 
 /// What the listener knows about the connection a request came on.
@@ -538,11 +538,7 @@ async fn admit(
         outcome.identity = Some(Arc::clone(&identity));
     }
     if matches!(credential, Credential::Session)
-        && match route.cross_origin {
-            CrossOrigin::Allow => false,
-            CrossOrigin::Refuse => true,
-            CrossOrigin::RefuseWrites => !parts.method.is_safe(),
-        }
+        && route.cross_origin.guards(&parts.method)
         && is_cross_origin(&parts.headers, authority, conn.tls)
     {
         return Err(Deny::Forbidden("cross_origin_session_request"));
@@ -665,7 +661,6 @@ pub async fn decide_for_ingress(
     replay: bool,
 ) -> Response<ProxyBody> {
     let mut book = Bookkeeping::start(gw, conn, parts.method.clone());
-    book.silent = replay;
     let installed = Arc::clone(&book.installed);
     let response = match decide_request(gw, &installed, conn, parts, body, &mut book.outcome).await
     {
@@ -675,7 +670,10 @@ pub async fn decide_for_ingress(
             deny.into_response()
         }
     };
-    if !replay {
+    // nginx asks a second time only for a denial's body: an allowed "replay" is no
+    // such ask (a client's mark the ingress let through) and is counted and logged.
+    book.silent = replay && book.outcome.deny.is_some();
+    if !book.silent {
         gw.metrics
             .decision(flavour, book.outcome.deny.map_or("allow", |(d, _)| d));
     }
@@ -761,6 +759,23 @@ async fn decide_request(
     {
         return Err(Deny::Forbidden("body_needed_for_decision"));
     }
+    // FlexMeasures mode: the ingress forwards the client's cookies as they are, so a
+    // logged-out session cannot be taken out of a public route's request (as the proxy
+    // does, before FlexMeasures could log its user in again from it): refused. A logout
+    // ends its session when it is decided (flexgate does not see FlexMeasures' answer).
+    let mut ending = None;
+    if let Authenticator::FlexMeasures(fm) = &*gw.auth
+        && (route.public || route.ends_session)
+        && parts.headers.contains_key(http::header::COOKIE)
+    {
+        let proof = fm.session_keys_of(session_cookies(&parts.headers)?);
+        if route.public && fm.any_revoked(&proof) {
+            return Err(Deny::Unauthenticated("revoked"));
+        }
+        if route.ends_session && !proof.keys.is_empty() {
+            ending = Some(proof);
+        }
+    }
     let (permit, _) = admit(
         gw,
         rules,
@@ -773,6 +788,20 @@ async fn decide_request(
         outcome,
     )
     .await?;
+    // The ingress chooses which client headers flexgate sees (Envoy's
+    // `allowed_headers`): a session request on a route guarded against other sites,
+    // shown with neither `Sec-Fetch-Site` (which every current browser sends) nor
+    // `Origin`, cannot be told to be this site's.
+    if permit.credential() == Credential::Session
+        && route.cross_origin.guards(&parts.method)
+        && !parts.headers.contains_key("sec-fetch-site")
+        && !parts.headers.contains_key(http::header::ORIGIN)
+    {
+        return Err(Deny::Forbidden("cross_origin_not_shown"));
+    }
+    if let (Authenticator::FlexMeasures(fm), Some(proof)) = (&*gw.auth, ending) {
+        fm.revoke(&proof);
+    }
     let Some(identity) = permit.identity() else {
         return Ok(empty());
     };
@@ -1435,6 +1464,9 @@ fn rewrite_headers(
 ) -> Vec<u8> {
     headers::strip_hop_by_hop(h, upgrade);
     headers::strip_client_identity(h, &rules.identity.prefix);
+    for name in gw.decision_header_names() {
+        h.remove(name);
+    }
     if let (Authenticator::FlexMeasures(fm), Credential::ApiKey, Some(identity)) =
         (&*gw.auth, permit.credential(), permit.identity())
     {

@@ -522,6 +522,17 @@ pub enum CrossOrigin {
     Allow,
 }
 
+impl CrossOrigin {
+    /// Whether a session request with this method must come from this site.
+    pub fn guards(self, method: &http::Method) -> bool {
+        match self {
+            CrossOrigin::Allow => false,
+            CrossOrigin::Refuse => true,
+            CrossOrigin::RefuseWrites => !method.is_safe(),
+        }
+    }
+}
+
 /// Everything a request is decided with; swapped whole on reload.
 #[derive(Debug, Clone)]
 pub struct RuleSet {
