@@ -225,6 +225,18 @@ async fn request_framing_comes_from_the_body_sent_never_from_the_client() {
         expecting.ends_with("\r\n\r\nhello") && !expecting.contains("expect"),
         "{expecting}"
     );
+    // A body on a GET: an upstream that ignores it would read it as a request of its
+    // own; the connection ends with this exchange.
+    assert_eq!(gw.send("GET", "/g", &[], "abc").await.status, 200);
+    assert_eq!(gw.get("/h", None).await.status, 200);
+    let seen = upstream.requests();
+    let (with_body, next) = (&seen[5], &seen[6]);
+    assert!(
+        with_body.1.contains("connection: close\r\n") && with_body.1.ends_with("\r\n\r\nabc"),
+        "{}",
+        with_body.1
+    );
+    assert_eq!((with_body.0, next.0), (1, 2), "{seen:?}");
     gw.stop().await;
     upstream.task.abort();
 }

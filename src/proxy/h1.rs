@@ -69,6 +69,15 @@ fn expects_body(method: &Method) -> bool {
     matches!(*method, Method::POST | Method::PUT | Method::PATCH)
 }
 
+/// Whether the upstream connection ends with this request: a body on a method that
+/// usually has none (GET, HEAD, DELETE, OPTIONS, ...). An upstream that ignores such a
+/// body would read it as the next request on the connection (a "CL.0" desync): one
+/// nobody checked, whose answer would go to whoever came next. So it is sent with
+/// `Connection: close`, and the connection is never reused.
+pub fn closes_after(method: &Method, framing: RequestFraming) -> bool {
+    framing != RequestFraming::None && !expects_body(method)
+}
+
 /// Write `METHOD origin-form HTTP/1.1`, the client's headers (already stripped of
 /// hop-by-hop, identity, `Host` and length headers), the header lines flexgate adds
 /// (`added`, complete with CRLFs) and the framing header into `out`.
@@ -99,6 +108,9 @@ pub fn encode_request_head(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(added);
+    if closes_after(method, framing) {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
     match framing {
         RequestFraming::None => {}
         RequestFraming::Length(n) => {
@@ -558,6 +570,29 @@ mod tests {
             RequestFraming::Chunked,
         );
         assert!(out.ends_with(b"transfer-encoding: chunked\r\n\r\n"));
+    }
+
+    #[test]
+    fn a_body_on_a_method_without_one_ends_the_connection() {
+        let uri: Uri = "/x".parse().unwrap();
+        for (method, framing, closes) in [
+            (Method::GET, RequestFraming::Length(3), true),
+            (Method::DELETE, RequestFraming::Chunked, true),
+            (Method::OPTIONS, RequestFraming::Length(1), true),
+            (Method::GET, RequestFraming::None, false),
+            (Method::POST, RequestFraming::Length(3), false),
+            (Method::PUT, RequestFraming::Chunked, false),
+        ] {
+            assert_eq!(
+                closes_after(&method, framing),
+                closes,
+                "{method} {framing:?}"
+            );
+            let mut out = Vec::new();
+            encode_request_head(&mut out, &method, &uri, &HeaderMap::new(), b"", framing);
+            let text = String::from_utf8(out).unwrap();
+            assert_eq!(text.contains("connection: close\r\n"), closes, "{text}");
+        }
     }
 
     #[test]

@@ -298,7 +298,7 @@ async fn exchange(
         let (response, ()) = into_response(head, ());
         return Ok(Answer::Switching(response, Upgraded { io: conn.io, early }));
     }
-    let reusable = head.reusable && request_complete;
+    let reusable = head.reusable && request_complete && !h1::closes_after(&parts.method, framing);
     let decoder = Decoder::new(head.framing);
     let reading = Reading {
         conn,
