@@ -145,6 +145,29 @@ impl IdentityValues {
     }
 }
 
+/// The roles header value: names joined by `,`. A name that would read as another
+/// list there (a `,` in it, or blanks around it, which upstream parsers trim) is left
+/// out, with a warning: FlexMeasures' own tables do not refuse such names, and `a,b`
+/// must not reach the upstream as the two roles `a` and `b`. The policy still sees the
+/// name as it is (it matches no role but itself).
+fn header_roles(user_id: i64, roles: &[String]) -> String {
+    let plain = |r: &&String| {
+        !r.is_empty() && !r.contains(',') && r.trim_matches([' ', '\t']).len() == r.len()
+    };
+    if roles.iter().all(|r| plain(&r)) {
+        return roles.join(",");
+    }
+    for odd in roles.iter().filter(|r| !plain(r)) {
+        tracing::warn!(user_id, role = %odd.escape_debug(), "a role name with ',' or blanks around it is left out of the identity headers");
+    }
+    roles
+        .iter()
+        .filter(plain)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 impl Identity {
     /// Build from a store record (header values encoded here, once).
     pub fn from_record(r: PrincipalRecord) -> Identity {
@@ -157,8 +180,8 @@ impl Identity {
                 HeaderValue::from(r.user_id),
                 value(r.email.clone()),
                 HeaderValue::from(r.account_id),
-                value(r.roles.join(",")),
-                value(r.account_roles.join(",")),
+                value(header_roles(r.user_id, &r.roles)),
+                value(header_roles(r.user_id, &r.account_roles)),
             ),
             principal: Principal {
                 user_id: r.user_id,
@@ -869,5 +892,22 @@ mod tests {
         assert_eq!(a.len(), 32);
         assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn a_role_name_that_reads_as_a_list_stays_out_of_the_roles_header() {
+        let roles = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            super::header_roles(1, &roles(&["account-admin", "consultant"])),
+            "account-admin,consultant"
+        );
+        assert_eq!(
+            super::header_roles(
+                1,
+                &roles(&["admin,x", " admin", "reader\t", "", "consultant"])
+            ),
+            "consultant"
+        );
+        assert_eq!(super::header_roles(1, &[]), "");
     }
 }
