@@ -33,16 +33,14 @@ async fn fm_gateway(fm: &RealFm) -> TestGateway {
 
 /// [`fm_gateway`] with another rule file.
 async fn fm_gateway_with_rules(fm: &RealFm, rules: &str) -> TestGateway {
-    let db = TestDb::external(&fm.readonly_url);
-    let placeholder = Upstream::start().await;
-    GatewayBuilder::new(&db, &placeholder)
-        .upstream_url(&fm.base())
-        .rules(rules)
-        .server("http_mode = \"proxy\"\npreserve_host = true\n")
-        .env("FLEXMEASURES_SECRET_KEY", FM_SECRET_KEY)
-        .env("FLEXMEASURES_SECURITY_PASSWORD_SALT", FM_PASSWORD_SALT)
-        .start()
-        .await
+    gateway_over(fm, rules, "http_mode = \"proxy\"\n", &[], None).await
+}
+
+/// flexgate with the preset and a decision listener, for an ingress in front of the
+/// real FlexMeasures.
+pub async fn decision_gateway(fm: &RealFm) -> TestGateway {
+    let server = "decision = \"127.0.0.1:0\"\n";
+    gateway_over(fm, &flexmeasures_preset(), server, &[], None).await
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -723,16 +721,7 @@ async fn a_decision_without_the_json_body_fails_closed() {
     let Some(fm) = real_flexmeasures() else {
         return;
     };
-    let db = TestDb::external(&fm.readonly_url);
-    let placeholder = Upstream::start().await;
-    let gw = GatewayBuilder::new(&db, &placeholder)
-        .upstream_url(&fm.base())
-        .rules(&flexmeasures_preset())
-        .server("decision = \"127.0.0.1:0\"\npreserve_host = true\n")
-        .env("FLEXMEASURES_SECRET_KEY", FM_SECRET_KEY)
-        .env("FLEXMEASURES_SECURITY_PASSWORD_SALT", FM_PASSWORD_SALT)
-        .start()
-        .await;
+    let gw = decision_gateway(fm).await;
     let (email, password, id) = creds(fm, "tenant_b_member");
     let token = gw.login(&email, &password).await;
     let decision = gw.decision.unwrap();

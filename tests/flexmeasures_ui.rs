@@ -21,21 +21,7 @@ async fn ui_gateway_with(
     state_url: Option<&str>,
     env: &[(&str, &str)],
 ) -> TestGateway {
-    let db = TestDb::external(&fm.readonly_url);
-    let placeholder = Upstream::start().await;
-    let mut builder = GatewayBuilder::new(&db, &placeholder)
-        .upstream_url(&fm.base())
-        .rules(&flexmeasures_preset())
-        .server("preserve_host = true\n")
-        .env("FLEXMEASURES_SECRET_KEY", FM_SECRET_KEY)
-        .env("FLEXMEASURES_SECURITY_PASSWORD_SALT", FM_PASSWORD_SALT);
-    for (key, value) in env {
-        builder = builder.env(key, value);
-    }
-    if let Some(url) = state_url {
-        builder = builder.state(url);
-    }
-    builder.start().await
+    gateway_over(fm, &flexmeasures_preset(), "", env, state_url).await
 }
 
 /// A session cookie FlexMeasures would accept for this user, logged in at `login_time`.
@@ -297,16 +283,7 @@ async fn behind_an_ingress_a_logout_ends_its_session_and_unseen_origins_are_refu
     let Some(fm) = real_flexmeasures() else {
         return;
     };
-    let db = TestDb::external(&fm.readonly_url);
-    let placeholder = Upstream::start().await;
-    let gw = GatewayBuilder::new(&db, &placeholder)
-        .upstream_url(&fm.base())
-        .rules(&flexmeasures_preset())
-        .server("decision = \"127.0.0.1:0\"\npreserve_host = true\n")
-        .env("FLEXMEASURES_SECRET_KEY", FM_SECRET_KEY)
-        .env("FLEXMEASURES_SECURITY_PASSWORD_SALT", FM_PASSWORD_SALT)
-        .start()
-        .await;
+    let gw = crate::flexmeasures::decision_gateway(fm).await;
     let decision = gw.decision.unwrap();
     let now = flexgate::auth::unix_now() as f64;
     let this = session_for(fm, "prosumer_admin", now + 0.25);

@@ -588,21 +588,26 @@ async fn method_override_headers_are_removed_unless_a_route_opts_in() {
     gw.stop().await;
 }
 
-#[tokio::test]
-async fn an_opted_in_override_is_matched_and_checked_as_the_overriding_method() {
-    let db = TestDb::sqlite();
-    let upstream = Upstream::start().await;
+/// The demo, with `method_override = true` on `asset-delete` (a POST may ask for it).
+async fn overriding_delete_gateway(db: &TestDb, upstream: &Upstream) -> TestGateway {
     let rules = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"))
         .unwrap()
         .replace(
             "name = \"asset-delete\"\n",
             "name = \"asset-delete\"\nmethod_override = true\n",
         );
-    let gw = GatewayBuilder::new(&db, &upstream)
+    GatewayBuilder::new(db, upstream)
         .demo()
         .rules(&rules)
         .start()
-        .await;
+        .await
+}
+
+#[tokio::test]
+async fn an_opted_in_override_is_matched_and_checked_as_the_overriding_method() {
+    let db = TestDb::sqlite();
+    let upstream = Upstream::start().await;
+    let gw = overriding_delete_gateway(&db, &upstream).await;
     let prosumer = gw.demo_token("prosumer@flexgate.demo").await;
     let admin = gw.demo_token("prosumer-admin@flexgate.demo").await;
     let post = |token: String| {
@@ -634,17 +639,7 @@ async fn an_opted_in_override_is_matched_and_checked_as_the_overriding_method() 
 async fn an_override_named_in_connection_is_never_checked_and_then_dropped() {
     let db = TestDb::sqlite();
     let upstream = Upstream::start().await;
-    let rules = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"))
-        .unwrap()
-        .replace(
-            "name = \"asset-delete\"\n",
-            "name = \"asset-delete\"\nmethod_override = true\n",
-        );
-    let gw = GatewayBuilder::new(&db, &upstream)
-        .demo()
-        .rules(&rules)
-        .start()
-        .await;
+    let gw = overriding_delete_gateway(&db, &upstream).await;
     let admin = gw.demo_token("prosumer-admin@flexgate.demo").await;
     // Checked as DELETE, the override would then have gone as hop-by-hop and the
     // upstream run a POST nobody checked. The override goes first: a POST, which no

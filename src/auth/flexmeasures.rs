@@ -620,30 +620,16 @@ impl FmAuthenticator {
             return Ok(hit.value);
         }
         self.metrics.cache_lookup("principals", false);
-        let store = self.store.clone();
-        let key = Arc::clone(uid);
-        let ttl = self.users_ttl;
-        let loaded = self
-            .users
-            .try_get_with(Arc::clone(uid), async move {
-                let db = store.clone();
-                match store
-                    .offload(async move { db.fm_user_by_uniquifier(&key).await })
-                    .await
-                {
-                    Ok(Some(user)) => Ok(Expiring {
-                        value: Arc::new(Identity::from_flexmeasures(user)),
-                        expires: Instant::now() + ttl,
-                    }),
-                    Ok(None) => Err(None),
-                    Err(e) => Err(Some(Arc::new(e))),
-                }
-            })
-            .await
-            .map_err(|e| match &*e {
-                None => AuthError::UnknownUser,
-                Some(err) => AuthError::Unavailable(Arc::clone(err)),
-            })?;
+        let (db, key) = (self.store.clone(), Arc::clone(uid));
+        let loaded = super::load_identity(
+            &self.users,
+            Arc::clone(uid),
+            &self.store,
+            self.users_ttl,
+            async move { db.fm_user_by_uniquifier(&key).await },
+            Identity::from_flexmeasures,
+        )
+        .await?;
         self.front_users.put(
             Arc::clone(uid),
             Arc::clone(&loaded.value),

@@ -145,6 +145,40 @@ impl IdentityValues {
     }
 }
 
+/// A user's identity from the database into a shared cache, for a cache miss:
+/// concurrent misses of one key share the query, which runs off the request's runtime
+/// within the store's query timeout. A user the query does not find is `UnknownUser`.
+pub(crate) async fn load_identity<K, R, Q>(
+    cache: &moka::future::Cache<K, Expiring<Arc<Identity>>>,
+    key: K,
+    store: &Store,
+    ttl: Duration,
+    query: Q,
+    into_identity: fn(R) -> Identity,
+) -> Result<Expiring<Arc<Identity>>, AuthError>
+where
+    K: Hash + Eq + Send + Sync + 'static,
+    R: Send + 'static,
+    Q: std::future::Future<Output = Result<Option<R>, store::Error>> + Send + 'static,
+{
+    cache
+        .try_get_with(key, async move {
+            match store.offload(query).await {
+                Ok(Some(record)) => Ok(Expiring {
+                    value: Arc::new(into_identity(record)),
+                    expires: Instant::now() + ttl,
+                }),
+                Ok(None) => Err(None),
+                Err(e) => Err(Some(Arc::new(e))),
+            }
+        })
+        .await
+        .map_err(|e| match &*e {
+            None => AuthError::UnknownUser,
+            Some(err) => AuthError::Unavailable(Arc::clone(err)),
+        })
+}
+
 /// The roles header value: names joined by `,`. A name that would read as another
 /// list there (a `,` in it, or blanks around it, which upstream parsers trim) is left
 /// out, with a warning: FlexMeasures' own tables do not refuse such names, and `a,b`
@@ -608,29 +642,16 @@ impl NativeAuthenticator {
             return Ok(hit.value);
         }
         self.metrics.cache_lookup("principals", false);
-        let store = self.store.clone();
-        let ttl = self.principal_ttl;
-        let loaded = self
-            .principals
-            .try_get_with(user_id, async move {
-                let db = store.clone();
-                match store
-                    .offload(async move { db.principal(user_id).await })
-                    .await
-                {
-                    Ok(Some(record)) => Ok(Expiring {
-                        value: Arc::new(Identity::from_record(record)),
-                        expires: Instant::now() + ttl,
-                    }),
-                    Ok(None) => Err(None),
-                    Err(e) => Err(Some(Arc::new(e))),
-                }
-            })
-            .await
-            .map_err(|e| match &*e {
-                None => AuthError::UnknownUser,
-                Some(err) => AuthError::Unavailable(Arc::clone(err)),
-            })?;
+        let db = self.store.clone();
+        let loaded = load_identity(
+            &self.principals,
+            user_id,
+            &self.store,
+            self.principal_ttl,
+            async move { db.principal(user_id).await },
+            Identity::from_record,
+        )
+        .await?;
         self.front_principals
             .put(user_id, Arc::clone(&loaded.value), loaded.expires, epoch);
         Ok(loaded.value)

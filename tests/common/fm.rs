@@ -139,6 +139,33 @@ fn base_url(url: &str) -> String {
 }
 
 /// Run one SQL statement with `psql` (the test fails if it does); its output.
+/// flexgate in FlexMeasures mode in front of the real FlexMeasures, over its database
+/// (read-only), with `rules`, extra `[server]` lines and variables, and optionally the
+/// state database replicas share.
+pub async fn gateway_over(
+    fm: &RealFm,
+    rules: &str,
+    server: &str,
+    env: &[(&str, &str)],
+    state_url: Option<&str>,
+) -> super::TestGateway {
+    let db = super::TestDb::external(&fm.readonly_url);
+    let placeholder = super::Upstream::start().await;
+    let mut builder = super::GatewayBuilder::new(&db, &placeholder)
+        .upstream_url(&fm.base())
+        .rules(rules)
+        .server(&format!("preserve_host = true\n{server}"))
+        .env("FLEXMEASURES_SECRET_KEY", FM_SECRET_KEY)
+        .env("FLEXMEASURES_SECURITY_PASSWORD_SALT", FM_PASSWORD_SALT);
+    for (key, value) in env {
+        builder = builder.env(key, value);
+    }
+    if let Some(url) = state_url {
+        builder = builder.state(url);
+    }
+    builder.start().await
+}
+
 pub fn psql(url: &str, sql: &str) -> String {
     let out = Command::new("psql")
         .args([url, "-Atqc", sql])
