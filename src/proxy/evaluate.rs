@@ -71,6 +71,8 @@ pub async fn evaluate<O: OwnerSource, T: Trace>(
         return Ok(());
     }
     let mut headers = probe.headers.clone();
+    // As on the proxy: what the upstream would not get as sent is gone before any rule.
+    super::headers::drop_unforwarded(&mut headers);
     let pipeline::Matched { route, params, .. } =
         match pipeline::match_with_override(rules, method, &mut headers, &path) {
             Ok(found) => found,
