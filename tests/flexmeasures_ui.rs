@@ -251,6 +251,16 @@ async fn a_logout_ends_that_session_and_no_other() {
     gw.stop().await;
 }
 
+/// A session cookie value spelled otherwise for itsdangerous only: its signature (20
+/// bytes in 27 base64 characters) with one of the last character's two unused bits set.
+fn other_spelling(session: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut bytes = session.as_bytes().to_vec();
+    let last = bytes.pop().unwrap();
+    bytes.push(ALPHABET[ALPHABET.iter().position(|c| *c == last).unwrap() ^ 1]);
+    String::from_utf8(bytes).unwrap()
+}
+
 /// Ask the decision listener as nginx does (`/nginx`, `X-Original-*`); the status.
 async fn decided(
     decision: std::net::SocketAddr,
@@ -331,6 +341,21 @@ async fn behind_an_ingress_a_logout_ends_its_session_and_unseen_origins_are_refu
         401
     );
     assert_eq!(decided(decision, "GET", "/login", &[]).await, 200);
+    // Nor another spelling of it that only itsdangerous takes (one of the signature's
+    // unused bits set), nor the same name twice.
+    let flipped = format!(
+        "session={}",
+        other_spelling(this.strip_prefix("session=").unwrap())
+    );
+    assert_eq!(
+        decided(decision, "GET", "/login", &[("cookie", &flipped)]).await,
+        400
+    );
+    let twice = format!("{this}; {this}");
+    assert_eq!(
+        decided(decision, "GET", "/login", &[("cookie", &twice)]).await,
+        400
+    );
     assert_eq!(
         decided(decision, "GET", &read, &[("cookie", &other), same_site]).await,
         200,
@@ -624,6 +649,74 @@ async fn a_logout_refuses_the_remember_cookie_until_the_next_remembered_login() 
     );
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_logged_out_cookie_spelled_otherwise_never_reaches_flexmeasures() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let gw = ui_gateway(fm).await;
+    let user = fm.add_user("prosumer_a", &[]);
+    let path = format!("/api/v3_0/assets/{}", fm.asset("prosumer_a"));
+    let (session, remember) = form_login_remembered(&gw, &user.email, &user.password).await;
+    let out = gw
+        .send(
+            "POST",
+            "/logout",
+            &[
+                (
+                    "cookie",
+                    &format!("session={session}; remember_token={remember}"),
+                ),
+                ("origin", &gw.url("")),
+            ],
+            "",
+        )
+        .await;
+    assert!(out.status < 400, "{}", out.status);
+    // The same values as Werkzeug and itsdangerous read them, not as flexgate does: a
+    // name twice (the first wins there), quoted and escaped, beside a non-ASCII byte,
+    // and the session's signature with one of its two unused bits set.
+    let flipped = other_spelling(&session);
+    let escaped = remember.replacen('|', "\\|", 1);
+    let spellings = [
+        format!("remember_token={remember}; remember_token={remember}"),
+        format!("remember_token=\"{escaped}\""),
+        format!("remember_token={remember}; theme=caf\u{e9}"),
+        format!("session={flipped}"),
+        format!("session=\"{session}\""),
+    ];
+    for cookie in &spellings {
+        // A public page: FlexMeasures would log the user in from the cookie and send
+        // its logged-in redirect, and a new session flexgate has not seen revoked.
+        let page = gw.send("GET", "/login", &[("cookie", cookie)], "").await;
+        assert_eq!(
+            page.status, 200,
+            "{cookie}: the login page acted as the logged-out user"
+        );
+        if let Some(fresh) = set_cookie(&page, "session") {
+            assert_eq!(
+                cookie_status(&gw, &path, &format!("session={fresh}")).await,
+                401,
+                "{cookie} became a session on a public page"
+            );
+        }
+        let api = cookie_status(&gw, &path, cookie).await;
+        assert!(api == 401 || api == 400, "{cookie}: {api}");
+    }
+    // A session flexgate reads as one user and Werkzeug not at all (an unbalanced
+    // quote), beside another user's remember cookie: refused, not authenticated as
+    // the session's user while FlexMeasures acts as the remember cookie's.
+    let other = fm.add_user("prosumer_a", &[]);
+    let (own, _) = form_login_remembered(&gw, &other.email, &other.password).await;
+    let mixed = format!("session=\"{own}; remember_token={remember}");
+    assert_eq!(cookie_status(&gw, &path, &mixed).await, 400);
+    assert_eq!(
+        cookie_status(&gw, &path, &format!("session={own}")).await,
+        200
+    );
+    gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

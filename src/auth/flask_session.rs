@@ -120,22 +120,44 @@ fn hex(bytes: &[u8]) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ambiguous;
 
-/// The value of cookie `name` in a (joined) `Cookie` header. The same name twice is
-/// ambiguous: a server may take either, so none is taken.
+/// The value of cookie `name` in a (joined) `Cookie` header, read so that Werkzeug
+/// cannot read another. Ambiguous, and so taken from nobody:
+/// - the name twice (a bare `name` without `=` counts: Werkzeug reads it as an empty
+///   value, and takes the first);
+/// - a `"` or `\` anywhere in the header: Werkzeug unquotes and unescapes values, and a
+///   quoted value may hold a `;` that hides or makes up a pair. FlexMeasures never sets
+///   such values (its cookies are base64url and `uid|hex`).
 pub fn cookie<'h>(header: &'h str, name: &str) -> Result<Option<&'h str>, Ambiguous> {
     let mut found = None;
     for pair in header.split(';') {
-        let Some((k, v)) = pair.split_once('=') else {
-            continue;
-        };
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         if k.trim() == name {
             if found.is_some() {
                 return Err(Ambiguous);
             }
-            found = Some(v.trim().trim_matches('"'));
+            found = Some(v.trim());
         }
     }
+    if found.is_some() && header.contains(['"', '\\']) {
+        return Err(Ambiguous);
+    }
     Ok(found)
+}
+
+/// Whether a `session` cookie value is in the one form Flask writes: base64url and dots,
+/// with a signature part that decodes exactly (itsdangerous' decoder also takes other
+/// spellings of the same signature, which flexgate does not verify). A value that is
+/// not canonical may verify at FlexMeasures and not here.
+pub fn is_canonical_session(value: &str) -> bool {
+    use base64::Engine;
+    let alphabet = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.';
+    value.bytes().all(alphabet)
+        && value.rsplit_once('.').is_some_and(|(_, signature)| {
+            signature.len() == 27
+                && base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(signature)
+                    .is_ok()
+        })
 }
 
 #[cfg(test)]
@@ -247,5 +269,45 @@ mod tests {
         assert_eq!(cookie("a=1; session=xyz; b=2", "session"), Ok(Some("xyz")));
         assert_eq!(cookie("sessionx=1", "session"), Ok(None));
         assert_eq!(cookie("session=1; session=2", "session"), Err(Ambiguous));
+    }
+
+    #[test]
+    fn cookies_werkzeug_could_read_otherwise_are_ambiguous() {
+        // Werkzeug takes a bare name as an empty value, and the first of two.
+        assert_eq!(cookie("session; session=A", "session"), Err(Ambiguous));
+        // It unquotes and unescapes, and a quoted value can swallow a `;`.
+        for header in [
+            "session=\"A",
+            "session=\"A\"",
+            "remember_token=\"u\\|d\"",
+            "a=\"x; session=A; y\"",
+        ] {
+            let name = if header.contains("remember") {
+                "remember_token"
+            } else {
+                "session"
+            };
+            assert_eq!(cookie(header, name), Err(Ambiguous), "{header}");
+        }
+        // A quote elsewhere does not matter when the name is not there at all.
+        assert_eq!(cookie("a=\"x\"", "session"), Ok(None));
+    }
+
+    #[test]
+    fn only_the_form_flask_writes_is_a_canonical_session() {
+        let v = vectors();
+        let value = v["session_cookie"]["cookie_value"].as_str().unwrap();
+        assert!(is_canonical_session(value));
+        // The signature (20 bytes in 27 characters) leaves two bits of its last
+        // character unused: flipping one is another spelling of the same bytes for
+        // itsdangerous, and not canonical.
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut other = value.as_bytes().to_vec();
+        let last = other.pop().unwrap();
+        let index = ALPHABET.iter().position(|c| *c == last).unwrap();
+        other.push(ALPHABET[index ^ 1]);
+        assert!(!is_canonical_session(std::str::from_utf8(&other).unwrap()));
+        assert!(!is_canonical_session(&format!("{value}!")));
+        assert!(!is_canonical_session("no-signature"));
     }
 }

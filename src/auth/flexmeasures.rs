@@ -174,6 +174,64 @@ pub struct SessionCookies<'a> {
     pub remember: Option<&'a str>,
 }
 
+/// [`FmAuthenticator::vet`]'s reading of the `session` and `remember_token` cookies
+/// (`None`: the cookie was not sent).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VettedCookies {
+    /// The `session` cookie.
+    pub session: Option<Verdict>,
+    /// The `remember_token` cookie.
+    pub remember: Option<Verdict>,
+}
+
+/// What one session or remember cookie is to flexgate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// It verifies (signature, and a session's age).
+    Verified {
+        /// Its revocation key (a session names no user: none).
+        key: Option<[u8; 32]>,
+        /// It names a user (a remember cookie always does).
+        names_user: bool,
+        /// A logout through flexgate ended it.
+        revoked: bool,
+    },
+    /// It does not verify here. `canonical`: it is in the form Flask writes, so
+    /// FlexMeasures does not verify it either; otherwise FlexMeasures may.
+    Unverified {
+        /// See above.
+        canonical: bool,
+    },
+}
+
+impl Verdict {
+    /// Whether FlexMeasures may act on this cookie while flexgate does not.
+    pub fn unverified(&self) -> bool {
+        matches!(self, Verdict::Unverified { .. })
+    }
+
+    /// Whether it verifies and a logout ended it.
+    pub fn revoked(&self) -> bool {
+        matches!(self, Verdict::Verified { revoked: true, .. })
+    }
+}
+
+impl VettedCookies {
+    /// The revocation keys of the cookies that verify (what a logout ends).
+    pub fn proof(&self) -> SessionProof {
+        SessionProof {
+            keys: [self.session, self.remember]
+                .into_iter()
+                .flatten()
+                .filter_map(|v| match v {
+                    Verdict::Verified { key, .. } => key,
+                    Verdict::Unverified { .. } => None,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// What a session authentication rested on, so that a logout can revoke exactly it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionProof {
@@ -466,30 +524,37 @@ impl FmAuthenticator {
         Ok((identity, proof))
     }
 
-    /// The revocation keys of the session and remember cookies of a request, whatever
-    /// user they name (for a logout passing through).
-    pub fn session_keys_of(&self, cookies: SessionCookies<'_>) -> SessionProof {
+    /// What flexgate makes of a request's session and remember cookies, whatever user
+    /// they name: each one verifies (with its revocation key, and whether it was logged
+    /// out) or not. For a logout passing through, and to keep FlexMeasures from seeing
+    /// a cookie flexgate did not verify.
+    pub fn vet(&self, cookies: SessionCookies<'_>) -> VettedCookies {
         use super::flask_session::{check_remember, parse_session, remember_revocation_key};
         let now = unix_now();
-        let mut proof = SessionProof::default();
-        if let Some(key) = cookies
-            .session
-            .and_then(|v| parse_session(&self.session_keys, v, now, self.session_max_age).ok())
-            .and_then(|s| s.revocation_key())
-        {
-            proof.keys.push(key);
-        }
-        if let Some(value) = cookies.remember
-            && check_remember(&self.remember_secret, value).is_some()
-        {
-            proof.keys.push(remember_revocation_key(value));
-        }
-        proof
+        let session = cookies.session.map(|value| {
+            match parse_session(&self.session_keys, value, now, self.session_max_age) {
+                Ok(s) => self.verdict(s.revocation_key(), s.uid.is_some()),
+                Err(_) => Verdict::Unverified {
+                    canonical: super::flask_session::is_canonical_session(value),
+                },
+            }
+        });
+        let remember = cookies.remember.map(|value| {
+            if check_remember(&self.remember_secret, value).is_some() {
+                self.verdict(Some(remember_revocation_key(value)), true)
+            } else {
+                Verdict::Unverified { canonical: true }
+            }
+        });
+        VettedCookies { session, remember }
     }
 
-    /// Whether any of these session or remember cookies was logged out.
-    pub fn any_revoked(&self, proof: &SessionProof) -> bool {
-        proof.keys.iter().any(|key| self.revoked.contains_key(key))
+    fn verdict(&self, key: Option<[u8; 32]>, names_user: bool) -> Verdict {
+        Verdict::Verified {
+            revoked: key.is_some_and(|k| self.revoked.contains_key(&k)),
+            key,
+            names_user,
+        }
     }
 
     /// Refuse these sessions from now on, until a cookie could no longer be valid anyway

@@ -23,7 +23,7 @@ use super::evaluate::Probe;
 use super::forward::{Outgoing, UpstreamBody};
 use super::normalize::normalize;
 use super::{Gateway, Installed, ProxyBody, headers, host, login};
-use crate::auth::flexmeasures::SessionCookies;
+use crate::auth::flexmeasures::{SessionCookies, Verdict};
 use crate::auth::token::token_from_authorization;
 use crate::auth::{AuthError, Authenticator, Identity, apikey, flask_session, unix_now};
 use crate::metrics;
@@ -378,27 +378,60 @@ async fn serve(
     // FlexMeasures mode, for a request with cookies:
     // - the remember cookie it carries (its revocation key), so that only a login setting
     //   it anew lifts its revocation, not a replayed copy;
-    // - on public routes, which authenticate nobody, logged-out cookies are removed
-    //   before FlexMeasures could log their user in again from them;
+    // - FlexMeasures sees only session cookies flexgate verified: one it could read
+    //   otherwise (ambiguous, or spelled so that only itsdangerous takes it) could log
+    //   a user in there, a logged-out one above all; on public routes, which
+    //   authenticate nobody, logged-out cookies go too;
     // - a logout passing through: which session it ends (revoked once the upstream has
     //   accepted it).
     let mut carried_remember = None;
     let mut ending = None;
+    let mut session_names_user = false;
     if let Authenticator::FlexMeasures(fm) = &*gw.auth
         && parts.headers.contains_key(http::header::COOKIE)
-        && let Ok(cookies) = session_cookies(&parts.headers)
     {
-        carried_remember = cookies
-            .remember
-            .map(crate::auth::flask_session::remember_revocation_key);
-        if route.public || route.ends_session {
-            let proof = fm.session_keys_of(cookies);
-            if route.public && fm.any_revoked(&proof) {
-                headers::strip_cookies(&mut parts.headers, headers::FLEXMEASURES_SESSION_COOKIES);
+        match session_cookies(&parts.headers) {
+            Ok(cookies) => {
+                carried_remember = cookies
+                    .remember
+                    .map(crate::auth::flask_session::remember_revocation_key);
+                if route.public || route.credentials.session {
+                    let vetted = fm.vet(cookies);
+                    let doomed = |v: Option<Verdict>| {
+                        v.is_some_and(|v| v.unverified() || (route.public && v.revoked()))
+                    };
+                    let (strip_session, strip_remember) =
+                        (doomed(vetted.session), doomed(vetted.remember));
+                    session_names_user = matches!(
+                        vetted.session,
+                        Some(Verdict::Verified {
+                            names_user: true,
+                            revoked: false,
+                            ..
+                        })
+                    ) && !strip_session;
+                    if route.ends_session {
+                        ending = Some(vetted.proof()).filter(|p| !p.keys.is_empty());
+                    }
+                    match (strip_session, strip_remember) {
+                        (true, true) => headers::strip_cookies(
+                            &mut parts.headers,
+                            headers::FLEXMEASURES_SESSION_COOKIES,
+                        ),
+                        (true, false) => headers::strip_cookies(&mut parts.headers, &["session"]),
+                        (false, true) => {
+                            headers::strip_cookies(&mut parts.headers, &["remember_token"])
+                        }
+                        (false, false) => {}
+                    }
+                }
             }
-            if route.ends_session {
-                ending = Some(proof);
+            // Read one way here and maybe another there: on a public route nobody is
+            // authenticated by them, so they go; elsewhere a session login is refused.
+            Err(_) if route.public => {
+                headers::strip_cookies(&mut parts.headers, headers::FLEXMEASURES_SESSION_COOKIES)
             }
+            Err(_) => {}
         }
     }
 
@@ -414,6 +447,11 @@ async fn serve(
         outcome,
     )
     .await?;
+    // Authenticated by the session: the remember cookie is not what flexgate checked,
+    // and FlexMeasures must not fall back on it.
+    if session_names_user && permit.credential() == Credential::Session {
+        headers::strip_cookies(&mut parts.headers, &["remember_token"]);
+    }
 
     let added = rewrite_headers(
         gw,
@@ -600,13 +638,16 @@ fn session_cookies(headers: &HeaderMap) -> Result<SessionCookies<'_>, Deny> {
     let Some(value) = headers.get(http::header::COOKIE) else {
         return Ok(SessionCookies::default());
     };
-    let Ok(text) = value.to_str() else {
-        return Ok(SessionCookies::default());
+    let ambiguous = || {
+        Deny::Ambiguous(
+            "A session cookie is given more than once, or beside quotes or escapes.".into(),
+        )
     };
-    let ambiguous = |_| Deny::Ambiguous("A session cookie is given more than once.".into());
+    // Werkzeug reads the header's bytes as UTF-8 (what is not becomes U+FFFD).
+    let text = std::str::from_utf8(value.as_bytes()).map_err(|_| ambiguous())?;
     Ok(SessionCookies {
-        session: flask_session::cookie(text, "session").map_err(ambiguous)?,
-        remember: flask_session::cookie(text, "remember_token").map_err(ambiguous)?,
+        session: flask_session::cookie(text, "session").map_err(|_| ambiguous())?,
+        remember: flask_session::cookie(text, "remember_token").map_err(|_| ambiguous())?,
     })
 }
 
@@ -759,21 +800,32 @@ async fn decide_request(
     {
         return Err(Deny::Forbidden("body_needed_for_decision"));
     }
-    // FlexMeasures mode: the ingress forwards the client's cookies as they are, so a
-    // logged-out session cannot be taken out of a public route's request (as the proxy
-    // does, before FlexMeasures could log its user in again from it): refused. A logout
+    // FlexMeasures mode: the ingress forwards the client's cookies as they are, so what
+    // the proxy would take out is refused: a session cookie FlexMeasures may verify and
+    // flexgate does not (spelled otherwise than Flask writes it), and, on public routes,
+    // a logged-out one (FlexMeasures would log its user in again from it). A logout
     // ends its session when it is decided (flexgate does not see FlexMeasures' answer).
     let mut ending = None;
     if let Authenticator::FlexMeasures(fm) = &*gw.auth
-        && (route.public || route.ends_session)
+        && (route.public || route.credentials.session)
         && parts.headers.contains_key(http::header::COOKIE)
     {
-        let proof = fm.session_keys_of(session_cookies(&parts.headers)?);
-        if route.public && fm.any_revoked(&proof) {
+        let vetted = fm.vet(session_cookies(&parts.headers)?);
+        let both = [vetted.session, vetted.remember];
+        if both
+            .iter()
+            .flatten()
+            .any(|v| matches!(v, Verdict::Unverified { canonical: false }))
+        {
+            return Err(Deny::Ambiguous(
+                "A session cookie is not in the form FlexMeasures writes it.".into(),
+            ));
+        }
+        if route.public && both.iter().flatten().any(Verdict::revoked) {
             return Err(Deny::Unauthenticated("revoked"));
         }
-        if route.ends_session && !proof.keys.is_empty() {
-            ending = Some(proof);
+        if route.ends_session {
+            ending = Some(vetted.proof()).filter(|p| !p.keys.is_empty());
         }
     }
     let (permit, _) = admit(
