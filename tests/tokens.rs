@@ -213,6 +213,42 @@ both_backends_async! {
     }
 }
 
+both_backends_async! {
+    async fn guesses_sent_all_at_once_get_no_more_than_the_limit(db) {
+        let upstream = Upstream::start().await;
+        let gw = std::sync::Arc::new(
+            GatewayBuilder::new(db, &upstream)
+                .demo()
+                .server("[auth.throttle]\nfailures_per_email = 3\nfailures_per_client = 1000\nwindow_secs = 60")
+                .start()
+                .await,
+        );
+        // Each guess is counted before its password is checked: 24 at once cannot all
+        // pass a count none of them has added to yet.
+        let mut guesses = tokio::task::JoinSet::new();
+        for i in 0..24 {
+            let gw = std::sync::Arc::clone(&gw);
+            guesses.spawn(async move {
+                gw.send(
+                    "POST",
+                    "/api/requestAuthToken",
+                    &[("content-type", "application/json")],
+                    &json!({"email": "consultant@flexgate.demo", "password": format!("guess-{i}")}).to_string(),
+                )
+                .await
+                .status
+            });
+        }
+        let statuses = guesses.join_all().await;
+        let checked = statuses.iter().filter(|s| **s == 401).count();
+        let throttled = statuses.iter().filter(|s| **s == 429).count();
+        assert_eq!((checked, throttled), (3, 21), "{statuses:?}");
+        if let Ok(gw) = std::sync::Arc::try_unwrap(gw) {
+            gw.stop().await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_failures_are_throttled_and_successes_are_not() {
     let db = TestDb::sqlite();

@@ -80,6 +80,15 @@ pub fn verify_password(stored: &str, password: &str, salt: &[u8]) -> bool {
     }
 }
 
+/// Whether [`verify_password`] can check a password against `stored` at all.
+fn verifiable(stored: &str) -> bool {
+    if stored.starts_with("$argon2") {
+        argon2::PasswordHash::new(stored).is_ok()
+    } else {
+        stored.starts_with("$2") && stored.parse::<bcrypt::HashParts>().is_ok()
+    }
+}
+
 /// The claims flexgate reads from a FlexMeasures token payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claims {
@@ -723,8 +732,9 @@ impl FmAuthenticator {
         client: IpAddr,
     ) -> Result<IssuedToken, LoginError> {
         // FlexMeasures compares emails exactly; the throttle counts them exactly too.
-        self.throttle
-            .check(email, client)
+        let attempt = self
+            .throttle
+            .begin(email, client)
             .await
             .map_err(LoginError::from)?;
         let db = self.store.clone();
@@ -734,9 +744,11 @@ impl FmAuthenticator {
             .offload(async move { db.fm_credentials(&lookup).await })
             .await
             .map_err(|e| LoginError::Unavailable(e.to_string()))?;
+        // A hash that cannot verify anything (none, another scheme, malformed) costs
+        // the dummy's work too: answering at once would tell the email exists.
         let (hash, real) = match &credentials {
-            Some(c) => (c.password_hash.clone(), true),
-            None => (DUMMY_ARGON2.to_owned(), false),
+            Some(c) if verifiable(&c.password_hash) => (c.password_hash.clone(), true),
+            _ => (DUMMY_ARGON2.to_owned(), false),
         };
         let salt = self.password_salt.clone();
         let matched = self
@@ -747,13 +759,11 @@ impl FmAuthenticator {
             && real;
         match credentials {
             Some(c) if matched && c.user.active => {
-                self.throttle.success(email).await;
+                self.throttle.succeeded(email, attempt).await;
                 Ok(self.issue(&c.user.uniquifier, c.user.user_id))
             }
-            _ => {
-                self.throttle.failure(email, client).await;
-                Err(LoginError::BadCredentials)
-            }
+            // Counted already, by `begin`.
+            _ => Err(LoginError::BadCredentials),
         }
     }
 

@@ -666,8 +666,9 @@ impl NativeAuthenticator {
         client: IpAddr,
     ) -> Result<IssuedToken, LoginError> {
         let email = store::normalize_email(email);
-        self.throttle
-            .check(&email, client)
+        let attempt = self
+            .throttle
+            .begin(&email, client)
             .await
             .map_err(LoginError::from)?;
         let db = self.store.clone();
@@ -685,16 +686,14 @@ impl NativeAuthenticator {
             .map_err(|e| LoginError::Unavailable(e.to_string()))?;
         match credentials {
             Some(c) if matched && c.active => {
-                self.throttle.success(&email).await;
+                self.throttle.succeeded(&email, attempt).await;
                 self.issue(c.user_id).await.map_err(|e| match e {
                     AuthError::UnknownUser | AuthError::Inactive => LoginError::BadCredentials,
                     other => LoginError::Unavailable(other.to_string()),
                 })
             }
-            _ => {
-                self.throttle.failure(&email, client).await;
-                Err(LoginError::BadCredentials)
-            }
+            // Counted already, by `begin`.
+            _ => Err(LoginError::BadCredentials),
         }
     }
 

@@ -1,7 +1,9 @@
-//! Brute-force protection for the token endpoint: failed logins are counted per email
-//! and per client address; past the limit, logins for that email or from that address
-//! get 429 with `Retry-After` until the window ends. Successes are never slowed, and a
-//! success clears its email's count.
+//! Brute-force protection for the token endpoint: login attempts are counted per email
+//! and per client address before the password is checked (so that attempts sent all at
+//! once cannot all pass a count none has added to yet); past the limit, logins for that
+//! email or from that address get 429 with `Retry-After` until the window ends. A
+//! success clears its email's count and gives its address the attempt back, so only
+//! failures use the budgets up.
 //!
 //! [`LoginLimits`] keeps the counts where every replica sees them (flexgate's own
 //! database: `flexgate_login_failure`, a sliding window, subjects stored only as
@@ -20,9 +22,11 @@ use moka::sync::Cache;
 
 use crate::rules::ThrottleSettings;
 
-struct Window {
+/// One email's or address's attempts in the current window.
+#[derive(Debug)]
+pub struct Window {
     started: Instant,
-    failures: AtomicU32,
+    attempts: AtomicU32,
 }
 
 /// Failure counters with a time-to-live of one window.
@@ -56,31 +60,38 @@ impl Throttle {
         }
     }
 
-    /// `Err(retry_after)` if this email or address is over its limit.
-    pub fn check(&self, email: &str, client: IpAddr) -> Result<(), Duration> {
+    /// Count a login attempt for this email and address before its password is
+    /// checked, or `Err(retry_after)` if either is at its limit (then nothing is
+    /// counted). Counting first is what makes the limit hold for attempts sent all at
+    /// once: each one adds to the count before the next can read it.
+    pub fn begin(&self, email: &str, client: IpAddr) -> Result<Arc<Window>, Duration> {
         let now = Instant::now();
-        let over = |w: Option<Arc<Window>>, limit: u32| {
-            w.filter(|w| w.failures.load(Ordering::Relaxed) >= limit)
-                .map(|w| (w.started + self.settings.window).saturating_duration_since(now))
+        let by_email = window(&self.emails, email.to_owned());
+        let by_client = window(&self.clients, client);
+        let over = |w: &Window, limit: u32| {
+            (w.attempts.fetch_add(1, Ordering::AcqRel) >= limit)
+                .then(|| (w.started + self.settings.window).saturating_duration_since(now))
         };
-        let by_email = over(self.emails.get(email), self.settings.failures_per_email);
-        let by_client = over(self.clients.get(&client), self.settings.failures_per_client);
-        match by_email.into_iter().chain(by_client).max() {
-            Some(wait) => Err(wait.max(Duration::from_secs(1))),
-            None => Ok(()),
+        let waits = [
+            over(&by_email, self.settings.failures_per_email),
+            over(&by_client, self.settings.failures_per_client),
+        ];
+        match waits.into_iter().flatten().max() {
+            Some(wait) => {
+                release(&by_email);
+                release(&by_client);
+                Err(wait.max(Duration::from_secs(1)))
+            }
+            None => Ok(by_client),
         }
     }
 
-    /// Count a failed login.
-    pub fn failure(&self, email: &str, client: IpAddr) {
-        bump(&self.emails, email.to_owned());
-        bump(&self.clients, client);
-    }
-
-    /// A successful login clears its email's failures (not the address's: one good
-    /// password must not reset guessing at other accounts).
-    pub fn success(&self, email: &str) {
+    /// A successful login clears its email's count, and gives its address the attempt
+    /// back (`client`, from [`Throttle::begin`]): one good password must not reset
+    /// guessing at other accounts, nor may good logins use up an address's budget.
+    pub fn succeeded(&self, email: &str, client: &Window) {
         self.emails.invalidate(email);
+        release(client);
     }
 }
 
@@ -136,10 +147,18 @@ impl LoginLimits {
         }
     }
 
-    /// Whether this email or address is over its limit.
-    pub async fn check(&self, email: &str, client: IpAddr) -> Result<(), Refusal> {
+    /// Count a login attempt before its password is checked (see [`Throttle::begin`]),
+    /// or refuse it: over a limit, or the shared counts cannot be reached (fail
+    /// closed). A failed login needs nothing more; pass a successful one's attempt to
+    /// [`LoginLimits::succeeded`].
+    pub async fn begin(&self, email: &str, client: IpAddr) -> Result<Attempt, Refusal> {
         let (store, settings) = match self {
-            LoginLimits::Local(t) => return t.check(email, client).map_err(Refusal::Throttled),
+            LoginLimits::Local(t) => {
+                return t
+                    .begin(email, client)
+                    .map(Attempt::Local)
+                    .map_err(Refusal::Throttled);
+            }
             LoginLimits::Shared { store, settings } => (store, settings),
         };
         let now = crate::auth::unix_now() as i64;
@@ -148,50 +167,41 @@ impl LoginLimits {
             subject("email", email),
             subject("client", &client.to_string()),
         ];
+        let limits = [settings.failures_per_email, settings.failures_per_client];
         let db = store.clone();
-        let counts = store
-            .offload(async move { db.login_failures(&subjects, now - window).await })
+        let reserved = store
+            .offload(async move {
+                db.reserve_login_attempt(&subjects, limits, now, now - window)
+                    .await
+            })
             .await
             .map_err(|e| Refusal::Unavailable(e.to_string()))?;
-        let limits = [settings.failures_per_email, settings.failures_per_client];
-        let wait = counts
-            .iter()
-            .zip(limits)
-            .filter(|((n, _), limit)| n >= limit)
-            .filter_map(|((_, oldest), _)| *oldest)
-            .map(|oldest| Duration::from_secs(u64::try_from(oldest + window - now).unwrap_or(1)))
-            .max();
-        match wait {
-            Some(wait) => Err(Refusal::Throttled(wait.max(Duration::from_secs(1)))),
-            None => Ok(()),
+        match reserved {
+            Ok([_, client_row]) => Ok(Attempt::Shared { client_row }),
+            Err(oldest) => {
+                let wait = u64::try_from(oldest.saturating_add(window) - now).unwrap_or(1);
+                Err(Refusal::Throttled(Duration::from_secs(wait.max(1))))
+            }
         }
     }
 
-    /// Count a failed login.
-    pub async fn failure(&self, email: &str, client: IpAddr) {
-        let store = match self {
-            LoginLimits::Local(t) => return t.failure(email, client),
-            LoginLimits::Shared { store, .. } => store,
-        };
-        let subjects = [
-            subject("email", email),
-            subject("client", &client.to_string()),
-        ];
-        let now = crate::auth::unix_now() as i64;
-        let db = store.clone();
-        if let Err(e) = store
-            .offload(async move { db.record_login_failure(&subjects, now).await })
-            .await
-        {
-            tracing::warn!(error = %e, "cannot record a failed login");
-        }
-    }
-
-    /// A successful login clears its email's failures (not the address's).
-    pub async fn success(&self, email: &str) {
-        let store = match self {
-            LoginLimits::Local(t) => return t.success(email),
-            LoginLimits::Shared { store, .. } => store,
+    /// A successful login clears its email's count and gives its address the attempt
+    /// back (not the address's earlier failures: one good password must not reset
+    /// guessing at other accounts).
+    pub async fn succeeded(&self, email: &str, attempt: Attempt) {
+        let store = match (self, attempt) {
+            (LoginLimits::Local(t), Attempt::Local(client)) => return t.succeeded(email, &client),
+            (LoginLimits::Shared { store, .. }, Attempt::Shared { client_row }) => {
+                let db = store.clone();
+                if let Err(e) = store
+                    .offload(async move { db.release_login_attempt(client_row).await })
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot give a successful login's attempt back");
+                }
+                store
+            }
+            _ => return,
         };
         let email = subject("email", email);
         let db = store.clone();
@@ -204,16 +214,35 @@ impl LoginLimits {
     }
 }
 
-fn bump<K: Hash + Eq + Send + Sync + 'static>(cache: &Cache<K, Arc<Window>>, key: K) {
-    cache
-        .get_with(key, || {
-            Arc::new(Window {
-                started: Instant::now(),
-                failures: AtomicU32::new(0),
-            })
+/// A login attempt counted by [`LoginLimits::begin`].
+#[derive(Debug)]
+pub enum Attempt {
+    /// Counted in this process (the address's window).
+    Local(Arc<Window>),
+    /// Counted in the shared table (the address's row).
+    Shared {
+        /// The row that counts this attempt for its client address.
+        client_row: i64,
+    },
+}
+
+fn window<K: Hash + Eq + Send + Sync + 'static>(
+    cache: &Cache<K, Arc<Window>>,
+    key: K,
+) -> Arc<Window> {
+    cache.get_with(key, || {
+        Arc::new(Window {
+            started: Instant::now(),
+            attempts: AtomicU32::new(0),
         })
-        .failures
-        .fetch_add(1, Ordering::Relaxed);
+    })
+}
+
+/// Take one attempt back (never below zero).
+fn release(w: &Window) {
+    let _ = w
+        .attempts
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
 }
 
 #[cfg(test)]
@@ -229,23 +258,54 @@ mod tests {
         });
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
-        assert!(t.check("x@y", a).is_ok());
-        t.failure("x@y", a);
-        assert!(t.check("x@y", a).is_ok());
-        t.failure("x@y", a);
-        let wait = t.check("x@y", b).unwrap_err();
+        // Two attempts (failed: nothing more is said of them) use the email's budget.
+        assert!(t.begin("x@y", a).is_ok());
+        assert!(t.begin("x@y", a).is_ok());
+        let wait = t.begin("x@y", b).unwrap_err();
         assert!(
             wait > Duration::from_secs(50) && wait <= Duration::from_secs(60),
             "{wait:?}"
         );
-        // Other emails from the same address are fine until the address limit.
-        assert!(t.check("other@y", a).is_ok());
-        t.failure("other@y", a);
-        assert!(t.check("third@y", a).is_err(), "address limit reached");
-        assert!(t.check("third@y", b).is_ok());
-        // A success clears the email's count, not the address's.
-        t.success("x@y");
-        assert!(t.check("x@y", b).is_ok());
-        assert!(t.check("x@y", a).is_err());
+        // Other emails from the same address are fine until the address limit; a
+        // refused attempt counted nothing.
+        assert!(t.begin("other@y", a).is_ok());
+        assert!(t.begin("third@y", a).is_err(), "address limit reached");
+        let ok = t.begin("third@y", b).unwrap();
+        // A success clears the email's count and gives the address its attempt back,
+        // not the address's earlier failures.
+        t.succeeded("third@y", &ok);
+        assert!(t.begin("x@y", b).is_err(), "x@y is still at its limit");
+        let good = t.begin("fourth@y", b).unwrap();
+        t.succeeded("fourth@y", &good);
+        assert!(
+            t.begin("fifth@y", b).is_ok(),
+            "b's successes used up nothing"
+        );
+        assert!(t.begin("fifth@y", a).is_err());
+    }
+
+    #[test]
+    fn attempts_sent_at_once_cannot_all_pass_the_count() {
+        let t = Arc::new(Throttle::new(ThrottleSettings {
+            failures_per_email: 3,
+            failures_per_client: 1000,
+            window: Duration::from_secs(60),
+        }));
+        let passed: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..32)
+                .map(|i| {
+                    let t = Arc::clone(&t);
+                    scope.spawn(move || {
+                        let client = IpAddr::from([10, 0, 0, i as u8]);
+                        t.begin("victim@y", client).is_ok()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| usize::from(h.join().unwrap()))
+                .sum()
+        });
+        assert_eq!(passed, 3);
     }
 }

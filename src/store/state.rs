@@ -105,42 +105,88 @@ impl Store {
         })
     }
 
-    /// Record one failed login for each subject at `at` (Unix seconds).
-    pub async fn record_login_failure(&self, subjects: &[[u8; 32]], at: i64) -> Result<(), Error> {
-        dispatch!(self.pool(), p => {
-            for subject in subjects {
-                sqlx::query("INSERT INTO flexgate_login_failure (subject, at) VALUES ($1, $2)")
+    /// Count a login attempt for each subject (its email, its client) before the
+    /// password is checked, unless one of them already has `limits` attempts since
+    /// `since`: `Ok(Ok(rows))` counted it as these rows; `Ok(Err(oldest))` refused it
+    /// (the oldest attempt of a subject at its limit, for `Retry-After`). One
+    /// transaction, serialised per subject (advisory locks on PostgreSQL; SQLite has
+    /// one writer), so that concurrent attempts cannot all pass a count none of them
+    /// has added to yet.
+    pub async fn reserve_login_attempt(
+        &self,
+        subjects: &[[u8; 32]; 2],
+        limits: [u32; 2],
+        now: i64,
+        since: i64,
+    ) -> Result<Result<[i64; 2], i64>, Error> {
+        macro_rules! reserve {
+            ($tx:expr) => {{
+                let mut rows = [0i64; 2];
+                let mut refused = None;
+                for (i, subject) in subjects.iter().enumerate() {
+                    rows[i] = sqlx::query_scalar(
+                        "INSERT INTO flexgate_login_failure (subject, at) VALUES ($1, $2) RETURNING id",
+                    )
                     .bind(&subject[..])
-                    .bind(at)
-                    .execute(p)
+                    .bind(now)
+                    .fetch_one(&mut *$tx)
                     .await?;
+                    let row = sqlx::query(
+                        "SELECT COUNT(*) AS n, MIN(at) AS oldest FROM flexgate_login_failure WHERE subject = $1 AND at > $2",
+                    )
+                    .bind(&subject[..])
+                    .bind(since)
+                    .fetch_one(&mut *$tx)
+                    .await?;
+                    let n: i64 = row.try_get("n")?;
+                    if n > i64::from(limits[i]) {
+                        let oldest: Option<i64> = row.try_get("oldest")?;
+                        refused = Some(refused.unwrap_or(i64::MAX).min(oldest.unwrap_or(now)));
+                    }
+                }
+                match refused {
+                    // Dropped without commit: the rows just added go with it.
+                    Some(oldest) => Ok(Err(oldest)),
+                    None => {
+                        $tx.commit().await?;
+                        Ok(Ok(rows))
+                    }
+                }
+            }};
+        }
+        match self.pool() {
+            super::Pool::Postgres(p) => {
+                let mut tx = p.begin().await?;
+                let mut keys: Vec<i64> = subjects
+                    .iter()
+                    .map(|s| i64::from_be_bytes(s[..8].try_into().expect("8 bytes")))
+                    .collect();
+                // In one order everywhere: two attempts never wait for each other.
+                keys.sort_unstable();
+                for key in keys {
+                    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                        .bind(key)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                reserve!(tx)
             }
-        });
-        Ok(())
+            super::Pool::Sqlite(p) => {
+                let mut tx = p.begin().await?;
+                reserve!(tx)
+            }
+        }
     }
 
-    /// Failed logins of each subject since `since` (Unix seconds), and the oldest of
-    /// them (for `Retry-After`), in one round trip.
-    pub async fn login_failures(
-        &self,
-        subjects: &[[u8; 32]],
-        since: i64,
-    ) -> Result<Vec<(u32, Option<i64>)>, Error> {
-        let mut out = Vec::with_capacity(subjects.len());
+    /// Forget one counted attempt (a login that succeeded gives its client's back).
+    pub async fn release_login_attempt(&self, row: i64) -> Result<(), Error> {
         dispatch!(self.pool(), p => {
-            for subject in subjects {
-                let row = sqlx::query(
-                    "SELECT COUNT(*) AS n, MIN(at) AS oldest FROM flexgate_login_failure WHERE subject = $1 AND at > $2",
-                )
-                .bind(&subject[..])
-                .bind(since)
-                .fetch_one(p)
+            sqlx::query("DELETE FROM flexgate_login_failure WHERE id = $1")
+                .bind(row)
+                .execute(p)
                 .await?;
-                let n: i64 = row.try_get("n")?;
-                out.push((u32::try_from(n).unwrap_or(u32::MAX), row.try_get("oldest")?));
-            }
         });
-        Ok(out)
+        Ok(())
     }
 
     /// Forget a subject's failures (a successful login for that email).
