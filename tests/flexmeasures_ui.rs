@@ -529,6 +529,22 @@ async fn cookie_status(gw: &TestGateway, path: &str, cookie: &str) -> u16 {
 /// FlexMeasures' login form through flexgate, with "Remember Me" ticked: the
 /// `session` and `remember_token` cookies it sets.
 async fn form_login_remembered(gw: &TestGateway, email: &str, password: &str) -> (String, String) {
+    let answer = form_login(gw, email, password).await;
+    assert!(
+        answer.status == 302 || answer.status == 303,
+        "the form login failed: {} {}",
+        answer.status,
+        answer.text()
+    );
+    (
+        set_cookie(&answer, "session").expect("a logged-in session"),
+        set_cookie(&answer, "remember_token").expect("a remember cookie"),
+    )
+}
+
+/// One submission of FlexMeasures' login form through flexgate, as a browser sends it
+/// (the form's CSRF token, its session, "Remember Me" ticked).
+async fn form_login(gw: &TestGateway, email: &str, password: &str) -> Answer {
     let page = gw.get("/login", None).await;
     assert_eq!(page.status, 200, "{}", page.text());
     let html = page.text();
@@ -548,28 +564,63 @@ async fn form_login_remembered(gw: &TestGateway, email: &str, password: &str) ->
         .finish();
     let cookie = format!("session={session}");
     let origin = gw.url("");
+    gw.send(
+        "POST",
+        "/login",
+        &[
+            ("cookie", &cookie),
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("origin", &origin),
+        ],
+        &form,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flexmeasures_login_form_counts_against_the_login_limits() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let rules = format!(
+        "{}\n[auth.throttle]\nfailures_per_email = 3\nfailures_per_client = 100\nwindow_secs = 60\n",
+        flexmeasures_preset()
+    );
+    let gw = gateway_over(fm, &rules, "", &[], None).await;
+    let user = fm.add_user("prosumer_a", &[]);
+    // A login that goes through uses up nothing.
+    for _ in 0..4 {
+        form_login_remembered(&gw, &user.email, &user.password).await;
+    }
+    // Three wrong passwords: FlexMeasures shows the form again...
+    for _ in 0..3 {
+        let answer = form_login(&gw, &user.email, "not-the-password").await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        assert!(set_cookie(&answer, "remember_token").is_none());
+    }
+    // ...and then even the right one waits, in another case too, and as JSON.
+    let answer = form_login(&gw, &user.email, &user.password).await;
+    assert_eq!(answer.status, 429, "{}", answer.text());
+    assert!(answer.headers.contains_key("retry-after"));
+    let shouted = user.email.to_uppercase();
+    assert_eq!(form_login(&gw, &shouted, &user.password).await.status, 429);
+    let json = json!({"email": user.email, "password": user.password}).to_string();
     let answer = gw
         .send(
             "POST",
             "/login",
             &[
-                ("cookie", &cookie),
-                ("content-type", "application/x-www-form-urlencoded"),
-                ("origin", &origin),
+                ("content-type", "application/json"),
+                ("origin", &gw.url("")),
             ],
-            &form,
+            &json,
         )
         .await;
-    assert!(
-        answer.status == 302 || answer.status == 303,
-        "the form login failed: {} {}",
-        answer.status,
-        answer.text()
-    );
-    (
-        set_cookie(&answer, "session").expect("a logged-in session"),
-        set_cookie(&answer, "remember_token").expect("a remember cookie"),
-    )
+    assert_eq!(answer.status, 429, "{}", answer.text());
+    // Another user's logins are not affected.
+    let other = fm.add_user("prosumer_a", &[]);
+    form_login_remembered(&gw, &other.email, &other.password).await;
+    gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -533,6 +533,11 @@ impl FmAuthenticator {
         Ok((identity, proof))
     }
 
+    /// The login limits (the token endpoint's, and an upstream login form's).
+    pub fn login_limits(&self) -> &LoginLimits {
+        &self.throttle
+    }
+
     /// What flexgate makes of a request's session and remember cookies, whatever user
     /// they name: each one verifies (with its revocation key, and whether it was logged
     /// out) or not. For a logout passing through, and to keep FlexMeasures from seeing

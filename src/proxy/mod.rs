@@ -30,6 +30,7 @@ pub mod headers;
 pub mod host;
 pub mod listener;
 pub mod login;
+pub mod login_form;
 pub mod normalize;
 pub mod pipeline;
 pub mod pool;

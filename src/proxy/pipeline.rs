@@ -435,6 +435,20 @@ async fn serve(
         }
     }
 
+    // The upstream's own login form: counted as a login before it goes on.
+    let (body, form_login) = match (&*gw.auth, &route.login_form) {
+        (Authenticator::FlexMeasures(fm), Some(field)) if parts.method == http::Method::POST => {
+            let limit = rules.max_login_body_bytes;
+            let begun = super::login_form::begin(fm, conn, field, &parts.headers, body, limit);
+            let (bytes, login) = Box::pin(begun).await.inspect_err(|deny| {
+                if matches!(deny, Deny::Throttled(_)) {
+                    gw.metrics.login("throttled");
+                }
+            })?;
+            (UpstreamBody::Buffered(bytes), Some(login))
+        }
+        _ => (UpstreamBody::Streamed(body), None),
+    };
     let (permit, body) = admit(
         gw,
         rules,
@@ -443,7 +457,7 @@ async fn serve(
         matched.params,
         &parts,
         &authority,
-        UpstreamBody::Streamed(body),
+        body,
         outcome,
     )
     .await?;
@@ -478,6 +492,14 @@ async fn serve(
             conn.worker,
         )
         .await?;
+    if let (Authenticator::FlexMeasures(fm), Some(login)) = (&*gw.auth, form_login) {
+        let succeeded = super::login_form::finish(fm, login, response.headers()).await;
+        gw.metrics.login(if succeeded {
+            "success"
+        } else {
+            "bad_credentials"
+        });
+    }
     if let Authenticator::FlexMeasures(fm) = &*gw.auth
         && response.status().as_u16() < 400
     {

@@ -125,6 +125,25 @@ pub fn compile_text(text: &str, file: &Path) -> Result<Config, Diagnostics> {
         }
     }
     if server.identity_source == IdentitySource::Native
+        && let Some(r) = routes.iter().find(|r| r.login_form.is_some())
+    {
+        cx.error(
+            Some(r.line),
+            Some(format!("route {:?}", &*r.name)),
+            "login_form counts an upstream login form's attempts by the session FlexMeasures answers with: it needs [identity] source = \"flexmeasures\"".into(),
+        );
+    }
+    if let Some(r) = routes.iter().find(|r| {
+        r.login_form.as_deref().is_some_and(|f| f.is_empty())
+            || (r.login_form.is_some() && !r.methods.allows(&http::Method::POST))
+    }) {
+        cx.error(
+            Some(r.line),
+            Some(format!("route {:?}", &*r.name)),
+            "login_form names the form's email field (login_form = \"email\") on a route that takes POST".into(),
+        );
+    }
+    if server.identity_source == IdentitySource::Native
         && let Some(r) = routes.iter().find(|r| r.credentials.session && !r.public)
     {
         cx.warn(
@@ -1122,6 +1141,7 @@ impl Compiler<'_> {
             credentials,
             login_redirect: r.login_redirect.clone(),
             ends_session: r.ends_session.unwrap_or(false),
+            login_form: r.login_form.clone(),
             cross_origin,
             line,
             methods: methods?,

@@ -498,6 +498,8 @@ pub struct Route {
     pub login_redirect: Option<String>,
     /// A successful request here ends the browser session it carried.
     pub ends_session: bool,
+    /// The upstream's login form: its email field (POSTs are throttled as logins).
+    pub login_form: Option<String>,
     /// Cross-origin session requests.
     pub cross_origin: CrossOrigin,
 }

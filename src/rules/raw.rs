@@ -348,6 +348,10 @@ pub struct RawRoute {
     /// This route logs the browser out (FlexMeasures' `POST /logout`): once the upstream
     /// accepts it, flexgate refuses that session's cookies on every later request.
     pub ends_session: Option<bool>,
+    /// This route is the upstream's own login form (FlexMeasures' `POST /login`): the
+    /// name of its email field. Its POSTs count against the login limits like the
+    /// token endpoint's, by that email and the client's address.
+    pub login_form: Option<String>,
     /// Session-authenticated requests from another origin (by `Sec-Fetch-Site` or
     /// `Origin`): `refuse-writes` (default: refused unless the method is safe),
     /// `refuse` (refused whatever the method: for GETs that change state), `allow`.

@@ -460,3 +460,30 @@ fn control_characters_are_named_not_silent() {
         "{report}"
     );
 }
+
+#[test]
+fn a_login_form_needs_flexmeasures_and_a_post() {
+    let route = |methods: &str| {
+        format!(
+            "[[route]]\nname = \"login\"\nmethods = {methods}\npath = \"/login\"\nauth = \"public\"\nlogin_form = \"email\"\n"
+        )
+    };
+    let native = errors_of(&route("[\"GET\", \"POST\"]"));
+    assert!(
+        native.contains("login_form") && native.contains("source = \"flexmeasures\""),
+        "{native}"
+    );
+    let fm = "[identity]\nsource = \"flexmeasures\"\n";
+    let get_only = errors_of(&format!("{fm}{}", route("[\"GET\"]")));
+    assert!(
+        get_only.contains("on a route that takes POST"),
+        "{get_only}"
+    );
+    assert!(
+        compile_text(
+            &format!("{fm}{}", route("[\"GET\", \"POST\"]")),
+            Path::new("rules.toml")
+        )
+        .is_ok()
+    );
+}

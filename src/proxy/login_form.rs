@@ -1,0 +1,167 @@
+//! The upstream's own login form (FlexMeasures' `POST /login`, a route with
+//! `login_form = "<email field>"`): its attempts count against the same limits as the
+//! token endpoint's, or a password could be guessed there without end. The form (or
+//! the JSON Flask-Security also takes there) is read before it is forwarded, the
+//! attempt is counted by its email and the client's address (429 past a limit), and a
+//! login counts as a success when FlexMeasures answers with a session that names a
+//! user.
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::Value;
+
+use super::deny::Deny;
+use super::pipeline::{ConnInfo, is_json};
+use crate::auth::flexmeasures::{FmAuthenticator, SessionCookies, Verdict};
+use crate::auth::throttle::{Attempt, Refusal};
+
+/// A form login counted before it is forwarded.
+#[derive(Debug)]
+pub struct FormLogin {
+    email: String,
+    attempt: Attempt,
+}
+
+/// Read the form, take its email `field` (exactly once) and count the attempt.
+pub async fn begin(
+    fm: &FmAuthenticator,
+    conn: &ConnInfo,
+    field: &str,
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+) -> Result<(Bytes, FormLogin), Deny> {
+    let bytes = Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|_| Deny::BodyTooLarge)?
+        .to_bytes();
+    let email = email_of(headers, &bytes, field)?;
+    // Flask-Security finds users by email without regard to case: so are they counted.
+    let email = email.trim().to_lowercase();
+    let attempt = fm
+        .login_limits()
+        .begin(&email, conn.peer.ip())
+        .await
+        .map_err(|refusal| match refusal {
+            Refusal::Throttled(wait) => Deny::Throttled(wait),
+            Refusal::Unavailable(_) => Deny::Unavailable("login"),
+        })?;
+    Ok((bytes, FormLogin { email, attempt }))
+}
+
+/// The login went through when the answer sets a session cookie, signed by
+/// FlexMeasures, that names a user; otherwise the attempt stays counted.
+pub async fn finish(fm: &FmAuthenticator, login: FormLogin, answer: &HeaderMap) -> bool {
+    let logged_in = answer
+        .get_all(http::header::SET_COOKIE)
+        .iter()
+        .filter_map(|c| c.to_str().ok()?.strip_prefix("session="))
+        .filter_map(|c| c.split(';').next())
+        .any(|value| {
+            let cookies = SessionCookies {
+                session: Some(value),
+                remember: None,
+            };
+            matches!(
+                fm.vet(cookies).session,
+                Some(Verdict::Verified {
+                    names_user: true,
+                    ..
+                })
+            )
+        });
+    if logged_in {
+        fm.login_limits()
+            .succeeded(&login.email, login.attempt)
+            .await;
+    }
+    logged_in
+}
+
+/// The form's email: urlencoded (the browser's form) or JSON (Flask-Security takes
+/// both on its login view). Any other body, or the field missing or given twice,
+/// cannot be counted and is refused.
+fn email_of(headers: &HeaderMap, body: &[u8], field: &str) -> Result<String, Deny> {
+    let content_type = headers.get(http::header::CONTENT_TYPE);
+    let ambiguous = || {
+        Deny::Ambiguous(format!(
+            "The login form's {field:?} field is given more than once."
+        ))
+    };
+    let missing = || Deny::Invalid {
+        location: "form",
+        field: field.to_owned(),
+        message: "Missing data for required field.".into(),
+    };
+    if is_json(content_type) {
+        let value =
+            crate::rules::extract::parse_json_strict(body).map_err(|_| Deny::MalformedJson)?;
+        return match value.get(field) {
+            Some(Value::String(email)) => Ok(email.clone()),
+            Some(_) => Err(missing()),
+            None => Err(missing()),
+        };
+    }
+    let urlencoded = content_type
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !urlencoded {
+        return Err(Deny::Invalid {
+            location: "form",
+            field: field.to_owned(),
+            message: "Send the login form as application/x-www-form-urlencoded or JSON.".into(),
+        });
+    }
+    let mut found = None;
+    for (key, value) in form_urlencoded::parse(body) {
+        if key == field {
+            if found.is_some() {
+                return Err(ambiguous());
+            }
+            found = Some(value.into_owned());
+        }
+    }
+    found.ok_or_else(missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn typed(content_type: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_str(content_type).unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn the_email_comes_from_the_form_or_json_once() {
+        let form = typed("application/x-www-form-urlencoded; charset=utf-8");
+        assert_eq!(
+            email_of(&form, b"email=a%40b.c&password=x&csrf_token=t", "email").unwrap(),
+            "a@b.c"
+        );
+        assert!(matches!(
+            email_of(&form, b"email=a%40b.c&email=d%40e.f", "email"),
+            Err(Deny::Ambiguous(_))
+        ));
+        assert!(email_of(&form, b"password=x", "email").is_err());
+        let json = typed("application/json");
+        assert_eq!(
+            email_of(&json, br#"{"email": "a@b.c", "password": "x"}"#, "email").unwrap(),
+            "a@b.c"
+        );
+        assert!(email_of(&json, br#"{"email": "a@b.c", "email": "d@e.f"}"#, "email").is_err());
+        assert!(email_of(&typed("multipart/form-data; boundary=x"), b"", "email").is_err());
+    }
+}
