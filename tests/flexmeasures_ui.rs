@@ -770,6 +770,53 @@ async fn a_logged_out_cookie_spelled_otherwise_never_reaches_flexmeasures() {
     gw.stop().await;
 }
 
+/// The session FlexMeasures makes from a remember cookie alone (a browser restart).
+async fn session_from(gw: &TestGateway, path: &str, remembered: &str) -> String {
+    let answer = gw.send("GET", path, &[("cookie", remembered)], "").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    set_cookie(&answer, "session").expect("a session made from the remember cookie")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_remembered_login_ends_the_lockout_of_sessions_made_from_its_cookie() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let gw = ui_gateway(fm).await;
+    let user = fm.add_user("prosumer_a", &[]);
+    let path = format!("/api/v3_0/assets/{}", fm.asset("prosumer_a"));
+    let (_, remember) = form_login_remembered(&gw, &user.email, &user.password).await;
+    let remembered = format!("remember_token={remember}");
+    // The browser restarts: FlexMeasures makes a session from the remember cookie (with
+    // no login time, so every such session of the user has one revocation key).
+    let restored = session_from(&gw, &path, &remembered).await;
+    let out = gw
+        .send(
+            "POST",
+            "/logout",
+            &[
+                ("cookie", &format!("session={restored}; {remembered}")),
+                ("origin", &gw.url("")),
+            ],
+            "",
+        )
+        .await;
+    assert!(out.status < 400, "{}", out.status);
+    assert_eq!(
+        cookie_status(&gw, &path, &format!("session={restored}")).await,
+        401
+    );
+    // A new "Remember Me" login: the next browser restart's session works again.
+    form_login_remembered(&gw, &user.email, &user.password).await;
+    let again = session_from(&gw, &path, &remembered).await;
+    assert_eq!(
+        cookie_status(&gw, &path, &format!("session={again}")).await,
+        200,
+        "sessions made from the new login's remember cookie stay locked out"
+    );
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_origin_cookie_writes_are_refused_and_csrf_passes_through() {
     let Some(fm) = real_flexmeasures() else {

@@ -80,6 +80,16 @@ pub fn verify_password(stored: &str, password: &str, salt: &[u8]) -> bool {
     }
 }
 
+/// `secret` (UTF-8, as the environment gives it) encoded as latin-1, as Flask-Login
+/// encodes `SECRET_KEY` for remember cookies; `None` for characters beyond U+00FF.
+fn latin1(secret: &[u8]) -> Option<Vec<u8>> {
+    std::str::from_utf8(secret)
+        .ok()?
+        .chars()
+        .map(|c| u8::try_from(u32::from(c)).ok())
+        .collect()
+}
+
 /// Whether [`verify_password`] can check a password against `stored` at all.
 fn verifiable(stored: &str) -> bool {
     if stored.starts_with("$argon2") {
@@ -328,7 +338,12 @@ impl FmAuthenticator {
             store,
             keys,
             session_keys,
-            remember_secret: secret.expose().to_vec(),
+            remember_secret: latin1(secret.expose()).ok_or_else(|| {
+                crate::settings::Error::Invalid(vec![crate::settings::Problem {
+                    var: "FLEXMEASURES_SECRET_KEY",
+                    message: "has characters beyond U+00FF: Flask-Login keys remember cookies with SECRET_KEY encoded as latin-1, which cannot hold them (FlexMeasures would fail on them too); use a key of ASCII characters".into(),
+                }])
+            })?,
             session_max_age: secrets.session_lifetime,
             revoked: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
@@ -617,30 +632,51 @@ impl FmAuthenticator {
             else {
                 continue;
             };
-            if value.is_empty() || check_remember(&self.remember_secret, value).is_none() {
+            let Some(uid) = Some(value)
+                .filter(|v| !v.is_empty())
+                .and_then(|v| check_remember(&self.remember_secret, v))
+            else {
                 continue;
-            }
+            };
             let key = remember_revocation_key(value);
             // Set back to the very cookie the request carried (Flask-Login refreshing
             // it): no new login, so nothing is lifted.
             if carried == Some(key) {
                 continue;
             }
-            if !self.revoked.contains_key(&key) && self.state.is_none() {
-                continue;
+            // A new "Remember Me" login: its cookie, and the sessions Flask-Login will
+            // make from it (they carry no login time, so all share one key, which a
+            // logout of one of them revoked for the others too).
+            let made_from_it = super::flask_session::Session {
+                uid: Some(uid),
+                login_time: None,
+                remember_cleared: false,
+                issued_at: 0,
             }
-            self.revoked.invalidate(&key);
-            if let Some(state) = &self.state {
-                let state = state.clone();
-                // Kept as long as a replica could take to read it, many times over.
-                let keep_until = i64::try_from(unix_now() + 3_600).unwrap_or(i64::MAX);
-                let changed_at = unix_millis();
-                self.store.spawn(async move {
+            .revocation_key()
+            .expect("a session with a user has a key");
+            for key in [key, made_from_it] {
+                self.lift(key);
+            }
+        }
+    }
+
+    /// Forget a revocation here and on every replica.
+    fn lift(&self, key: [u8; 32]) {
+        if !self.revoked.contains_key(&key) && self.state.is_none() {
+            return;
+        }
+        self.revoked.invalidate(&key);
+        if let Some(state) = &self.state {
+            let state = state.clone();
+            // Kept as long as a replica could take to read it, many times over.
+            let keep_until = i64::try_from(unix_now() + 3_600).unwrap_or(i64::MAX);
+            let changed_at = unix_millis();
+            self.store.spawn(async move {
                     if let Err(e) = state.lift_session(&key, keep_until, changed_at).await {
                         tracing::warn!(error = %e, "cannot share a new login's remember cookie with the other replicas");
                     }
                 });
-            }
         }
     }
 
@@ -847,6 +883,13 @@ fn unix_millis() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_remember_key_is_secret_key_in_latin1_as_flask_login_encodes_it() {
+        assert_eq!(latin1(b"ascii-key").unwrap(), b"ascii-key");
+        assert_eq!(latin1("cl\u{e9}".as_bytes()).unwrap(), b"cl\xe9");
+        assert_eq!(latin1("\u{20ac}uro".as_bytes()), None);
+    }
 
     fn vectors() -> serde_json::Value {
         serde_json::from_str(include_str!(concat!(

@@ -65,6 +65,7 @@ impl Throttle {
     /// counted). Counting first is what makes the limit hold for attempts sent all at
     /// once: each one adds to the count before the next can read it.
     pub fn begin(&self, email: &str, client: IpAddr) -> Result<Arc<Window>, Duration> {
+        let client = counted_as(client);
         let now = Instant::now();
         let by_email = window(&self.emails, email.to_owned());
         let by_client = window(&self.clients, client);
@@ -165,7 +166,7 @@ impl LoginLimits {
         let window = i64::try_from(settings.window.as_secs()).unwrap_or(i64::MAX);
         let subjects = [
             subject("email", email),
-            subject("client", &client.to_string()),
+            subject("client", &counted_as(client).to_string()),
         ];
         let limits = [settings.failures_per_email, settings.failures_per_client];
         let db = store.clone();
@@ -226,6 +227,19 @@ pub enum Attempt {
     },
 }
 
+/// The address a client's attempts are counted under: an IPv6 client by its /64 (one
+/// host usually has a whole /64, and would otherwise get a budget per address in it),
+/// an IPv4-mapped one as IPv4.
+fn counted_as(client: IpAddr) -> IpAddr {
+    match client.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(bits))
+        }
+        v4 => v4,
+    }
+}
+
 fn window<K: Hash + Eq + Send + Sync + 'static>(
     cache: &Cache<K, Arc<Window>>,
     key: K,
@@ -282,6 +296,30 @@ mod tests {
             "b's successes used up nothing"
         );
         assert!(t.begin("fifth@y", a).is_err());
+    }
+
+    #[test]
+    fn an_ipv6_host_is_counted_by_its_slash_64() {
+        let t = Throttle::new(ThrottleSettings {
+            failures_per_email: 100,
+            failures_per_client: 2,
+            window: Duration::from_secs(60),
+        });
+        let host = |n: u16| IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, n]);
+        assert!(t.begin("a@x", host(1)).is_ok());
+        assert!(t.begin("b@x", host(2)).is_ok());
+        assert!(t.begin("c@x", host(3)).is_err(), "the same /64");
+        assert!(
+            t.begin("c@x", IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]))
+                .is_ok()
+        );
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert!(t.begin("d@x", mapped).is_ok());
+        assert!(t.begin("e@x", "192.0.2.7".parse().unwrap()).is_ok());
+        assert!(
+            t.begin("f@x", mapped).is_err(),
+            "mapped and plain IPv4 are one client"
+        );
     }
 
     #[test]
