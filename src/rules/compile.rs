@@ -127,10 +127,10 @@ pub fn compile_text(text: &str, file: &Path) -> Result<Config, Diagnostics> {
     if server.identity_source == IdentitySource::Native
         && let Some(r) = routes.iter().find(|r| r.login_form.is_some())
     {
-        cx.error(
+        cx.warn(
             Some(r.line),
             Some(format!("route {:?}", &*r.name)),
-            "login_form counts an upstream login form's attempts by the session FlexMeasures answers with: it needs [identity] source = \"flexmeasures\"".into(),
+            "login_form counts an upstream login form's attempts by the session FlexMeasures answers with, so only with [identity] source = \"flexmeasures\": here its attempts are not counted".into(),
         );
     }
     if let Some(r) = routes.iter().find(|r| {
