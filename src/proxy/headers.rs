@@ -278,6 +278,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 pub fn strip_client_identity(headers: &mut HeaderMap, prefix: &str) {
     let doomed = |name: &HeaderName| {
         let name = name.as_str().as_bytes();
+        // Every spoofable prefix starts with `x` or `f`: most names are done here.
+        let lead = name.first().copied();
+        if lead != Some(b'x') && lead != Some(b'f') && lead != prefix.as_bytes().first().copied() {
+            return false;
+        }
         starts_with_dashed(name, prefix.as_bytes())
             || SPOOFABLE_PREFIXES
                 .iter()
