@@ -3,8 +3,9 @@
 //!
 //! A key is `fgk_` + 43 characters of base64url (32 random bytes, 256 bits) + 6
 //! characters of base64url CRC32 over the prefix and the random part. The prefix lets
-//! secret scanners recognise a leaked key; the checksum refuses a mistyped or
-//! made-up key before any database lookup.
+//! secret scanners recognise a leaked key; the checksum refuses a mistyped key before
+//! any database lookup (not a made-up one: anyone can compute a CRC32, so a well-formed
+//! unknown key costs one lookup, and its negative answer is cached).
 //!
 //! Keys are stored only as HMAC-SHA256 under a key derived from `SECRET_KEY`. A fast
 //! hash is right here, unlike for passwords: a key has 256 bits of randomness, so
