@@ -39,17 +39,25 @@ impl Session {
     /// The key that names this login session in revocation lists: the user and the
     /// login time, so that logging out ends this session and no other of the user's.
     pub fn revocation_key(&self) -> Option<[u8; 32]> {
-        let uid = self.uid.as_deref()?;
-        let mut h = Sha256::new();
-        h.update(b"flexgate session v1\0");
-        h.update(uid.as_bytes());
-        h.update(b"\0");
-        match self.login_time {
-            Some(t) => h.update(t.to_bits().to_be_bytes()),
-            None => h.update(b"no login time"),
-        }
-        Some(h.finalize().into())
+        Some(session_revocation_key(
+            self.uid.as_deref()?,
+            self.login_time,
+        ))
     }
+}
+
+/// The revocation key of a user's login session by its login time (`None`: a session
+/// Flask-Login made from a remember cookie; all of a user's such sessions share it).
+pub fn session_revocation_key(uid: &str, login_time: Option<f64>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"flexgate session v1\0");
+    h.update(uid.as_bytes());
+    h.update(b"\0");
+    match login_time {
+        Some(t) => h.update(t.to_bits().to_be_bytes()),
+        None => h.update(b"no login time"),
+    }
+    h.finalize().into()
 }
 
 /// The revocation key of a remember cookie value.

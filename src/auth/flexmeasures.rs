@@ -647,14 +647,7 @@ impl FmAuthenticator {
             // A new "Remember Me" login: its cookie, and the sessions Flask-Login will
             // make from it (they carry no login time, so all share one key, which a
             // logout of one of them revoked for the others too).
-            let made_from_it = super::flask_session::Session {
-                uid: Some(uid),
-                login_time: None,
-                remember_cleared: false,
-                issued_at: 0,
-            }
-            .revocation_key()
-            .expect("a session with a user has a key");
+            let made_from_it = super::flask_session::session_revocation_key(&uid, None);
             for key in [key, made_from_it] {
                 self.lift(key);
             }
@@ -673,10 +666,10 @@ impl FmAuthenticator {
             let keep_until = i64::try_from(unix_now() + 3_600).unwrap_or(i64::MAX);
             let changed_at = unix_millis();
             self.store.spawn(async move {
-                    if let Err(e) = state.lift_session(&key, keep_until, changed_at).await {
-                        tracing::warn!(error = %e, "cannot share a new login's remember cookie with the other replicas");
-                    }
-                });
+                if let Err(e) = state.lift_session(&key, keep_until, changed_at).await {
+                    tracing::warn!(error = %e, "cannot share a lifted revocation with the other replicas");
+                }
+            });
         }
     }
 

@@ -210,12 +210,12 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 ///
 /// The usual request carries neither: one pass over the names finds that.
 pub fn drop_unforwarded(headers: &mut HeaderMap) {
-    let odd = |name: &HeaderName| name == header::CONNECTION || name.as_str().contains('_');
+    let odd = |name: &HeaderName| name == header::CONNECTION || underscored(name);
     if !headers.keys().any(odd) {
         return;
     }
     let mut doomed: Vec<HeaderName> = nominated(headers).collect();
-    doomed.extend(headers.keys().filter(|n| n.as_str().contains('_')).cloned());
+    doomed.extend(headers.keys().filter(|n| underscored(n)).cloned());
     for name in doomed {
         headers.remove(name);
     }
@@ -225,7 +225,12 @@ pub fn drop_unforwarded(headers: &mut HeaderMap) {
 /// tokens, or sent a header name with `_`: such a request cannot be decided for an
 /// ingress, which forwards the client's headers as they are (see [`drop_unforwarded`]).
 pub fn has_unforwarded(headers: &HeaderMap) -> bool {
-    nominated(headers).next().is_some() || headers.keys().any(|n| n.as_str().contains('_'))
+    nominated(headers).next().is_some() || headers.keys().any(underscored)
+}
+
+/// A header name with `_`, which CGI-style servers read as its `-` spelling.
+fn underscored(name: &HeaderName) -> bool {
+    name.as_str().contains('_')
 }
 
 /// The headers named in `Connection`, but for the tokens `keep-alive`, `close` and

@@ -101,8 +101,7 @@ fn email_of(headers: &HeaderMap, body: &[u8], field: &str) -> Result<String, Den
             crate::rules::extract::parse_json_strict(body).map_err(|_| Deny::MalformedJson)?;
         return match value.get(field) {
             Some(Value::String(email)) => Ok(email.clone()),
-            Some(_) => Err(missing()),
-            None => Err(missing()),
+            _ => Err(missing()),
         };
     }
     let urlencoded = content_type

@@ -23,7 +23,7 @@ use super::evaluate::Probe;
 use super::forward::{Outgoing, UpstreamBody};
 use super::normalize::normalize;
 use super::{Gateway, Installed, ProxyBody, headers, host, login};
-use crate::auth::flexmeasures::{SessionCookies, Verdict};
+use crate::auth::flexmeasures::{FmAuthenticator, SessionCookies, Verdict};
 use crate::auth::token::token_from_authorization;
 use crate::auth::{AuthError, Authenticator, Identity, apikey, flask_session, unix_now};
 use crate::metrics;
@@ -375,65 +375,16 @@ async fn serve(
         _ => None,
     };
 
-    // FlexMeasures mode, for a request with cookies:
-    // - the remember cookie it carries (its revocation key), so that only a login setting
-    //   it anew lifts its revocation, not a replayed copy;
-    // - FlexMeasures sees only session cookies flexgate verified: one it could read
-    //   otherwise (ambiguous, or spelled so that only itsdangerous takes it) could log
-    //   a user in there, a logged-out one above all; on public routes, which
-    //   authenticate nobody, logged-out cookies go too;
-    // - a logout passing through: which session it ends (revoked once the upstream has
-    //   accepted it).
-    let mut carried_remember = None;
-    let mut ending = None;
-    let mut session_names_user = false;
-    if let Authenticator::FlexMeasures(fm) = &*gw.auth
-        && parts.headers.contains_key(http::header::COOKIE)
-    {
-        match session_cookies(&parts.headers) {
-            Ok(cookies) => {
-                carried_remember = cookies
-                    .remember
-                    .map(crate::auth::flask_session::remember_revocation_key);
-                if route.public || route.credentials.session {
-                    let vetted = fm.vet(cookies);
-                    let doomed = |v: Option<Verdict>| {
-                        v.is_some_and(|v| v.unverified() || (route.public && v.revoked()))
-                    };
-                    let (strip_session, strip_remember) =
-                        (doomed(vetted.session), doomed(vetted.remember));
-                    session_names_user = matches!(
-                        vetted.session,
-                        Some(Verdict::Verified {
-                            names_user: true,
-                            revoked: false,
-                            ..
-                        })
-                    ) && !strip_session;
-                    if route.ends_session {
-                        ending = Some(vetted.proof()).filter(|p| !p.keys.is_empty());
-                    }
-                    match (strip_session, strip_remember) {
-                        (true, true) => headers::strip_cookies(
-                            &mut parts.headers,
-                            headers::FLEXMEASURES_SESSION_COOKIES,
-                        ),
-                        (true, false) => headers::strip_cookies(&mut parts.headers, &["session"]),
-                        (false, true) => {
-                            headers::strip_cookies(&mut parts.headers, &["remember_token"])
-                        }
-                        (false, false) => {}
-                    }
-                }
-            }
-            // Read one way here and maybe another there: on a public route nobody is
-            // authenticated by them, so they go; elsewhere a session login is refused.
-            Err(_) if route.public => {
-                headers::strip_cookies(&mut parts.headers, headers::FLEXMEASURES_SESSION_COOKIES)
-            }
-            Err(_) => {}
+    let FmCookies {
+        carried_remember,
+        ending,
+        session_names_user,
+    } = match &*gw.auth {
+        Authenticator::FlexMeasures(fm) if parts.headers.contains_key(http::header::COOKIE) => {
+            fm_cookies(fm, route, &mut parts.headers)
         }
-    }
+        _ => FmCookies::default(),
+    };
 
     // The upstream's own login form: counted as a login before it goes on.
     let (body, form_login) = match (&*gw.auth, &route.login_form) {
@@ -653,6 +604,64 @@ pub enum Credential {
     ApiKey,
     /// FlexMeasures' browser session cookies.
     Session,
+}
+
+/// What the proxy learnt of a FlexMeasures-mode request's session cookies.
+#[derive(Default)]
+struct FmCookies {
+    /// The remember cookie it carries (its revocation key), so that only a login
+    /// setting it anew lifts its revocation, not a replayed copy.
+    carried_remember: Option<[u8; 32]>,
+    /// On a logout route: the sessions it ends (revoked once the upstream accepts it).
+    ending: Option<crate::auth::flexmeasures::SessionProof>,
+    /// The session cookie verifies and names a user (who authenticates by it).
+    session_names_user: bool,
+}
+
+/// FlexMeasures mode, for a request with cookies: FlexMeasures sees only session
+/// cookies flexgate verified. One it could read otherwise (ambiguous, or spelled so
+/// that only itsdangerous takes it) could log a user in there, a logged-out one above
+/// all; on public routes, which authenticate nobody, logged-out cookies go too.
+fn fm_cookies(fm: &FmAuthenticator, route: &Route, headers: &mut HeaderMap) -> FmCookies {
+    let cookies = match session_cookies(headers) {
+        Ok(cookies) => cookies,
+        // Read one way here and maybe another there: on a public route nobody is
+        // authenticated by them, so they go; elsewhere a session login is refused.
+        Err(_) => {
+            if route.public {
+                headers::strip_cookies(headers, headers::FLEXMEASURES_SESSION_COOKIES);
+            }
+            return FmCookies::default();
+        }
+    };
+    let mut found = FmCookies {
+        carried_remember: cookies.remember.map(flask_session::remember_revocation_key),
+        ..FmCookies::default()
+    };
+    if !(route.public || route.credentials.session) {
+        return found;
+    }
+    let vetted = fm.vet(cookies);
+    found.session_names_user = matches!(
+        vetted.session,
+        Some(Verdict::Verified {
+            names_user: true,
+            revoked: false,
+            ..
+        })
+    );
+    if route.ends_session {
+        found.ending = Some(vetted.proof()).filter(|p| !p.keys.is_empty());
+    }
+    for (name, verdict) in [
+        ("session", vetted.session),
+        ("remember_token", vetted.remember),
+    ] {
+        if verdict.is_some_and(|v| v.unverified() || (route.public && v.revoked())) {
+            headers::strip_cookies(headers, &[name]);
+        }
+    }
+    found
 }
 
 /// The FlexMeasures session cookies of a request (the joined `Cookie` header).
