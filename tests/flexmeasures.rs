@@ -823,6 +823,94 @@ async fn the_cli_reads_flexmeasures_users_and_refuses_to_write_them() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(out.stdout.contains(&format!("<{email}>")), "{}", out.stdout);
     assert!(out.stdout.contains("result: DENY 403"), "{}", out.stdout);
+    // As a browser session: the cross-origin check, the Host check and the body's
+    // Content-Type are the proxy's too.
+    let own_asset = format!("/api/v3_0/assets/{}", fm.asset("prosumer_a"));
+    let explain_as = |method: &str, path: &str, extra: &[&str]| {
+        let mut args = vec![
+            "explain", "--config", &rules, "--email", &email, "--method", method, "--path", path,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = run_env(&db, &args, env);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        (
+            v["status"].as_u64().unwrap(),
+            v["reason"].as_str().unwrap().to_owned(),
+            v["trace"].to_string(),
+        )
+    };
+    let explain = |extra: &[&str]| explain_as("PATCH", &own_asset, extra);
+    let ours = ["--header", "Host: flexmeasures.example.com"];
+    let (status, reason, trace) = explain(
+        &[
+            &ours[..],
+            &[
+                "--session",
+                "--header",
+                "Origin: https://evil.example",
+                "--body",
+                r#"{"name": "x"}"#,
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        (status, reason.as_str()),
+        (403, "cross_origin_session_request"),
+        "{trace}"
+    );
+    let (_, reason, trace) = explain(
+        &[
+            &ours[..],
+            &[
+                "--session",
+                "--header",
+                "Origin: https://flexmeasures.example.com",
+                "--body",
+                r#"{"name": "x"}"#,
+            ],
+        ]
+        .concat(),
+    );
+    assert_ne!(reason, "cross_origin_session_request", "{trace}");
+    assert!(
+        trace.contains(
+            "cross-origin: the session request comes from https://flexmeasures.example.com"
+        ),
+        "{trace}"
+    );
+    // A token is not a browser's: no cross-origin check.
+    let (_, reason, _) = explain(
+        &[
+            &ours[..],
+            &[
+                "--header",
+                "Origin: https://evil.example",
+                "--body",
+                r#"{"name": "x"}"#,
+            ],
+        ]
+        .concat(),
+    );
+    assert_ne!(reason, "cross_origin_session_request");
+    let (status, reason, _) = explain(&["--header", "Host: evil.example"]);
+    assert_eq!((status, reason.as_str()), (400, "host_not_allowed"));
+    let account = format!(
+        r#"{{"name": "x", "account_id": {}}}"#,
+        fm.account("prosumer_a")
+    );
+    let (status, reason, _) = explain_as(
+        "POST",
+        "/api/v3_0/assets",
+        &[
+            &ours[..],
+            &["--header", "Content-Type: text/plain", "--body", &account],
+        ]
+        .concat(),
+    );
+    assert_eq!((status, reason.as_str()), (422, "invalid_input"));
     for args in [
         &["add", "account", "--name", "Sneaky"][..],
         &["roles", "add", "--user", &email, "admin"],

@@ -310,3 +310,87 @@ async fn shadow_rules_decide_beside_the_enforced_ones_without_effect() {
         out.stdout
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_of_the_enforced_rules_agrees_on_every_request() {
+    // The candidate is the enforced file itself: any disagreement is the shadow
+    // deciding another request than the proxy did (a refused Host, a second
+    // Content-Type, a body that is not JSON).
+    let db = TestDb::sqlite();
+    let upstream = Upstream::start().await;
+    let demo = std::fs::read_to_string(manifest("config/demo.toml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let candidate = dir.path().join("candidate.toml");
+    std::fs::write(&candidate, &demo).unwrap();
+    let gw = GatewayBuilder::new(&db, &upstream)
+        .demo()
+        .server("allowed_hosts = [\"localhost\"]")
+        .rules(&format!(
+            "[shadow]\nrules = {:?}\n\n{demo}",
+            candidate.display().to_string()
+        ))
+        .start()
+        .await;
+    let token = gw.demo_token("prosumer@flexgate.demo").await;
+    let trigger = "/api/v3_0/sensors/1/schedules/trigger";
+    let body = r#"{"flex-model": [{"sensor": 1}]}"#;
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], u16);
+    let cases: [Case; 3] = [
+        ("allowed", &[("content-type", "application/json")], 200),
+        ("not JSON", &[("content-type", "text/plain")], 422),
+        (
+            "two Content-Types",
+            &[
+                ("content-type", "application/json"),
+                ("content-type", "text/plain"),
+            ],
+            400,
+        ),
+    ];
+    for (what, headers, status) in cases {
+        let mut all = vec![("authorization", token.as_str())];
+        all.extend_from_slice(headers);
+        let answer = gw.send("POST", trigger, &all, body).await;
+        assert_eq!(answer.status, status, "{what}: {}", answer.text());
+    }
+    let wrong_host = gw
+        .raw(format!("GET /api/v3_0/assets/1 HTTP/1.1\r\nHost: evil.example\r\nAuthorization: {token}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await;
+    assert!(wrong_host.starts_with("HTTP/1.1 400"), "{wrong_host}");
+    // Three decisions on the trigger route, all agreeing; none for the Host.
+    let agreed = |text: &str| {
+        ["allow", "bad_request"]
+            .iter()
+            .map(|d| {
+                metric(
+                    text,
+                    &format!("flexgate_shadow_decisions_total{{enforced=\"{d}\",route=\"sensor-schedule-trigger\",shadow=\"{d}\"}}"),
+                )
+            })
+            .sum::<f64>()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            agreed(&gw.metrics().await) >= 3.0
+        })
+        .await,
+        "the shadow did not agree three times: {}",
+        gw.metrics().await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let text = gw.metrics().await;
+    let disagreements: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("flexgate_shadow_decisions_total{"))
+        .filter(|l| {
+            let field = |name: &str| {
+                l.split(&format!("{name}=\""))
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+            };
+            field("enforced") != field("shadow")
+        })
+        .collect();
+    assert!(disagreements.is_empty(), "{disagreements:?}");
+    gw.stop().await;
+}

@@ -15,8 +15,10 @@ use super::serve::load_config;
 use crate::auth::Identity;
 use crate::proxy::deny::Deny;
 use crate::proxy::evaluate::{Probe, evaluate};
+use crate::proxy::host;
 use crate::proxy::normalize::normalize;
-use crate::proxy::pipeline;
+use crate::proxy::pipeline::{self, Credential};
+use crate::rules::IdentitySource;
 use crate::rules::extract::parse_json_strict;
 use crate::settings::Settings;
 use crate::store::owner::OwnerResolver;
@@ -42,9 +44,19 @@ pub(crate) struct ExplainArgs {
     /// Request header, `Name: value` (repeatable).
     #[arg(long = "header")]
     headers: Vec<String>,
-    /// JSON request body.
+    /// JSON request body (sent as `application/json` unless a `Content-Type` header is
+    /// given).
     #[arg(long)]
     body: Option<String>,
+    /// FlexMeasures mode: explain the request as the user's browser session (cookies)
+    /// rather than a token, so the route's cross-origin check applies (give `Origin`
+    /// or `Sec-Fetch-Site` and `Host` with --header).
+    #[arg(long, requires = "email")]
+    session: bool,
+    /// The request comes to the plain-HTTP listener (default: the HTTPS one when the
+    /// rule file has one).
+    #[arg(long)]
+    plain: bool,
     /// Print the explanation as JSON.
     #[arg(long)]
     json: bool,
@@ -153,13 +165,61 @@ impl ExplainArgs {
             );
         }
         let body = match &self.body {
-            Some(text) => Some(
+            Some(text) => {
                 parse_json_strict(text.as_bytes())
-                    .map_err(|e| anyhow::anyhow!("--body is not JSON: {e}"))?,
-            ),
+                    .map_err(|e| anyhow::anyhow!("--body is not JSON: {e}"))?;
+                if !headers.contains_key(http::header::CONTENT_TYPE) {
+                    headers.insert(
+                        http::header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                }
+                Some(bytes::Bytes::from(text.clone()))
+            }
             None => None,
         };
-        let probe = Probe::new(method, &self.path, headers, body);
+        if self.session
+            && !matches!(
+                config.server.identity_source,
+                IdentitySource::FlexMeasures { .. }
+            )
+        {
+            bail!(
+                "--session: only FlexMeasures mode ([identity] source = \"flexmeasures\") has browser sessions"
+            );
+        }
+        let tls = config.server.https.is_some() && !self.plain;
+        // The Host check comes first on the proxy, with the same function; a request
+        // described without a Host is not checked (the proxy refuses it).
+        let authority = if headers.contains_key(http::header::HOST) {
+            let mut parts = http::Request::new(()).into_parts().0;
+            parts.headers = headers.clone();
+            match host::take_authority(&mut parts, &config.server.allowed_hosts) {
+                Ok(authority) => {
+                    trace.push(format!(
+                        "host: {} (allowed)",
+                        authority.to_str().unwrap_or("?")
+                    ));
+                    Some(authority)
+                }
+                Err(deny) => {
+                    trace.push(format!(
+                        "host: refused ({}): see allowed_hosts in [server]",
+                        deny.reason()
+                    ));
+                    return Ok(Err(deny));
+                }
+            }
+        } else {
+            trace.push("host: none given, not checked (give --header 'Host: ...')".into());
+            None
+        };
+        let mut probe = Probe::new(method, &self.path, headers, body);
+        probe.authority = authority;
+        probe.tls = tls;
+        if self.session {
+            probe.credential = Credential::Session;
+        }
         // Who asks matters only on routes that are not public.
         let public = normalize(&probe.path, &rules.paths)
             .ok()

@@ -5,12 +5,12 @@
 
 use std::sync::Arc;
 
-use http::{HeaderMap, Method};
-use serde_json::Value as Json;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method};
 
 use super::deny::Deny;
 use super::normalize::normalize;
-use super::pipeline::{self, Facts, OwnerSource, Trace};
+use super::pipeline::{self, Credential, Facts, OwnerSource, Trace};
 use crate::auth::Identity;
 use crate::rules::RuleSet;
 
@@ -25,13 +25,23 @@ pub struct Probe {
     pub query: Option<String>,
     /// Request headers.
     pub headers: HeaderMap,
-    /// The JSON body, if any.
-    pub body: Option<Json>,
+    /// The body's bytes, if any: a route that reads the body reads them with the proxy's
+    /// checks (a JSON `Content-Type`, strict JSON, no duplicate keys).
+    pub body: Option<Bytes>,
+    /// How the caller authenticates; the cross-origin check applies to browser
+    /// sessions only. A token unless said otherwise.
+    pub credential: Credential,
+    /// The request's authority as the proxy checked it (`host[:port]`) and whether it
+    /// came over TLS: what a browser's `Origin` is compared with. Without it no
+    /// request counts as cross-origin.
+    pub authority: Option<HeaderValue>,
+    /// Whether the request came over TLS.
+    pub tls: bool,
 }
 
 impl Probe {
-    /// A probe from `path?query`.
-    pub fn new(method: Method, target: &str, headers: HeaderMap, body: Option<Json>) -> Probe {
+    /// A probe from `path?query`, for a token's bearer, with no authority.
+    pub fn new(method: Method, target: &str, headers: HeaderMap, body: Option<Bytes>) -> Probe {
         let (path, query) = match target.split_once('?') {
             Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
             None => (target.to_owned(), None),
@@ -42,6 +52,9 @@ impl Probe {
             query,
             headers,
             body,
+            credential: Credential::Token,
+            authority: None,
+            tls: false,
         }
     }
 }
@@ -102,6 +115,10 @@ pub async fn evaluate<O: OwnerSource, T: Trace>(
         );
         return Ok(());
     }
+    if let Err(deny) = pipeline::one_content_type(&headers) {
+        note(trace, "Content-Type: given more than once".into());
+        return Err(deny);
+    }
     let Some(identity) = who else {
         // As the proxy answers: a page sends a browser without credentials to log in.
         if route.login_redirect.is_some()
@@ -136,6 +153,35 @@ pub async fn evaluate<O: OwnerSource, T: Trace>(
             p.account_roles.join(", ")
         ),
     );
+    if probe.credential == Credential::Session && route.cross_origin.guards(method) {
+        let cross = probe
+            .authority
+            .as_ref()
+            .is_some_and(|ours| pipeline::is_cross_origin(&headers, ours, probe.tls));
+        let site = probe
+            .authority
+            .as_ref()
+            .map_or("no authority given".into(), |a| {
+                format!(
+                    "{}://{}",
+                    if probe.tls { "https" } else { "http" },
+                    a.to_str().unwrap_or("?")
+                )
+            });
+        if cross {
+            note(
+                trace,
+                format!(
+                    "cross-origin: a browser session from another site than {site}, on a route that refuses it"
+                ),
+            );
+            return Err(Deny::Forbidden("cross_origin_session_request"));
+        }
+        note(
+            trace,
+            format!("cross-origin: the session request comes from {site} or says nothing"),
+        );
+    }
     if let Err(deny) = pipeline::check_roles(rules, route, identity) {
         note(trace, format!("roles: {}", deny.reason()));
         return Err(deny);
@@ -161,11 +207,22 @@ pub async fn evaluate<O: OwnerSource, T: Trace>(
             return Err(deny);
         }
     }
+    // As on the proxy: a route that reads the body reads it as JSON, or refuses it.
+    let json = match (&probe.body, route.needs_body) {
+        (Some(bytes), true) => match pipeline::checked_json(&headers, bytes) {
+            Ok(json) => json,
+            Err(deny) => {
+                note(trace, format!("body: refused ({})", deny.reason()));
+                return Err(deny);
+            }
+        },
+        _ => None,
+    };
     let facts = Facts {
         params,
         query: probe.query.as_deref(),
         headers: &headers,
-        body: probe.body.as_ref(),
+        body: json.as_ref(),
     };
     if route.checks.is_empty() {
         note(trace, "checks: none (any authenticated user)".into());

@@ -165,12 +165,25 @@ pub(super) struct Outcome {
     /// only when an audit line is written, so an unaudited allow formats nothing.
     pub(super) checked: Option<(Permission, usize, Option<ResourceId>)>,
     deny: Option<(&'static str, &'static str)>,
-    /// Candidate rules are in shadow: keep what they need below.
-    shadow: bool,
-    /// For the shadow: the identity the enforced path found.
+    /// Candidate rules are in shadow: what they need of the enforced path (boxed, so
+    /// a request without a shadow carries one pointer).
+    shadow: Option<Box<ShadowFacts>>,
+    /// Refused by the server's settings, not its rules (`Host`, a throttled login
+    /// form): the candidate rules would refuse it alike.
+    server_refused: bool,
+}
+
+/// What the enforced path learnt that the shadow's candidate decides with.
+#[derive(Debug, Default)]
+struct ShadowFacts {
+    /// The identity it found.
     identity: Option<Arc<Identity>>,
-    /// For the shadow: the JSON body the enforced path read.
-    body: Option<Json>,
+    /// How the caller authenticated.
+    credential: Option<Credential>,
+    /// The authority it checked.
+    authority: Option<HeaderValue>,
+    /// The body bytes it read.
+    body: Option<Bytes>,
 }
 
 /// Status recorded for a request the client abandoned (nginx's "client closed
@@ -291,7 +304,7 @@ pub async fn handle(
             req.headers().clone(),
             None,
         );
-        book.outcome.shadow = true;
+        book.outcome.shadow = Some(Box::default());
         (candidate, probe)
     });
     let upgrade = headers::is_upgrade_request(req.headers()).then(|| hyper::upgrade::on(&mut req));
@@ -299,6 +312,7 @@ pub async fn handle(
         Ok(response) => response,
         Err(deny) => {
             book.outcome.deny = Some((deny.decision(), deny.reason()));
+            book.outcome.server_refused = matches!(deny, Deny::BadHost(_) | Deny::Throttled(_));
             deny.into_response()
         }
     };
@@ -312,15 +326,22 @@ pub async fn handle(
     book.finish(response.status().as_u16());
     if let Some((candidate, mut probe)) = shadow {
         let outcome = &mut book.outcome;
-        probe.body = outcome.body.take();
+        let facts = outcome.shadow.take().unwrap_or_default();
+        probe.body = facts.body;
+        probe.authority = facts.authority;
+        probe.tls = conn.tls;
+        if let Some(credential) = facts.credential {
+            probe.credential = credential;
+        }
         let (decision, reason) = match outcome.deny {
             // Allowed, then the upstream failed: the authorization decision was allow.
             Some((_, "upstream_unreachable" | "upstream_timeout")) | None => ("allow", "allowed"),
             Some(deny) => deny,
         };
-        // Logins are flexgate's own answer whatever the rules: nothing to compare.
+        // Logins are flexgate's own answer whatever the rules, and a refused `Host`
+        // or a throttled login form the server's: nothing to compare.
         let login = outcome.route.as_deref() == Some(metrics::TOKEN_ENDPOINT);
-        if decision != "cancelled" && !login {
+        if decision != "cancelled" && !login && !outcome.server_refused {
             let enforced = super::shadow::Enforced {
                 route: outcome
                     .route
@@ -329,13 +350,7 @@ pub async fn handle(
                 decision,
                 reason,
             };
-            super::shadow::spawn(
-                Arc::clone(gw),
-                candidate,
-                probe,
-                outcome.identity.take(),
-                enforced,
-            );
+            super::shadow::spawn(Arc::clone(gw), candidate, probe, facts.identity, enforced);
         }
     }
     response
@@ -352,6 +367,9 @@ async fn serve(
     let rules = &*installed.rules;
     let (mut parts, body) = req.into_parts();
     let authority = host::take_authority(&mut parts, &gw.server().allowed_hosts)?;
+    if let Some(shadow) = &mut outcome.shadow {
+        shadow.authority = Some(authority.clone());
+    }
     // One Cookie line for both the session check and the upstream (HTTP/2 crumbs).
     headers::join_cookies(&mut parts.headers);
     // Borrowed from the request URI (no copy unless an escape was decoded).
@@ -484,15 +502,7 @@ async fn admit(
     if route.public {
         return Ok((Permit::new(route, None, Credential::None), body));
     }
-    // One Content-Type (RFC 9110 8.3): with two, flexgate and the upstream could read
-    // the body differently (a JSON body's ids and token checked here, another kind of
-    // body run there).
-    let mut content_types = parts.headers.get_all(CONTENT_TYPE).iter();
-    if content_types.next().is_some() && content_types.next().is_some() {
-        return Err(Deny::Ambiguous(
-            "The Content-Type header is given more than once.".into(),
-        ));
-    }
+    one_content_type(&parts.headers)?;
     let query = parts.uri.query();
     let facts = Facts {
         params,
@@ -516,6 +526,9 @@ async fn admit(
     } else {
         None
     };
+    if let Some(shadow) = &mut outcome.shadow {
+        shadow.body.clone_from(&early);
+    }
     let body_token = match &early {
         Some(bytes) => body_token(bytes)?,
         None => None,
@@ -543,10 +556,11 @@ async fn admit(
     };
     outcome.user_id = Some(identity.principal.user_id);
     outcome.key = identity.key.as_ref().map(|k| (k.id, Arc::clone(&k.name)));
-    if outcome.shadow {
+    if let Some(shadow) = &mut outcome.shadow {
         // Kept from here on, so the candidate decides for the same caller also when a
         // later stage (origin, roles, key scope, body) refuses the request.
-        outcome.identity = Some(Arc::clone(&identity));
+        shadow.identity = Some(Arc::clone(&identity));
+        shadow.credential = Some(credential);
     }
     if matches!(credential, Credential::Session)
         && route.cross_origin.guards(&parts.method)
@@ -563,6 +577,9 @@ async fn admit(
         }
         (true, None, Some(body)) => {
             let bytes = into_bytes(&parts.headers, body, limit).await?;
+            if let Some(shadow) = &mut outcome.shadow {
+                shadow.body = Some(bytes.clone());
+            }
             let json = checked_json(&parts.headers, &bytes)?;
             (UpstreamBody::Buffered(bytes), json)
         }
@@ -578,11 +595,21 @@ async fn admit(
     let mut checking = Checking::default();
     let decided = authorize(&gw.owners, rules, route, &facts, &identity, &mut checking).await;
     outcome.checked = checking.last;
-    if outcome.shadow {
-        outcome.body = json.clone();
-    }
     decided?;
     Ok((Permit::new(route, Some(identity), credential), forward_body))
+}
+
+/// One Content-Type (RFC 9110 8.3): with two, flexgate and the upstream could read the
+/// body differently (a JSON body's ids and token checked here, another kind of body run
+/// there).
+pub fn one_content_type(headers: &HeaderMap) -> Result<(), Deny> {
+    let mut content_types = headers.get_all(CONTENT_TYPE).iter();
+    if content_types.next().is_some() && content_types.next().is_some() {
+        return Err(Deny::Ambiguous(
+            "The Content-Type header is given more than once.".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A body's bytes: read it whole (up to `limit`) if it still streams.
@@ -694,7 +721,7 @@ pub(crate) fn login_location(route: &Route, uri: &http::Uri) -> String {
 /// Whether a browser says the request comes from another origin: `Sec-Fetch-Site` other
 /// than `same-origin`/`none`, or else an `Origin` that is not this site's. A request
 /// with neither (not a browser's, or a very old one) is not taken as cross-origin.
-fn is_cross_origin(headers: &HeaderMap, authority: &HeaderValue, tls: bool) -> bool {
+pub fn is_cross_origin(headers: &HeaderMap, authority: &HeaderValue, tls: bool) -> bool {
     if let Some(site) = headers.get("sec-fetch-site") {
         return !matches!(site.as_bytes(), b"same-origin" | b"none");
     }
@@ -739,6 +766,7 @@ pub async fn decide_for_ingress(
         Ok(headers) => super::decision::identity_answer(headers),
         Err(deny) => {
             book.outcome.deny = Some((deny.decision(), deny.reason()));
+            book.outcome.server_refused = matches!(deny, Deny::BadHost(_) | Deny::Throttled(_));
             deny.into_response()
         }
     };

@@ -276,15 +276,16 @@ pub fn load(path: &Path, rules: &RuleSet) -> Result<Suite, Diagnostics> {
                 error("give the body as body (TOML) or json (JSON text), not both".into());
                 continue;
             }
-            (Some(v), None) => match serde_json::to_value(v) {
-                Ok(j) => Some(j),
+            (Some(v), None) => match serde_json::to_vec(&v) {
+                Ok(bytes) => Some(bytes::Bytes::from(bytes)),
                 Err(e) => {
                     error(format!("body: {e}"));
                     continue;
                 }
             },
             (None, Some(text)) => match crate::rules::extract::parse_json_strict(text.as_bytes()) {
-                Ok(j) => Some(j),
+                // The text as written: the proxy reads the bytes a client sends.
+                Ok(_) => Some(bytes::Bytes::from(text)),
                 Err(e) => {
                     error(format!("json is not valid JSON: {e}"));
                     continue;
@@ -292,6 +293,13 @@ pub fn load(path: &Path, rules: &RuleSet) -> Result<Suite, Diagnostics> {
             },
             (None, None) => None,
         };
+        // A body is JSON unless the case says otherwise, as clients send it.
+        if body.is_some() && !headers.contains_key(http::header::CONTENT_TYPE) {
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+        }
         let allow = match c.decision.as_deref() {
             None => None,
             Some("allow") => Some(true),
