@@ -122,6 +122,8 @@ pub struct Gateway {
     /// its own names): a client's copies are removed on the public listeners.
     decision_header_names: Vec<http::HeaderName>,
     store: Store,
+    /// `/readyz`'s database check.
+    ready_check: admin::ReadyCheck,
     /// This gateway's metrics.
     pub metrics: Metrics,
 }
@@ -239,6 +241,7 @@ impl Gateway {
             decision_header_names: decision::configured_names(&server.decision_headers),
             server: server.clone(),
             store,
+            ready_check: admin::ReadyCheck::default(),
             metrics,
         }))
     }
