@@ -208,6 +208,12 @@ both_backends_async! {
         // Under asset 3 (E's) given as parent: refused; E's admin cannot read asset 1.
         assert_eq!(gw.call("POST", "/api/v3_0/assets/1/copy?parent=3", account_admin, None).await.status, 403);
         assert_eq!(gw.call("POST", "/api/v3_0/assets/3/copy?parent=1", unrelated, None).await.status, 403);
+        // Under its own asset but into account E: FlexMeasures checks the parent and
+        // puts the copy in E, so flexgate checks E too.
+        let before = upstream.count();
+        assert_eq!(gw.call("POST", "/api/v3_0/assets/1/copy?parent=1&account=4", account_admin, None).await.status, 403);
+        assert_eq!(upstream.count(), before, "the copy reached the upstream");
+        assert_eq!(gw.call("POST", "/api/v3_0/assets/1/copy?parent=1&account=1", account_admin, None).await.status, 200);
         // A public asset has neither parent nor account: admins only.
         assert_eq!(gw.call("POST", "/api/v3_0/assets/2/copy", account_admin, None).await.status, 403);
         assert_eq!(gw.call("POST", "/api/v3_0/assets/2/copy", &tokens[6], None).await.status, 200);

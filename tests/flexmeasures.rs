@@ -928,3 +928,123 @@ async fn the_cli_reads_flexmeasures_users_and_refuses_to_write_them() {
     let out = run_env(&db, &["config", "check", &rules], env);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_writes_only_into_sensors_the_caller_may_write() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let gw = fm_gateway(fm).await;
+    let (email, password, _) = creds(fm, "prosumer_admin");
+    let token = gw.login(&email, &password).await;
+    let (own, public) = (fm.sensor("prosumer_a"), fm.sensor("public"));
+    // Every logged-in user may read the public sensor; only admins may write into it.
+    let body = |model: serde_json::Value, context: serde_json::Value| {
+        json!({"start": "2026-12-02T00:00:00+01:00", "duration": "PT24H",
+               "flex-model": model, "flex-context": context})
+    };
+    let asset_trigger = format!(
+        "/api/v3_0/assets/{}/schedules/trigger",
+        fm.asset("prosumer_a")
+    );
+    let sensor_trigger = format!("/api/v3_0/sensors/{own}/schedules/trigger");
+    let refused = [
+        (
+            "asset: consumption output",
+            &asset_trigger,
+            body(
+                json!([{"sensor": own, "consumption": {"sensor": public}}]),
+                json!({}),
+            ),
+        ),
+        (
+            "asset: production output",
+            &asset_trigger,
+            body(
+                json!([{"sensor": own, "production": {"sensor": public}}]),
+                json!({}),
+            ),
+        ),
+        (
+            "asset: state-of-charge output",
+            &asset_trigger,
+            body(
+                json!([{"sensor": own, "soc-at-start": "1 kWh", "state-of-charge": {"sensor": public}}]),
+                json!({}),
+            ),
+        ),
+        (
+            "asset: a device's power sensor",
+            &asset_trigger,
+            body(json!([{"sensor": public}]), json!({})),
+        ),
+        (
+            "asset: aggregate output",
+            &asset_trigger,
+            body(
+                json!([{"sensor": own}]),
+                json!({"aggregate-consumption": {"sensor": public}}),
+            ),
+        ),
+        (
+            "sensor: consumption output",
+            &sensor_trigger,
+            body(
+                json!({"soc-at-start": "1 kWh", "consumption": {"sensor": public}}),
+                json!({}),
+            ),
+        ),
+        (
+            "sensor: aggregate output",
+            &sensor_trigger,
+            body(
+                json!({"soc-at-start": "1 kWh"}),
+                json!({"aggregate-production": {"sensor": public}}),
+            ),
+        ),
+    ];
+    for (what, path, body) in &refused {
+        let answer = gw.call("POST", path, &token, Some(body)).await;
+        assert_eq!(answer.status, 403, "{what}: {}", answer.text());
+    }
+    // Reading the public sensor (a price) and writing into one's own pass flexgate;
+    // what FlexMeasures makes of them is its own answer, not flexgate's deny.
+    let passed = [
+        (
+            "asset: a public price, its own outputs",
+            &asset_trigger,
+            body(
+                json!([{"sensor": own, "consumption": {"sensor": own}}]),
+                json!({"consumption-price": {"sensor": public}}),
+            ),
+        ),
+        (
+            "sensor: a public price",
+            &sensor_trigger,
+            body(
+                json!({"soc-at-start": "1 kWh"}),
+                json!({"consumption-price": {"sensor": public}}),
+            ),
+        ),
+    ];
+    for (what, path, body) in &passed {
+        let answer = gw.call("POST", path, &token, Some(body)).await;
+        assert_ne!(answer.status, 403, "{what}: {}", answer.text());
+        assert!(
+            answer.status != 401 && answer.status < 500,
+            "{what}: {} {}",
+            answer.status,
+            answer.text()
+        );
+    }
+    // An asset copy under one's own asset into another tenant's account.
+    let copy = format!(
+        "/api/v3_0/assets/{}/copy?parent={}&account={}",
+        fm.asset("prosumer_a"),
+        fm.asset("prosumer_a"),
+        fm.account("tenant_b")
+    );
+    let answer = gw.call("POST", &copy, &token, None).await;
+    assert_eq!(answer.status, 403, "{}", answer.text());
+    gw.stop().await;
+}
