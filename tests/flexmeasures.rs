@@ -1032,7 +1032,7 @@ async fn the_scheduler_writes_only_into_sensors_the_caller_may_write() {
         assert_ne!(answer.status, 403, "{what}: {}", answer.text());
         assert!(
             answer.status != 401 && answer.status < 500,
-            "{what}: {} {}",
+            "BEFORE {what}: {} {}",
             answer.status,
             answer.text()
         );
@@ -1046,5 +1046,73 @@ async fn the_scheduler_writes_only_into_sensors_the_caller_may_write() {
     );
     let answer = gw.call("POST", &copy, &token, None).await;
     assert_eq!(answer.status, 403, "{}", answer.text());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forecast_regressors_are_checked_in_every_form() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let gw = fm_gateway(fm).await;
+    let (email, password, _) = creds(fm, "prosumer_admin");
+    let token = gw.login(&email, &password).await;
+    let (own, theirs) = (fm.sensor("prosumer_a"), fm.sensor("tenant_b"));
+    let path = format!("/api/v3_0/sensors/{own}/forecasts/trigger");
+    let body = |config: serde_json::Value| json!({"start": "2026-12-02T00:00:00+01:00", "duration": "PT24H", "config": config});
+    // FlexMeasures 1.0.1 itself accepts the string id (202) and the annotations.
+    let refused = [
+        (
+            "a string id",
+            json!({"regressors": [theirs.to_string()]}),
+            403,
+        ),
+        (
+            "an integer id",
+            json!({"future-regressors": [own, theirs]}),
+            403,
+        ),
+        (
+            "a reference",
+            json!({"past-regressors": [{"sensor": theirs, "source-types": ["user"]}]}),
+            403,
+        ),
+        (
+            "a string id with a space",
+            json!({"regressors": [format!(" {theirs}")]}),
+            422,
+        ),
+        (
+            "a reference without its id",
+            json!({"regressors": [{"source-types": ["user"]}]}),
+            422,
+        ),
+        (
+            "another tenant's account's annotations",
+            json!({"annotation-regressors": [{"account": fm.account("tenant_b")}]}),
+            403,
+        ),
+        (
+            "another tenant's asset's annotations",
+            json!({"annotation-regressors": [{"asset": fm.asset("tenant_b")}]}),
+            403,
+        ),
+    ];
+    for (what, config, status) in refused {
+        let answer = gw.call("POST", &path, &token, Some(&body(config))).await;
+        assert_eq!(answer.status, status, "{what}: {}", answer.text());
+    }
+    // Their own sensor, in every form, passes flexgate.
+    let own_config = json!({"regressors": [own.to_string(), {"sensor": own}], "annotation-regressors": [{"sensor": own}]});
+    let answer = gw
+        .call("POST", &path, &token, Some(&body(own_config)))
+        .await;
+    assert_ne!(answer.status, 403, "{}", answer.text());
+    assert!(
+        answer.status != 401 && answer.status < 500,
+        "{} {}",
+        answer.status,
+        answer.text()
+    );
     gw.stop().await;
 }

@@ -1235,6 +1235,7 @@ impl Compiler<'_> {
                 query: c.query.clone(),
                 header: c.header.clone(),
                 json: c.json.clone(),
+                id_in_object: c.id_in_object.clone(),
                 column: c.column.clone(),
             };
             let (k, source) = self.source(&own, template, kinds, first_kind, line, &rule)?;
@@ -1248,6 +1249,7 @@ impl Compiler<'_> {
                 || c.query.is_some()
                 || c.header.is_some()
                 || c.json.is_some()
+                || c.id_in_object.is_some()
                 || c.column.is_some()
             {
                 self.error(
@@ -1322,6 +1324,14 @@ impl Compiler<'_> {
             );
             return None;
         }
+        if s.id_in_object.is_some() && s.json.is_none() {
+            self.error(
+                line,
+                Some(rule.into()),
+                "id_in_object reads the id of an object a JSON pointer reaches: use it with json = \"/pointer\"".into(),
+            );
+            return None;
+        }
         if kind.is_singleton() {
             if given > 0 {
                 self.error(
@@ -1391,7 +1401,18 @@ impl Compiler<'_> {
             }
         } else if let Some(j) = &s.json {
             match JsonPointer::parse(j) {
-                Ok(p) => Source::Json(p),
+                Ok(p) => match &s.id_in_object {
+                    Some(key) if key.is_empty() => {
+                        self.error(
+                            line,
+                            Some(rule.into()),
+                            "id_in_object must name a key, as in id_in_object = \"sensor\"".into(),
+                        );
+                        return None;
+                    }
+                    Some(key) => Source::Json(p.with_object_key(key)),
+                    None => Source::Json(p),
+                },
                 Err(e) => {
                     self.error(line, Some(rule.into()), e);
                     return None;

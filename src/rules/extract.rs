@@ -194,6 +194,8 @@ pub struct JsonPointer {
     /// As written.
     pub text: String,
     segments: Vec<PointerSegment>,
+    /// Where an object stands in place of an id, the key of its id (`id_in_object`).
+    object_key: Option<String>,
 }
 
 impl JsonPointer {
@@ -234,7 +236,15 @@ impl JsonPointer {
         Ok(JsonPointer {
             text: text.to_owned(),
             segments,
+            object_key: None,
         })
+    }
+
+    /// This pointer, reading an object it reaches as a reference whose id is under
+    /// `key` (a list may mix plain ids and `{"sensor": 7, ...}`).
+    pub fn with_object_key(mut self, key: &str) -> JsonPointer {
+        self.object_key = Some(key.to_owned());
+        self
     }
 
     /// The last named key, for messages.
@@ -299,7 +309,10 @@ fn for_each_child<'v>(value: &'v Value, mut f: impl FnMut(&'v Value)) {
 
 /// The id-bearing values a pointer reaches: arrays are flattened one level, `null`s are
 /// absent. A nested list or an object where an id should be is invalid.
+/// With an object key (`id_in_object`), an object where an id should be gives the id
+/// under that key; without one its id is missing or not an id, it is invalid.
 pub fn json_ids(body: &Value, pointer: &JsonPointer, ty: IdType) -> Vec<IdParse> {
+    let key = pointer.object_key.as_deref();
     let mut ids = Vec::new();
     for value in pointer.select(body) {
         match value {
@@ -308,17 +321,29 @@ pub fn json_ids(body: &Value, pointer: &JsonPointer, ty: IdType) -> Vec<IdParse>
                 for item in items {
                     match item {
                         Value::Null => {}
-                        Value::Array(_) | Value::Object(_) => {
-                            ids.push(IdParse::Invalid("Not a valid list of ids."))
-                        }
+                        Value::Array(_) => ids.push(IdParse::Invalid("Not a valid list of ids.")),
+                        Value::Object(map) => ids.push(reference_id(map, key, ty)),
                         other => ids.push(parse_json_id(other, ty)),
                     }
                 }
             }
+            Value::Object(map) if key.is_some() => ids.push(reference_id(map, key, ty)),
             other => ids.push(parse_json_id(other, ty)),
         }
     }
     ids
+}
+
+/// The id of a reference object, under `key`; without a key, or a scalar under it,
+/// invalid (a reference without its id would be an id nobody checked).
+fn reference_id(map: &serde_json::Map<String, Value>, key: Option<&str>, ty: IdType) -> IdParse {
+    match key.and_then(|k| map.get(k)) {
+        Some(Value::Null | Value::Array(_) | Value::Object(_)) | None => match key {
+            Some(_) => IdParse::Invalid("A reference must name its id."),
+            None => IdParse::Invalid("Not a valid list of ids."),
+        },
+        Some(id) => parse_json_id(id, ty),
+    }
 }
 
 /// Parse a JSON body, refusing duplicate object keys (which parsers resolve
@@ -480,6 +505,36 @@ mod tests {
             .iter()
             .all(|r| matches!(r, IdParse::Invalid(_)))
         );
+    }
+
+    #[test]
+    fn references_mixed_with_plain_ids_are_all_read() {
+        use IdParse::*;
+        let body = json!({"config": {
+            "regressors": [7, "8", {"sensor": 9, "source-types": ["user"]}],
+            "one": {"sensor": 10},
+            "broken": [{"sources": [1]}, {"sensor": null}, {"sensor": [11]}]
+        }});
+        let ids = |ptr: &str, key: Option<&str>| -> Vec<IdParse> {
+            let pointer = JsonPointer::parse(ptr).unwrap();
+            let pointer = match key {
+                Some(k) => pointer.with_object_key(k),
+                None => pointer,
+            };
+            json_ids(&body, &pointer, IdType::Integer)
+        };
+        let int = |i| Id(ResourceId::Int(i));
+        assert_eq!(
+            ids("/config/regressors", Some("sensor")),
+            vec![int(7), int(8), int(9)]
+        );
+        assert_eq!(ids("/config/one", Some("sensor")), vec![int(10)]);
+        // A reference that does not name its id is refused, not skipped.
+        let broken = ids("/config/broken", Some("sensor"));
+        assert_eq!(broken.len(), 3);
+        assert!(broken.iter().all(|r| matches!(r, Invalid(_))), "{broken:?}");
+        // Without the key, an object where an id should be stays invalid.
+        assert!(matches!(ids("/config/regressors", None)[2], Invalid(_)));
     }
 
     #[test]

@@ -377,6 +377,9 @@ pub struct RawCheck {
     pub header: Option<String>,
     /// Take the id(s) from the JSON body at this pointer (`*` and `**` wildcards).
     pub json: Option<String>,
+    /// With `json`: an object where an id should be is a reference, its id under this
+    /// key (`{"sensor": 7, ...}` in a list that also takes plain ids).
+    pub id_in_object: Option<String>,
     /// Take the id from this column of the route's first check's resource.
     pub column: Option<String>,
     /// Alternatives: the first source with a value decides the kind.
@@ -402,6 +405,8 @@ pub struct RawSource {
     pub header: Option<String>,
     /// JSON pointer.
     pub json: Option<String>,
+    /// With `json`: the key of a reference object's id.
+    pub id_in_object: Option<String>,
     /// Column of the first check's resource.
     pub column: Option<String>,
 }

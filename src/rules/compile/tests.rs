@@ -255,6 +255,14 @@ acl = { create-children = "role:admin" }
             "kind = \"asset\"\npath = \"id\"\nnot_found_status = 500",
             "use 404 or 422",
         ),
+        (
+            "kind = \"asset\"\npath = \"id\"\nid_in_object = \"sensor\"",
+            "use it with json",
+        ),
+        (
+            "kind = \"asset\"\njson = \"/ids\"\nid_in_object = \"\"",
+            "must name a key",
+        ),
     ];
     for (check, needle) in cases {
         let text = format!(
