@@ -1043,3 +1043,92 @@ fn browser_ready() -> Option<&'static str> {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_asset_form_moves_an_asset_only_under_a_parent_the_user_may_add_to() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let gw = ui_gateway(fm).await;
+    // Logged in through the form, so the session carries the CSRF token's secret.
+    let email = fm.user("prosumer_admin")["email"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let password = fm.user("prosumer_admin")["password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (session, _) = form_login_remembered(&gw, &email, &password).await;
+    let cookie = format!("session={session}");
+    let own = fm.asset("prosumer_a");
+    let page = gw
+        .send(
+            "GET",
+            &format!("/assets/{own}/properties"),
+            &[("cookie", &cookie)],
+            "",
+        )
+        .await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    let html = page.text();
+    let at = html
+        .find("name=\"csrf_token\"")
+        .expect("the form has a CSRF token");
+    let start = at + html[at..].find("value=\"").unwrap() + 7;
+    let csrf = html[start..start + html[start..].find('"').unwrap()].to_owned();
+    let cookie = match set_cookie(&page, "session") {
+        Some(renewed) => format!("session={renewed}"),
+        None => cookie,
+    };
+    let origin = gw.url("");
+    let post = |content_type: &'static str, body: String| {
+        let (gw, cookie, origin) = (&gw, cookie.clone(), origin.clone());
+        async move {
+            gw.send(
+                "POST",
+                &format!("/assets/{own}"),
+                &[
+                    ("cookie", &cookie),
+                    ("content-type", content_type),
+                    ("origin", &origin),
+                ],
+                &body,
+            )
+            .await
+        }
+    };
+    let form = |parents: &[String]| {
+        let mut f = form_urlencoded::Serializer::new(String::new());
+        f.append_pair("name", "Prosumer A battery")
+            .append_pair("csrf_token", &csrf);
+        for p in parents {
+            f.append_pair("parent_asset_id", p);
+        }
+        f.finish()
+    };
+    let theirs = fm.asset("tenant_b").to_string();
+    let urlencoded = "application/x-www-form-urlencoded";
+    // Under another tenant's asset: refused before FlexMeasures sees it.
+    let answer = post(urlencoded, form(std::slice::from_ref(&theirs))).await;
+    assert_eq!(answer.status, 403, "{}", answer.text());
+    // The same as JSON, which Flask-WTF reads as the form.
+    let json_body = json!({"name": "Prosumer A battery", "parent_asset_id": fm.asset("tenant_b"), "csrf_token": csrf});
+    let answer = post("application/json", json_body.to_string()).await;
+    assert_eq!(answer.status, 403, "{}", answer.text());
+    // Given twice, or as multipart (not read here): refused.
+    let answer = post(urlencoded, form(&[String::new(), theirs.clone()])).await;
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    let multipart = format!(
+        "--b\r\nContent-Disposition: form-data; name=\"parent_asset_id\"\r\n\r\n{theirs}\r\n--b--\r\n"
+    );
+    let answer = post("multipart/form-data; boundary=b", multipart).await;
+    assert_eq!(answer.status, 422, "{}", answer.text());
+    // A parent that is not a plain id (Python's int() takes " 7"): refused.
+    let answer = post(urlencoded, form(&[format!(" {theirs}")])).await;
+    assert_eq!(answer.status, 422, "{}", answer.text());
+    // No parent: the edit goes through to FlexMeasures, which saves it and redirects.
+    let answer = post(urlencoded, form(&[String::new()])).await;
+    assert_eq!(answer.status, 302, "{}", answer.text());
+    gw.stop().await;
+}

@@ -44,8 +44,8 @@ pub(crate) struct ExplainArgs {
     /// Request header, `Name: value` (repeatable).
     #[arg(long = "header")]
     headers: Vec<String>,
-    /// JSON request body (sent as `application/json` unless a `Content-Type` header is
-    /// given).
+    /// Request body: JSON, sent as `application/json` unless a `Content-Type` header
+    /// says otherwise (a url-encoded form, say).
     #[arg(long)]
     body: Option<String>,
     /// FlexMeasures mode: explain the request as the user's browser session (cookies)
@@ -166,13 +166,16 @@ impl ExplainArgs {
         }
         let body = match &self.body {
             Some(text) => {
-                parse_json_strict(text.as_bytes())
-                    .map_err(|e| anyhow::anyhow!("--body is not JSON: {e}"))?;
+                // JSON unless a header says otherwise (a form: the bytes as given).
                 if !headers.contains_key(http::header::CONTENT_TYPE) {
                     headers.insert(
                         http::header::CONTENT_TYPE,
                         HeaderValue::from_static("application/json"),
                     );
+                }
+                if pipeline::is_json(headers.get(http::header::CONTENT_TYPE)) {
+                    parse_json_strict(text.as_bytes())
+                        .map_err(|e| anyhow::anyhow!("--body is not JSON: {e}"))?;
                 }
                 Some(bytes::Bytes::from(text.clone()))
             }

@@ -6,8 +6,9 @@
 //! 3. [`pipeline::match_rule`]: method + template, deny by default;
 //! 4. [`pipeline::authenticate`]: exactly one token, checked ([`crate::auth`]);
 //! 5. [`pipeline::check_roles`]: `roles_required` / `roles_accepted` / account roles;
-//! 6. [`pipeline::collect_body`] and [`pipeline::checked_json`]: only for routes that read
-//!    ids from a JSON body (and, in FlexMeasures mode, for JSON bodies that may carry a token);
+//! 6. [`pipeline::collect_body`] and [`pipeline::checked_body`]: only for routes that read
+//!    ids from a JSON or form body (and, in FlexMeasures mode, for JSON bodies that may
+//!    carry a token);
 //! 7. [`pipeline::authorize`]: ids extracted, owners resolved (cache, then SQL), ACLs decided;
 //! 8. headers rewritten ([`headers`]): hop-by-hop and client identity out, ours in, signed;
 //! 9. [`forward::Upstream::forward`]: streamed to the upstream with a `Permit`, on a

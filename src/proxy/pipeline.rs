@@ -572,7 +572,7 @@ async fn admit(
     check_key_scope(rules, route, &parts.method, &identity)?;
     let (forward_body, json) = match (route.needs_body, early, body.take()) {
         (true, Some(bytes), _) => {
-            let json = checked_json(&parts.headers, &bytes)?;
+            let json = checked_body(&parts.headers, &bytes, route.reads_form)?;
             (UpstreamBody::Buffered(bytes), json)
         }
         (true, None, Some(body)) => {
@@ -580,7 +580,7 @@ async fn admit(
             if let Some(shadow) = &mut outcome.shadow {
                 shadow.body = Some(bytes.clone());
             }
-            let json = checked_json(&parts.headers, &bytes)?;
+            let json = checked_body(&parts.headers, &bytes, route.reads_form)?;
             (UpstreamBody::Buffered(bytes), json)
         }
         (false, Some(bytes), _) => (UpstreamBody::Buffered(bytes), None),
@@ -1216,6 +1216,58 @@ pub async fn collect_body(
         .to_bytes())
 }
 
+/// The body a route reads ids from, as a JSON value. A route with a form source also
+/// reads a url-encoded body (its fields as text, see [`extract::form_fields`]), refuses
+/// a multipart one (422) and reads nothing from other non-JSON ones, as the upstream's
+/// form parser does; every other body goes through [`checked_json`].
+pub fn checked_body(
+    headers: &HeaderMap,
+    bytes: &Bytes,
+    reads_form: bool,
+) -> Result<Option<Json>, Deny> {
+    if reads_form && !bytes.is_empty() {
+        match form_kind(headers.get(CONTENT_TYPE)) {
+            FormKind::UrlEncoded => return Ok(Some(extract::form_fields(bytes))),
+            // Werkzeug reads a multipart body's fields as a form too; flexgate does not.
+            FormKind::Multipart => {
+                return Err(Deny::Invalid {
+                    location: "form",
+                    field: "_schema".into(),
+                    message: "Send this form url-encoded: a multipart body is not read here."
+                        .into(),
+                });
+            }
+            // Neither form nor JSON: the upstream reads no form from it.
+            FormKind::Other if !is_json(headers.get(CONTENT_TYPE)) => return Ok(None),
+            FormKind::Other => {}
+        }
+    }
+    checked_json(headers, bytes)
+}
+
+/// What kind of form a body is, by its media type as Werkzeug reads it.
+enum FormKind {
+    UrlEncoded,
+    Multipart,
+    Other,
+}
+
+fn form_kind(content_type: Option<&HeaderValue>) -> FormKind {
+    let Some(value) = content_type else {
+        return FormKind::Other;
+    };
+    let bytes = value.as_bytes();
+    let end = bytes.iter().position(|&b| b == b';').unwrap_or(bytes.len());
+    let media = bytes[..end].trim_ascii();
+    if media.eq_ignore_ascii_case(b"application/x-www-form-urlencoded") {
+        FormKind::UrlEncoded
+    } else if media.len() >= 10 && media[..10].eq_ignore_ascii_case(b"multipart/") {
+        FormKind::Multipart
+    } else {
+        FormKind::Other
+    }
+}
+
 /// The JSON a route reads ids from: none for an empty body; otherwise it must be
 /// declared JSON (422), parse (400) and repeat no key (400).
 pub fn checked_json(headers: &HeaderMap, bytes: &Bytes) -> Result<Option<Json>, Deny> {
@@ -1525,6 +1577,22 @@ pub fn read_ids(
         Source::Json(pointer) => match facts.body {
             Some(body) => extract::json_ids(body, pointer, kind.id_type),
             None => Vec::new(),
+        },
+        // A form field, as WTForms reads it: blank is absent, a field given twice is
+        // ambiguous, anything but an id (" 5", "+5", 5.0: Python's int() takes them)
+        // is refused.
+        Source::Form(name) => match facts.body {
+            Some(Json::Object(fields)) => match fields.get(name) {
+                None | Some(Json::Null) => Vec::new(),
+                Some(Json::String(text)) if text.trim().is_empty() => Vec::new(),
+                Some(Json::Array(_)) => {
+                    return Err(Deny::Ambiguous(format!(
+                        "form field {name} is given more than once"
+                    )));
+                }
+                Some(value) => vec![extract::parse_json_id(value, kind.id_type)],
+            },
+            _ => Vec::new(),
         },
         Source::Column { index, .. } => match subject.and_then(|row| row.get(*index)) {
             None | Some(Value::Null) => Vec::new(),

@@ -120,7 +120,7 @@ pub fn compile_text(text: &str, file: &Path) -> Result<Config, Diagnostics> {
             cx.warn(
                 Some(r.line),
                 Some(format!("route {:?}", &*r.name)),
-                "reads ids from the JSON body, which nginx and Caddy do not send to a decision listener: decision mode refuses it (403) unless the body comes along (Traefik forwardBody, Envoy with_request_body)".into(),
+                "reads ids from the body (JSON or a form), which nginx and Caddy do not send to a decision listener: decision mode refuses it (403) unless the body comes along (Traefik forwardBody, Envoy with_request_body)".into(),
             );
         }
     }
@@ -1081,6 +1081,10 @@ impl Compiler<'_> {
             Target::Sources(s) => s.iter().any(|(_, src)| src.needs_body()),
             Target::Singleton(_) => false,
         });
+        let reads_form = checks.iter().any(|c| match &c.target {
+            Target::Sources(s) => s.iter().any(|(_, src)| matches!(src, Source::Form(_))),
+            Target::Singleton(_) => false,
+        });
         let upgrades: Vec<String> = r
             .upgrades
             .clone()
@@ -1151,6 +1155,7 @@ impl Compiler<'_> {
             checks,
             resolve_before_auth,
             needs_body,
+            reads_form,
             forward_authorization: r.forward_authorization.unwrap_or(false),
         })
     }
@@ -1236,6 +1241,7 @@ impl Compiler<'_> {
                 header: c.header.clone(),
                 json: c.json.clone(),
                 id_in_object: c.id_in_object.clone(),
+                form: c.form.clone(),
                 column: c.column.clone(),
             };
             let (k, source) = self.source(&own, template, kinds, first_kind, line, &rule)?;
@@ -1250,6 +1256,7 @@ impl Compiler<'_> {
                 || c.header.is_some()
                 || c.json.is_some()
                 || c.id_in_object.is_some()
+                || c.form.is_some()
                 || c.column.is_some()
             {
                 self.error(
@@ -1311,6 +1318,7 @@ impl Compiler<'_> {
             s.query.is_some(),
             s.header.is_some(),
             s.json.is_some(),
+            s.form.is_some(),
             s.column.is_some(),
         ]
         .iter()
@@ -1320,7 +1328,7 @@ impl Compiler<'_> {
             self.error(
                 line,
                 Some(rule.into()),
-                "give one id source: path, query, header, json or column".into(),
+                "give one id source: path, query, header, json, form or column".into(),
             );
             return None;
         }
@@ -1418,6 +1426,16 @@ impl Compiler<'_> {
                     return None;
                 }
             }
+        } else if let Some(f) = &s.form {
+            if f.is_empty() {
+                self.error(
+                    line,
+                    Some(rule.into()),
+                    "form must name a field, as in form = \"parent_asset_id\"".into(),
+                );
+                return None;
+            }
+            Source::Form(f.clone())
         } else if let Some(col) = &s.column {
             let Some(first) = first_kind else {
                 self.error(line, Some(rule.into()), "column takes the id from the route's first check's resource; the first check must name one resource (not first_of, not a singleton), and a column source cannot be in the first check".into());

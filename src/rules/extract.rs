@@ -112,6 +112,9 @@ pub enum Source {
     Header(HeaderName),
     /// Field(s) of the JSON body.
     Json(JsonPointer),
+    /// A field of a form body (`application/x-www-form-urlencoded`) or, as Flask-WTF
+    /// reads a JSON body as a form, a top-level key of a JSON object body.
+    Form(String),
     /// A column of the route's first resource (e.g. an asset's parent).
     Column {
         /// Position in the first kind's columns.
@@ -129,6 +132,7 @@ impl Source {
             Source::Query(_) => "query",
             Source::Header(_) => "headers",
             Source::Json(_) => "json",
+            Source::Form(_) => "form",
             Source::Column { .. } => "resource",
         }
     }
@@ -140,12 +144,13 @@ impl Source {
             Source::Query(names) => names.first().cloned().unwrap_or_default(),
             Source::Header(h) => h.as_str().to_owned(),
             Source::Json(p) => p.field_name(),
+            Source::Form(name) => name.clone(),
         }
     }
 
     /// Whether reading this source needs the request body.
     pub fn needs_body(&self) -> bool {
-        matches!(self, Source::Json(_))
+        matches!(self, Source::Json(_) | Source::Form(_))
     }
 }
 
@@ -154,6 +159,27 @@ impl Source {
 pub enum ExtractError {
     /// The same parameter or header twice, or two alternative names both present (400).
     Ambiguous(String),
+}
+
+/// A url-encoded form body as Werkzeug decodes it (`&` between fields, `+` a space,
+/// escapes as UTF-8, invalid bytes replaced): an object of text values, a field given
+/// more than once an array of them (ambiguous where a check reads it).
+pub fn form_fields(body: &[u8]) -> Value {
+    let mut fields = Map::new();
+    for (key, value) in form_urlencoded::parse(body) {
+        let value = Value::String(value.into_owned());
+        match fields.get_mut(key.as_ref()) {
+            None => {
+                fields.insert(key.into_owned(), value);
+            }
+            Some(Value::Array(values)) => values.push(value),
+            Some(first) => {
+                let first = first.take();
+                fields.insert(key.into_owned(), Value::Array(vec![first, value]));
+            }
+        }
+    }
+    Value::Object(fields)
 }
 
 /// The raw values of a query parameter (any of `names`), decoded. More than one value is
@@ -535,6 +561,15 @@ mod tests {
         assert!(broken.iter().all(|r| matches!(r, Invalid(_))), "{broken:?}");
         // Without the key, an object where an id should be stays invalid.
         assert!(matches!(ids("/config/regressors", None)[2], Invalid(_)));
+    }
+
+    #[test]
+    fn form_bodies_are_decoded_as_werkzeug_decodes_them() {
+        assert_eq!(
+            form_fields(b"name=A+b%26c&parent_asset_id=7&flag&x=1&x=2"),
+            json!({"name": "A b&c", "parent_asset_id": "7", "flag": "", "x": ["1", "2"]})
+        );
+        assert_eq!(form_fields(b"bad=%ff"), json!({"bad": "\u{fffd}"}));
     }
 
     #[test]

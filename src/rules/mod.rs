@@ -484,8 +484,10 @@ pub struct Route {
     pub checks: Vec<Check>,
     /// Answer unknown ids before authentication.
     pub resolve_before_auth: bool,
-    /// Some check reads the JSON body.
+    /// Some check reads the body (JSON, or a form).
     pub needs_body: bool,
+    /// Some check reads a form field: a url-encoded body is read too, not refused.
+    pub reads_form: bool,
     /// Pass the client's `Authorization` header upstream on this route.
     pub forward_authorization: bool,
     /// Protocols a client may switch to (lower-case; never `h2c`).

@@ -380,6 +380,9 @@ pub struct RawCheck {
     /// With `json`: an object where an id should be is a reference, its id under this
     /// key (`{"sensor": 7, ...}` in a list that also takes plain ids).
     pub id_in_object: Option<String>,
+    /// Take the id from this field of a form body (url-encoded, or a JSON object as
+    /// Flask-WTF reads one).
+    pub form: Option<String>,
     /// Take the id from this column of the route's first check's resource.
     pub column: Option<String>,
     /// Alternatives: the first source with a value decides the kind.
@@ -407,6 +410,8 @@ pub struct RawSource {
     pub json: Option<String>,
     /// With `json`: the key of a reference object's id.
     pub id_in_object: Option<String>,
+    /// Form field.
+    pub form: Option<String>,
     /// Column of the first check's resource.
     pub column: Option<String>,
 }

@@ -263,6 +263,11 @@ acl = { create-children = "role:admin" }
             "kind = \"asset\"\njson = \"/ids\"\nid_in_object = \"\"",
             "must name a key",
         ),
+        ("kind = \"asset\"\nform = \"\"", "must name a field"),
+        (
+            "kind = \"asset\"\nform = \"parent\"\njson = \"/parent\"",
+            "give one id source",
+        ),
     ];
     for (check, needle) in cases {
         let text = format!(
@@ -395,7 +400,7 @@ path = "/docs"
     .warnings
     .to_string();
     assert!(
-        with.contains("doc-by-body") && with.contains("reads ids from the JSON body"),
+        with.contains("doc-by-body") && with.contains("reads ids from the body (JSON or a form)"),
         "{with}"
     );
     let without = compile_text(rules, Path::new("rules.toml"))
