@@ -476,3 +476,32 @@ async fn continuation_and_hpack_floods_are_bounded() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_path_of_only_a_query_reaches_the_upstream_as_the_path_checked() {
+    // `:path ?x=1` is read as path `/`; the upstream must get `/?x=1`, not the
+    // request line `GET ?x=1 HTTP/1.1`, which it would parse otherwise or refuse.
+    let db = TestDb::sqlite();
+    let upstream = Upstream::start().await;
+    let gw = GatewayBuilder::new(&db, &upstream)
+        .rules("[[route]]\nname = \"root\"\nmethods = [\"GET\"]\npath = \"/\"\nauth = \"public\"\n")
+        .start()
+        .await;
+    let mut h2 = RawH2::connect(gw.https, &gw.tls.client).await;
+    let id = h2.stream();
+    let bytes = frame(
+        HEADERS,
+        END_HEADERS | END_STREAM,
+        id,
+        &block(&request_fields("GET", "?x=1", &[])),
+    );
+    h2.write(&bytes).await;
+    let out = h2.outcome(id, Duration::from_secs(3)).await;
+    assert_eq!(out.status, Some(200), "{out:?}");
+    let seen = upstream.last();
+    assert_eq!(
+        (seen.path.as_str(), seen.query.as_deref()),
+        ("/", Some("x=1"))
+    );
+    gw.stop().await;
+}

@@ -169,7 +169,10 @@ impl Upstream {
     /// is reused when normalising changed nothing (the common case: no copy, no parse).
     pub fn uri_for(&self, original: &Uri, path: &str) -> Result<Uri, Deny> {
         let path_and_query = match original.path_and_query() {
-            Some(pq) if pq.path() == path => pq.clone(),
+            // Reused only when it starts with the path: an HTTP/2 `:path` of `?x=1`
+            // reads as path `/` but would be written as it came, a request line the
+            // upstream parses otherwise (or refuses).
+            Some(pq) if pq.path() == path && pq.as_str().starts_with('/') => pq.clone(),
             _ => {
                 let text = match original.query() {
                     Some(q) => format!("{path}?{q}"),

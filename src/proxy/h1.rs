@@ -215,6 +215,14 @@ pub fn parse_response_head(
         if !switching && (is_hop_by_hop(h.name) || facts.named_in_connection(h.name)) {
             continue;
         }
+        // With Transfer-Encoding, Content-Length is not the body's length (RFC 9112
+        // 6.3): the client would cut the de-chunked body at it.
+        if !switching
+            && facts.transfer_encoding.is_some()
+            && h.name.eq_ignore_ascii_case("content-length")
+        {
+            continue;
+        }
         let name =
             HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ProtocolError::MalformedHead)?;
         let value = HeaderValue::from_bytes(h.value).map_err(|_| ProtocolError::MalformedHead)?;
@@ -536,6 +544,22 @@ mod tests {
             }
         }
         Ok((out, decoder.is_done() && buf.is_empty()))
+    }
+
+    #[test]
+    fn a_content_length_beside_transfer_encoding_is_not_passed_on() {
+        let (h, _) = head(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 2\r\nx-a: 1\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!h.headers.contains_key(header::CONTENT_LENGTH));
+        assert!(h.headers.contains_key("x-a"));
+        assert!(matches!(h.framing, BodyFraming::Chunked) && !h.reusable);
+        let (h, _) = head("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.headers[header::CONTENT_LENGTH], "2");
     }
 
     #[test]
