@@ -767,6 +767,25 @@ async fn trusted_proxies_name_the_client_for_login_limits_and_the_upstream() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(upstream.last().headers["x-forwarded-for"], "192.0.2.9");
+    assert_eq!(upstream.last().headers["x-forwarded-proto"], "http");
+    // A trusted proxy that ended TLS says so: the upstream is told https and the
+    // browser gets HSTS, as on flexgate's own TLS listener.
+    let (status, headers, _) = ask(
+        plain,
+        "GET",
+        "/api/v3_0/health/ready",
+        &[("x-forwarded-proto", "https")],
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(upstream.last().headers["x-forwarded-proto"], "https");
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("strict-transport-security"),
+        "{headers}"
+    );
     gw.stop().await;
     // Trusting no proxy, X-Forwarded-For names nobody: the connection's address counts.
     let db = TestDb::sqlite();
@@ -781,6 +800,21 @@ async fn trusted_proxies_name_the_client_for_login_limits_and_the_upstream() {
         assert_eq!(login(plain, "192.0.2.1", n).await, 401);
     }
     assert_eq!(login(plain, "192.0.2.2", 3).await, 429);
+    // Nor does a client's X-Forwarded-Proto count.
+    let (_, headers, _) = ask(
+        plain,
+        "GET",
+        "/api/v3_0/health/ready",
+        &[("x-forwarded-proto", "https")],
+        "",
+    )
+    .await;
+    assert_eq!(upstream.last().headers["x-forwarded-proto"], "http");
+    assert!(
+        !headers
+            .to_ascii_lowercase()
+            .contains("strict-transport-security")
+    );
     gw.stop().await;
 }
 

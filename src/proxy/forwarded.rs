@@ -37,6 +37,26 @@ pub fn client_behind(
     None
 }
 
+/// Whether a trusted proxy says the client reached it over TLS: its `X-Forwarded-Proto`
+/// (the last entry of the last line, the closest proxy's), `https` or `http`; `None`
+/// when no proxy is trusted, the peer is not, or the header is absent or says
+/// something else. Behind a proxy that ends TLS, flexgate then forwards `https`, sends
+/// HSTS and compares a browser's `Origin` with `https://` as on its own TLS listener.
+pub fn tls_behind(trusted: &TrustedProxies, peer: IpAddr, headers: &HeaderMap) -> Option<bool> {
+    if trusted.is_empty() || !trusted.contains(peer) {
+        return None;
+    }
+    let line = headers.get_all("x-forwarded-proto").iter().next_back()?;
+    let last = line.as_bytes().rsplit(|&b| b == b',').next()?.trim_ascii();
+    if last.eq_ignore_ascii_case(b"https") {
+        Some(true)
+    } else if last.eq_ignore_ascii_case(b"http") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +144,31 @@ mod tests {
             client(&t, "127.0.0.1", &["garbage, 1.2.3.4"]),
             ip("1.2.3.4")
         );
+    }
+
+    #[test]
+    fn only_a_trusted_proxy_says_the_client_came_over_tls() {
+        let t = trusted(&["10.0.0.0/8"]);
+        let proto = |t: &TrustedProxies, peer: &str, lines: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for line in lines {
+                headers.append("x-forwarded-proto", line.parse().unwrap());
+            }
+            tls_behind(t, peer.parse().unwrap(), &headers)
+        };
+        assert_eq!(proto(&t, "10.1.2.3", &["https"]), Some(true));
+        assert_eq!(proto(&t, "10.1.2.3", &["HTTPS "]), Some(true));
+        assert_eq!(proto(&t, "10.1.2.3", &["http"]), Some(false));
+        // The closest proxy's word: the last entry of the last line.
+        assert_eq!(proto(&t, "10.1.2.3", &["https", "http, https"]), Some(true));
+        assert_eq!(proto(&t, "10.1.2.3", &["https, http"]), Some(false));
+        assert_eq!(proto(&t, "10.1.2.3", &["wss"]), None);
+        assert_eq!(proto(&t, "10.1.2.3", &[]), None);
+        assert_eq!(
+            proto(&t, "192.0.2.1", &["https"]),
+            None,
+            "an untrusted peer"
+        );
+        assert_eq!(proto(&trusted(&[]), "10.1.2.3", &["https"]), None);
     }
 }

@@ -282,16 +282,20 @@ pub async fn handle(
     // Behind a trusted proxy the client is the one it names (one branch when no proxy
     // is trusted).
     let behind;
-    let conn = match super::forwarded::client_behind(
-        &gw.server().trusted_proxies,
-        conn.peer.ip(),
-        req.headers(),
-    ) {
-        Some(client) => {
-            behind = ConnInfo::new(SocketAddr::new(client, 0), conn.tls, conn.worker);
-            &behind
+    let trusted = &gw.server().trusted_proxies;
+    let conn = if trusted.is_empty() {
+        conn
+    } else {
+        let client = super::forwarded::client_behind(trusted, conn.peer.ip(), req.headers());
+        let tls = super::forwarded::tls_behind(trusted, conn.peer.ip(), req.headers());
+        match (client, tls) {
+            (None, None) => conn,
+            _ => {
+                let addr = client.map_or(conn.peer, |ip| SocketAddr::new(ip, 0));
+                behind = ConnInfo::new(addr, conn.tls || tls == Some(true), conn.worker);
+                &behind
+            }
         }
-        None => conn,
     };
     let mut book = Bookkeeping::start(gw, conn, req.method().clone());
     let installed = Arc::clone(&book.installed);
