@@ -19,6 +19,7 @@ CREATE TABLE account (id INTEGER PRIMARY KEY, name TEXT NOT NULL, consultancy_ac
 CREATE TABLE fm_user (id INTEGER PRIMARY KEY, email TEXT NOT NULL, account_id INTEGER NOT NULL, active BOOLEAN);
 CREATE TABLE generic_asset (id INTEGER PRIMARY KEY, name TEXT NOT NULL, account_id INTEGER NULL, parent_asset_id INTEGER NULL);
 CREATE TABLE sensor (id INTEGER PRIMARY KEY, name TEXT NOT NULL, generic_asset_id INTEGER NOT NULL);
+CREATE TABLE account_role (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
 INSERT INTO account (id, name, consultancy_account_id) VALUES (1, 'A', 2), (2, 'C', NULL), (3, 'D', NULL), (4, 'E', 3);
 INSERT INTO fm_user (id, email, account_id, active) VALUES
     (10, 'member@a', 1, true), (11, 'account-admin@a', 1, true), (12, 'colleague@a', 1, true),

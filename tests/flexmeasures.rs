@@ -1002,6 +1002,14 @@ async fn the_scheduler_writes_only_into_sensors_the_caller_may_write() {
                 json!({"aggregate-production": {"sensor": public}}),
             ),
         ),
+        (
+            "sensor: aggregate power output",
+            &sensor_trigger,
+            body(
+                json!({"soc-at-start": "1 kWh"}),
+                json!({"aggregate-power": {"sensor": public}}),
+            ),
+        ),
     ];
     for (what, path, body) in &refused {
         let answer = gw.call("POST", path, &token, Some(body)).await;
@@ -1114,5 +1122,93 @@ async fn forecast_regressors_are_checked_in_every_form() {
         answer.status,
         answer.text()
     );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_an_asset_or_account_stores_is_checked_when_it_is_written() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let gw = fm_gateway(fm).await;
+    let (email, password, _) = creds(fm, "prosumer_member");
+    let member = gw.login(&email, &password).await;
+    let (own, theirs, public) = (
+        fm.sensor("prosumer_a"),
+        fm.sensor("tenant_b"),
+        fm.sensor("public"),
+    );
+    let asset = format!("/api/v3_0/assets/{}", fm.asset("prosumer_a"));
+    let kpis = json!([{"title": "x", "sensor": theirs, "function": "max"}]);
+    // FlexMeasures 1.0.1 stores these, then reads or writes the sensors they name for
+    // anyone who may read or schedule the asset.
+    let refused = [
+        (
+            "KPIs naming another tenant's sensor",
+            json!({"sensors_to_show_as_kpis": kpis}),
+        ),
+        (
+            "the same KPIs as JSON text",
+            json!({"sensors_to_show_as_kpis": kpis.to_string()}),
+        ),
+        (
+            "a stored output into another tenant's sensor",
+            json!({"flex_model": {"consumption": {"sensor": theirs}}}),
+        ),
+        (
+            "a stored output into a public sensor, as text",
+            json!({"flex_model": json!({"production": {"sensor": public}}).to_string()}),
+        ),
+        (
+            "a stored aggregate output",
+            json!({"flex_context": {"aggregate-power": {"sensor": public}}}),
+        ),
+        (
+            "a stored price of another tenant",
+            json!({"flex_context": {"consumption-price": {"sensor": theirs}}}),
+        ),
+        (
+            "a chart of another tenant's asset",
+            json!({"sensors_to_show": [{"title": "x", "asset": fm.asset("tenant_b"), "flex-model": "soc-max"}]}),
+        ),
+    ];
+    for (what, body) in &refused {
+        let answer = gw.call("PATCH", &asset, &member, Some(body)).await;
+        assert_eq!(answer.status, 403, "{what}: {}", answer.text());
+    }
+    let answer = gw
+        .call(
+            "PATCH",
+            &asset,
+            &member,
+            Some(&json!({"flex_model": "{not json"})),
+        )
+        .await;
+    assert_eq!(answer.status, 422, "{}", answer.text());
+    // A new asset may not store them either.
+    let create = json!({"name": "New", "account_id": fm.account("prosumer_a"), "generic_asset_type_id": 1,
+                        "flex_model": {"consumption": {"sensor": theirs}}});
+    let (admin_email, admin_password, _) = creds(fm, "prosumer_admin");
+    let account_admin = gw.login(&admin_email, &admin_password).await;
+    let answer = gw
+        .call("POST", "/api/v3_0/assets", &account_admin, Some(&create))
+        .await;
+    assert_eq!(answer.status, 403, "{}", answer.text());
+    // Their own sensor and their own name pass flexgate.
+    let answer = gw
+        .call("PATCH", &asset, &member, Some(&json!({"name": "Prosumer A battery", "sensors_to_show": [{"title": "x", "sensor": own}]})))
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    // An account's roles are for admins to give (FlexMeasures lets any member).
+    let account = format!("/api/v3_0/accounts/{}", fm.account("prosumer_a"));
+    let answer = gw
+        .call(
+            "PATCH",
+            &account,
+            &account_admin,
+            Some(&json!({"account_roles": [1]})),
+        )
+        .await;
+    assert_eq!(answer.status, 403, "{}", answer.text());
     gw.stop().await;
 }

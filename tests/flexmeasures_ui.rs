@@ -1127,6 +1127,15 @@ async fn the_asset_form_moves_an_asset_only_under_a_parent_the_user_may_add_to()
     // A parent that is not a plain id (Python's int() takes " 7"): refused.
     let answer = post(urlencoded, form(&[format!(" {theirs}")])).await;
     assert_eq!(answer.status, 422, "{}", answer.text());
+    // KPIs naming another tenant's sensor (JSON text in a form field).
+    let mut f = form_urlencoded::Serializer::new(String::new());
+    let kpis =
+        json!([{"title": "x", "sensor": fm.sensor("tenant_b"), "function": "max"}]).to_string();
+    f.append_pair("name", "Prosumer A battery")
+        .append_pair("csrf_token", &csrf)
+        .append_pair("sensors_to_show_as_kpis", &kpis);
+    let answer = post(urlencoded, f.finish()).await;
+    assert_eq!(answer.status, 403, "{}", answer.text());
     // No parent: the edit goes through to FlexMeasures, which saves it and redirects.
     let answer = post(urlencoded, form(&[String::new()])).await;
     assert_eq!(answer.status, 302, "{}", answer.text());

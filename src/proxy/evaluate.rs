@@ -209,7 +209,7 @@ pub async fn evaluate<O: OwnerSource, T: Trace>(
     }
     // As on the proxy: a route that reads the body reads it as JSON, or refuses it.
     let json = match (&probe.body, route.needs_body) {
-        (Some(bytes), true) => match pipeline::checked_body(&headers, bytes, route.reads_form) {
+        (Some(bytes), true) => match pipeline::checked_body(&headers, bytes, route) {
             Ok(json) => json,
             Err(deny) => {
                 note(trace, format!("body: refused ({})", deny.reason()));

@@ -576,7 +576,7 @@ async fn admit(
     check_key_scope(rules, route, &parts.method, &identity)?;
     let (forward_body, json) = match (route.needs_body, early, body.take()) {
         (true, Some(bytes), _) => {
-            let json = checked_body(&parts.headers, &bytes, route.reads_form)?;
+            let json = checked_body(&parts.headers, &bytes, route)?;
             (UpstreamBody::Buffered(bytes), json)
         }
         (true, None, Some(body)) => {
@@ -584,7 +584,7 @@ async fn admit(
             if let Some(shadow) = &mut outcome.shadow {
                 shadow.body = Some(bytes.clone());
             }
-            let json = checked_body(&parts.headers, &bytes, route.reads_form)?;
+            let json = checked_body(&parts.headers, &bytes, route)?;
             (UpstreamBody::Buffered(bytes), json)
         }
         (false, Some(bytes), _) => (UpstreamBody::Buffered(bytes), None),
@@ -1227,8 +1227,29 @@ pub async fn collect_body(
 pub fn checked_body(
     headers: &HeaderMap,
     bytes: &Bytes,
-    reads_form: bool,
+    route: &Route,
 ) -> Result<Option<Json>, Deny> {
+    let mut body = read_body(headers, bytes, route.reads_form)?;
+    // Fields that may hold JSON written as a string are read as that JSON, so the
+    // pointers reach into them whichever way the client wrote them.
+    if let Some(Json::Object(fields)) = &mut body {
+        for name in &route.json_strings {
+            if let Some(value) = fields.get_mut(name)
+                && let Json::String(text) = value
+            {
+                *value =
+                    extract::parse_json_strict(text.as_bytes()).map_err(|_| Deny::Invalid {
+                        location: if route.reads_form { "form" } else { "json" },
+                        field: name.clone(),
+                        message: "Not a valid JSON string.".into(),
+                    })?;
+            }
+        }
+    }
+    Ok(body)
+}
+
+fn read_body(headers: &HeaderMap, bytes: &Bytes, reads_form: bool) -> Result<Option<Json>, Deny> {
     if reads_form && !bytes.is_empty() {
         match form_kind(headers.get(CONTENT_TYPE)) {
             FormKind::UrlEncoded => return Ok(Some(extract::form_fields(bytes))),

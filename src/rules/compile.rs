@@ -1085,6 +1085,22 @@ impl Compiler<'_> {
             Target::Sources(s) => s.iter().any(|(_, src)| matches!(src, Source::Form(_))),
             Target::Singleton(_) => false,
         });
+        let json_strings = r.json_strings.clone().unwrap_or_default();
+        if json_strings.iter().any(String::is_empty) {
+            self.error(
+                l,
+                Some(rule.into()),
+                "json_strings names top-level body fields, as in json_strings = [\"flex_model\"]"
+                    .into(),
+            );
+        }
+        if !json_strings.is_empty() && !needs_body {
+            self.warn(
+                l,
+                Some(rule.into()),
+                "json_strings has no effect: no check on this route reads the body".into(),
+            );
+        }
         let upgrades: Vec<String> = r
             .upgrades
             .clone()
@@ -1156,6 +1172,7 @@ impl Compiler<'_> {
             resolve_before_auth,
             needs_body,
             reads_form,
+            json_strings,
             forward_authorization: r.forward_authorization.unwrap_or(false),
         })
     }

@@ -488,6 +488,8 @@ pub struct Route {
     pub needs_body: bool,
     /// Some check reads a form field: a url-encoded body is read too, not refused.
     pub reads_form: bool,
+    /// Top-level body fields read as JSON when they come as a string (`json_strings`).
+    pub json_strings: Vec<String>,
     /// Pass the client's `Authorization` header upstream on this route.
     pub forward_authorization: bool,
     /// Protocols a client may switch to (lower-case; never `h2c`).

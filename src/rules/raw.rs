@@ -356,6 +356,10 @@ pub struct RawRoute {
     /// `Origin`): `refuse-writes` (default: refused unless the method is safe),
     /// `refuse` (refused whatever the method: for GETs that change state), `allow`.
     pub cross_origin: Option<String>,
+    /// Top-level body fields that may hold JSON written as a string (FlexMeasures'
+    /// `JSON` fields take `{"a": 1}` and `"{\"a\": 1}"` alike): read as the JSON they
+    /// hold before any check's pointer reaches into them.
+    pub json_strings: Option<Vec<String>>,
     /// Permission checks, all of which must pass.
     #[serde(default, rename = "check")]
     pub checks: Vec<RawCheck>,
