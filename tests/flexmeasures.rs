@@ -1194,6 +1194,13 @@ async fn what_an_asset_or_account_stores_is_checked_when_it_is_written() {
         .call("POST", "/api/v3_0/assets", &account_admin, Some(&create))
         .await;
     assert_eq!(answer.status, 403, "{}", answer.text());
+    // Nor a new sensor's legacy attributes, which move into its asset's flex-model.
+    let sensor = json!({"name": "soc", "unit": "kWh", "event_resolution": "PT15M", "generic_asset_id": fm.asset("prosumer_a"),
+                        "attributes": json!({"max_soc_in_mwh": {"sensor": theirs}}).to_string()});
+    let answer = gw
+        .call("POST", "/api/v3_0/sensors", &account_admin, Some(&sensor))
+        .await;
+    assert_eq!(answer.status, 403, "{}", answer.text());
     // Their own sensor and their own name pass flexgate.
     let answer = gw
         .call("PATCH", &asset, &member, Some(&json!({"name": "Prosumer A battery", "sensors_to_show": [{"title": "x", "sensor": own}]})))
