@@ -703,10 +703,10 @@ mod tests {
 
     #[test]
     fn hop_by_hop_headers_stop_here_unless_the_protocol_switches() {
-        let text = "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Internal\r\nKeep-Alive: timeout=5\r\nX-Internal: secret\r\nTrailer: x\r\nProxy-Authenticate: Basic\r\nUpgrade: h2c\r\nTransfer-Encoding: chunked\r\nX-Kept: yes\r\n\r\n";
+        let text = "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Internal\r\nKeep-Alive: timeout=5\r\nX-Internal: secret\r\nTrailer: x\r\nProxy-Authenticate: Basic\r\nUpgrade: h2c\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\nPROXY-AUTHORIZATION: x\r\nX-Kept: yes\r\nTe-X: kept\r\n\r\n";
         let (h, _) = head(text).unwrap().unwrap();
         let names: Vec<&str> = h.headers.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["x-kept"]);
+        assert_eq!(names, ["x-kept", "te-x"]);
         assert_eq!(h.framing, BodyFraming::Chunked);
         let text =
             "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
