@@ -1141,3 +1141,76 @@ async fn the_asset_form_moves_an_asset_only_under_a_parent_the_user_may_add_to()
     assert_eq!(answer.status, 302, "{}", answer.text());
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_asset_form_creates_only_where_the_user_may_add() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let gw = ui_gateway(fm).await;
+    let email = fm.user("prosumer_admin")["email"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let password = fm.user("prosumer_admin")["password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (session, _) = form_login_remembered(&gw, &email, &password).await;
+    let cookie = format!("session={session}");
+    // The form page (once refused: "new" is not an asset id).
+    let page = gw
+        .send("GET", "/assets/new", &[("cookie", &cookie)], "")
+        .await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    let html = page.text();
+    let at = html
+        .find("name=\"csrf_token\"")
+        .expect("the form has a CSRF token");
+    let start = at + html[at..].find("value=\"").unwrap() + 7;
+    let csrf = html[start..start + html[start..].find('"').unwrap()].to_owned();
+    let cookie = match set_cookie(&page, "session") {
+        Some(renewed) => format!("session={renewed}"),
+        None => cookie,
+    };
+    let origin = gw.url("");
+    let submit = |account: i64, parent: Option<i64>, name: &'static str| {
+        let (gw, cookie, origin, csrf) = (&gw, cookie.clone(), origin.clone(), csrf.clone());
+        async move {
+            let mut f = form_urlencoded::Serializer::new(String::new());
+            f.append_pair("name", name)
+                .append_pair("generic_asset_type_id", "1")
+                .append_pair("account_id", &account.to_string())
+                .append_pair("csrf_token", &csrf)
+                .append_pair("sensors_to_show_as_kpis", "[]")
+                .append_pair("external_id", name);
+            if let Some(p) = parent {
+                f.append_pair("parent_asset_id", &p.to_string());
+            }
+            gw.send(
+                "POST",
+                "/assets/create",
+                &[
+                    ("cookie", &cookie),
+                    ("content-type", "application/x-www-form-urlencoded"),
+                    ("origin", &origin),
+                ],
+                &f.finish(),
+            )
+            .await
+        }
+    };
+    let answer = submit(fm.account("tenant_b"), None, "Sneaky").await;
+    assert_eq!(answer.status, 403, "{}", answer.text());
+    let answer = submit(
+        fm.account("prosumer_a"),
+        Some(fm.asset("tenant_b")),
+        "Sneaky child",
+    )
+    .await;
+    assert_eq!(answer.status, 403, "{}", answer.text());
+    // In their own account: FlexMeasures creates it and redirects to it.
+    let answer = submit(fm.account("prosumer_a"), None, "Created through flexgate").await;
+    assert_eq!(answer.status, 302, "{}", answer.text());
+    gw.stop().await;
+}
