@@ -1201,6 +1201,35 @@ async fn what_an_asset_or_account_stores_is_checked_when_it_is_written() {
         .call("POST", "/api/v3_0/sensors", &account_admin, Some(&sensor))
         .await;
     assert_eq!(answer.status, 403, "{}", answer.text());
+    // A custom scheduler would make FlexMeasures import what it names: never set here.
+    for (path, token) in [
+        (&asset, &member),
+        (&format!("/api/v3_0/sensors/{own}"), &account_admin),
+    ] {
+        for attributes in [
+            json!({"custom-scheduler": {"module": "os", "class": "X"}}),
+            json!(json!({"custom-scheduler": "X"}).to_string()),
+        ] {
+            let answer = gw
+                .call(
+                    "PATCH",
+                    path,
+                    token,
+                    Some(&json!({"attributes": attributes})),
+                )
+                .await;
+            assert_eq!(answer.status, 422, "{path}: {}", answer.text());
+        }
+    }
+    let answer = gw
+        .call(
+            "PATCH",
+            &asset,
+            &member,
+            Some(&json!({"flex_context": {"consumption-price-sensor": theirs}})),
+        )
+        .await;
+    assert_eq!(answer.status, 403, "{}", answer.text());
     // Their own sensor and their own name pass flexgate.
     let answer = gw
         .call("PATCH", &asset, &member, Some(&json!({"name": "Prosumer A battery", "sensors_to_show": [{"title": "x", "sensor": own}]})))

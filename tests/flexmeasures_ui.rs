@@ -1136,6 +1136,27 @@ async fn the_asset_form_moves_an_asset_only_under_a_parent_the_user_may_add_to()
         .append_pair("sensors_to_show_as_kpis", &kpis);
     let answer = post(urlencoded, f.finish()).await;
     assert_eq!(answer.status, 403, "{}", answer.text());
+    // The KPIs given twice (WTForms takes the first), as a JSON list value, or the form
+    // as a JSON list of pairs: every field must have one value.
+    let foreign =
+        json!([{"title": "x", "sensor": fm.sensor("tenant_b"), "function": "max"}]).to_string();
+    let mut f = form_urlencoded::Serializer::new(String::new());
+    f.append_pair("name", "Prosumer A battery")
+        .append_pair("csrf_token", &csrf)
+        .append_pair("sensors_to_show_as_kpis", &foreign)
+        .append_pair("sensors_to_show_as_kpis", "[]");
+    let answer = post(urlencoded, f.finish()).await;
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    let listed = json!({"name": "Prosumer A battery", "csrf_token": csrf, "sensors_to_show_as_kpis": [foreign]});
+    let answer = post("application/json", listed.to_string()).await;
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    let pairs = json!([
+        ["name", "Prosumer A battery"],
+        ["csrf_token", csrf],
+        ["parent_asset_id", fm.asset("tenant_b")]
+    ]);
+    let answer = post("application/json", pairs.to_string()).await;
+    assert_eq!(answer.status, 400, "{}", answer.text());
     // No parent: the edit goes through to FlexMeasures, which saves it and redirects.
     let answer = post(urlencoded, form(&[String::new()])).await;
     assert_eq!(answer.status, 302, "{}", answer.text());

@@ -1230,6 +1230,27 @@ pub fn checked_body(
     route: &Route,
 ) -> Result<Option<Json>, Deny> {
     let mut body = read_body(headers, bytes, route.reads_form)?;
+    // Flask-WTF turns a JSON body into a form field by field, and a list (a field
+    // given twice, a JSON list value, a JSON list of pairs) into several values of one
+    // field, of which WTForms takes the first: on a form route every field has one
+    // value, or the pointers would check another value than the form takes.
+    if route.reads_form {
+        match &body {
+            None => {}
+            Some(Json::Object(fields)) => {
+                if let Some(name) = fields.iter().find_map(|(k, v)| v.is_array().then_some(k)) {
+                    return Err(Deny::Ambiguous(format!(
+                        "form field {name} is given more than once"
+                    )));
+                }
+            }
+            Some(_) => {
+                return Err(Deny::Ambiguous(
+                    "A form sent as JSON must be an object.".into(),
+                ));
+            }
+        }
+    }
     // Fields that may hold JSON written as a string are read as that JSON, so the
     // pointers reach into them whichever way the client wrote them.
     if let Some(Json::Object(fields)) = &mut body {
