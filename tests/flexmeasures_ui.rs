@@ -1221,6 +1221,9 @@ async fn a_new_asset_form_creates_only_where_the_user_may_add() {
             .await
         }
     };
+    let prefill = format!("/assets/new?parent_asset_id={}", fm.asset("tenant_b"));
+    let answer = gw.send("GET", &prefill, &[("cookie", &cookie)], "").await;
+    assert_eq!(answer.status, 403, "{}", answer.text());
     let answer = submit(fm.account("tenant_b"), None, "Sneaky").await;
     assert_eq!(answer.status, 403, "{}", answer.text());
     let answer = submit(
