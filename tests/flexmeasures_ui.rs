@@ -542,18 +542,41 @@ async fn form_login_remembered(gw: &TestGateway, email: &str, password: &str) ->
     )
 }
 
+/// The value of a form's `csrf_token` field in a page.
+fn csrf_token(html: &str) -> String {
+    let at = html
+        .find("name=\"csrf_token\"")
+        .expect("the form has a CSRF token");
+    let start = at + html[at..].find("value=\"").unwrap() + 7;
+    html[start..start + html[start..].find('"').unwrap()].to_owned()
+}
+
+/// A form page as `key` sees it after logging in through the form (so the session
+/// carries the CSRF token's secret): the session cookie to post with and the token.
+async fn form_page(gw: &TestGateway, fm: &RealFm, key: &str, path: &str) -> (String, String) {
+    let user = fm.user(key);
+    let (email, password) = (
+        user["email"].as_str().unwrap(),
+        user["password"].as_str().unwrap(),
+    );
+    let (session, _) = form_login_remembered(gw, email, password).await;
+    let cookie = format!("session={session}");
+    let page = gw.send("GET", path, &[("cookie", &cookie)], "").await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    let csrf = csrf_token(&page.text());
+    let cookie = match set_cookie(&page, "session") {
+        Some(renewed) => format!("session={renewed}"),
+        None => cookie,
+    };
+    (cookie, csrf)
+}
+
 /// One submission of FlexMeasures' login form through flexgate, as a browser sends it
 /// (the form's CSRF token, its session, "Remember Me" ticked).
 async fn form_login(gw: &TestGateway, email: &str, password: &str) -> Answer {
     let page = gw.get("/login", None).await;
     assert_eq!(page.status, 200, "{}", page.text());
-    let html = page.text();
-    let at = html
-        .find("name=\"csrf_token\"")
-        .expect("the form has a CSRF token");
-    let value = &html[at..];
-    let start = value.find("value=\"").unwrap() + 7;
-    let csrf = &value[start..start + value[start..].find('"').unwrap()];
+    let csrf = &csrf_token(&page.text());
     let session = set_cookie(&page, "session").expect("the login page starts a session");
     let form: String = form_urlencoded::Serializer::new(String::new())
         .append_pair("email", email)
@@ -1050,37 +1073,14 @@ async fn the_asset_form_moves_an_asset_only_under_a_parent_the_user_may_add_to()
         return;
     };
     let gw = ui_gateway(fm).await;
-    // Logged in through the form, so the session carries the CSRF token's secret.
-    let email = fm.user("prosumer_admin")["email"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let password = fm.user("prosumer_admin")["password"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (session, _) = form_login_remembered(&gw, &email, &password).await;
-    let cookie = format!("session={session}");
     let own = fm.asset("prosumer_a");
-    let page = gw
-        .send(
-            "GET",
-            &format!("/assets/{own}/properties"),
-            &[("cookie", &cookie)],
-            "",
-        )
-        .await;
-    assert_eq!(page.status, 200, "{}", page.text());
-    let html = page.text();
-    let at = html
-        .find("name=\"csrf_token\"")
-        .expect("the form has a CSRF token");
-    let start = at + html[at..].find("value=\"").unwrap() + 7;
-    let csrf = html[start..start + html[start..].find('"').unwrap()].to_owned();
-    let cookie = match set_cookie(&page, "session") {
-        Some(renewed) => format!("session={renewed}"),
-        None => cookie,
-    };
+    let (cookie, csrf) = form_page(
+        &gw,
+        fm,
+        "prosumer_admin",
+        &format!("/assets/{own}/properties"),
+    )
+    .await;
     let origin = gw.url("");
     let post = |content_type: &'static str, body: String| {
         let (gw, cookie, origin) = (&gw, cookie.clone(), origin.clone());
@@ -1169,31 +1169,8 @@ async fn a_new_asset_form_creates_only_where_the_user_may_add() {
         return;
     };
     let gw = ui_gateway(fm).await;
-    let email = fm.user("prosumer_admin")["email"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let password = fm.user("prosumer_admin")["password"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let (session, _) = form_login_remembered(&gw, &email, &password).await;
-    let cookie = format!("session={session}");
     // The form page (once refused: "new" is not an asset id).
-    let page = gw
-        .send("GET", "/assets/new", &[("cookie", &cookie)], "")
-        .await;
-    assert_eq!(page.status, 200, "{}", page.text());
-    let html = page.text();
-    let at = html
-        .find("name=\"csrf_token\"")
-        .expect("the form has a CSRF token");
-    let start = at + html[at..].find("value=\"").unwrap() + 7;
-    let csrf = html[start..start + html[start..].find('"').unwrap()].to_owned();
-    let cookie = match set_cookie(&page, "session") {
-        Some(renewed) => format!("session={renewed}"),
-        None => cookie,
-    };
+    let (cookie, csrf) = form_page(&gw, fm, "prosumer_admin", "/assets/new").await;
     let origin = gw.url("");
     let submit = |account: i64, parent: Option<i64>, name: &'static str| {
         let (gw, cookie, origin, csrf) = (&gw, cookie.clone(), origin.clone(), csrf.clone());

@@ -154,28 +154,29 @@ pub async fn evaluate<O: OwnerSource, T: Trace>(
         ),
     );
     if probe.credential == Credential::Session && route.cross_origin.guards(method) {
-        let cross = probe
-            .authority
-            .as_ref()
-            .is_some_and(|ours| pipeline::is_cross_origin(&headers, ours, probe.tls));
         let site = probe
             .authority
             .as_ref()
             .map_or("no authority given".into(), |a| {
-                format!(
-                    "{}://{}",
-                    if probe.tls { "https" } else { "http" },
-                    a.to_str().unwrap_or("?")
-                )
+                let scheme = if probe.tls { "https" } else { "http" };
+                format!("{scheme}://{}", a.to_str().unwrap_or("?"))
             });
-        if cross {
+        let checked = pipeline::check_origin(
+            route,
+            method,
+            probe.credential,
+            &headers,
+            probe.authority.as_ref(),
+            probe.tls,
+        );
+        if let Err(deny) = checked {
             note(
                 trace,
                 format!(
                     "cross-origin: a browser session from another site than {site}, on a route that refuses it"
                 ),
             );
-            return Err(Deny::Forbidden("cross_origin_session_request"));
+            return Err(deny);
         }
         note(
             trace,

@@ -173,6 +173,14 @@ pub(super) struct Outcome {
     server_refused: bool,
 }
 
+impl Outcome {
+    /// Record the deny the request got.
+    fn denied(&mut self, deny: &Deny) {
+        self.deny = Some((deny.decision(), deny.reason()));
+        self.server_refused = matches!(deny, Deny::BadHost(_) | Deny::Throttled(_));
+    }
+}
+
 /// What the enforced path learnt that the shadow's candidate decides with.
 #[derive(Debug, Default)]
 struct ShadowFacts {
@@ -315,8 +323,7 @@ pub async fn handle(
     let mut response = match serve(gw, &installed, conn, req, upgrade, &mut book.outcome).await {
         Ok(response) => response,
         Err(deny) => {
-            book.outcome.deny = Some((deny.decision(), deny.reason()));
-            book.outcome.server_refused = matches!(deny, Deny::BadHost(_) | Deny::Throttled(_));
+            book.outcome.denied(&deny);
             deny.into_response()
         }
     };
@@ -566,12 +573,14 @@ async fn admit(
         shadow.identity = Some(Arc::clone(&identity));
         shadow.credential = Some(credential);
     }
-    if matches!(credential, Credential::Session)
-        && route.cross_origin.guards(&parts.method)
-        && is_cross_origin(&parts.headers, authority, conn.tls)
-    {
-        return Err(Deny::Forbidden("cross_origin_session_request"));
-    }
+    check_origin(
+        route,
+        &parts.method,
+        credential,
+        &parts.headers,
+        Some(authority),
+        conn.tls,
+    )?;
     check_roles(rules, route, &identity)?;
     check_key_scope(rules, route, &parts.method, &identity)?;
     let (forward_body, json) = match (route.needs_body, early, body.take()) {
@@ -722,10 +731,30 @@ pub(crate) fn login_location(route: &Route, uri: &http::Uri) -> String {
     format!("{login}?next={encoded}")
 }
 
+/// Stage: a browser session's request from another site, on a route that guards the
+/// method, is refused (CSRF). Tokens and API keys are no browser's; without the
+/// request's authority nothing counts as cross-origin.
+pub fn check_origin(
+    route: &Route,
+    method: &http::Method,
+    credential: Credential,
+    headers: &HeaderMap,
+    authority: Option<&HeaderValue>,
+    tls: bool,
+) -> Result<(), Deny> {
+    if credential == Credential::Session
+        && route.cross_origin.guards(method)
+        && authority.is_some_and(|ours| is_cross_origin(headers, ours, tls))
+    {
+        return Err(Deny::Forbidden("cross_origin_session_request"));
+    }
+    Ok(())
+}
+
 /// Whether a browser says the request comes from another origin: `Sec-Fetch-Site` other
 /// than `same-origin`/`none`, or else an `Origin` that is not this site's. A request
 /// with neither (not a browser's, or a very old one) is not taken as cross-origin.
-pub fn is_cross_origin(headers: &HeaderMap, authority: &HeaderValue, tls: bool) -> bool {
+fn is_cross_origin(headers: &HeaderMap, authority: &HeaderValue, tls: bool) -> bool {
     if let Some(site) = headers.get("sec-fetch-site") {
         return !matches!(site.as_bytes(), b"same-origin" | b"none");
     }
@@ -769,8 +798,7 @@ pub async fn decide_for_ingress(
     {
         Ok(headers) => super::decision::identity_answer(headers),
         Err(deny) => {
-            book.outcome.deny = Some((deny.decision(), deny.reason()));
-            book.outcome.server_refused = matches!(deny, Deny::BadHost(_) | Deny::Throttled(_));
+            book.outcome.denied(&deny);
             deny.into_response()
         }
     };
@@ -1307,7 +1335,10 @@ fn form_kind(content_type: Option<&HeaderValue>) -> FormKind {
     let media = bytes[..end].trim_ascii();
     if media.eq_ignore_ascii_case(b"application/x-www-form-urlencoded") {
         FormKind::UrlEncoded
-    } else if media.len() >= 10 && media[..10].eq_ignore_ascii_case(b"multipart/") {
+    } else if media
+        .get(..10)
+        .is_some_and(|m| m.eq_ignore_ascii_case(b"multipart/"))
+    {
         FormKind::Multipart
     } else {
         FormKind::Other
@@ -1624,18 +1655,13 @@ pub fn read_ids(
             Some(body) => extract::json_ids(body, pointer, kind.id_type),
             None => Vec::new(),
         },
-        // A form field, as WTForms reads it: blank is absent, a field given twice is
-        // ambiguous, anything but an id (" 5", "+5", 5.0: Python's int() takes them)
-        // is refused.
+        // A form field, as WTForms reads it: blank is absent, anything but an id
+        // (" 5", "+5", 5.0: Python's int() takes them) is refused. A field given twice
+        // never gets here ([`checked_body`]).
         Source::Form(name) => match facts.body {
             Some(Json::Object(fields)) => match fields.get(name) {
                 None | Some(Json::Null) => Vec::new(),
                 Some(Json::String(text)) if text.trim().is_empty() => Vec::new(),
-                Some(Json::Array(_)) => {
-                    return Err(Deny::Ambiguous(format!(
-                        "form field {name} is given more than once"
-                    )));
-                }
                 Some(value) => vec![extract::parse_json_id(value, kind.id_type)],
             },
             _ => Vec::new(),

@@ -163,7 +163,7 @@ pub enum ExtractError {
 
 /// A url-encoded form body as Werkzeug decodes it (`&` between fields, `+` a space,
 /// escapes as UTF-8, invalid bytes replaced): an object of text values, a field given
-/// more than once an array of them (ambiguous where a check reads it).
+/// more than once an array of them (refused on a form route).
 pub fn form_fields(body: &[u8]) -> Value {
     let mut fields = Map::new();
     for (key, value) in form_urlencoded::parse(body) {
