@@ -1246,5 +1246,18 @@ async fn what_an_asset_or_account_stores_is_checked_when_it_is_written() {
         )
         .await;
     assert_eq!(answer.status, 403, "{}", answer.text());
+    // Nor to take away: FlexMeasures clears them on an empty list (flexgate also
+    // refuses a list of nulls, which FlexMeasures answers 422).
+    for roles in [json!([]), json!([null])] {
+        let answer = gw
+            .call(
+                "PATCH",
+                &account,
+                &account_admin,
+                Some(&json!({"account_roles": roles})),
+            )
+            .await;
+        assert_eq!(answer.status, 403, "{roles}: {}", answer.text());
+    }
     gw.stop().await;
 }

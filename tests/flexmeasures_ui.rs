@@ -1171,32 +1171,9 @@ async fn a_new_asset_form_creates_only_where_the_user_may_add() {
     let gw = ui_gateway(fm).await;
     // The form page (once refused: "new" is not an asset id).
     let (cookie, csrf) = form_page(&gw, fm, "prosumer_admin", "/assets/new").await;
-    let origin = gw.url("");
+    let user = (cookie.clone(), csrf.clone());
     let submit = |account: i64, parent: Option<i64>, name: &'static str| {
-        let (gw, cookie, origin, csrf) = (&gw, cookie.clone(), origin.clone(), csrf.clone());
-        async move {
-            let mut f = form_urlencoded::Serializer::new(String::new());
-            f.append_pair("name", name)
-                .append_pair("generic_asset_type_id", "1")
-                .append_pair("account_id", &account.to_string())
-                .append_pair("csrf_token", &csrf)
-                .append_pair("sensors_to_show_as_kpis", "[]")
-                .append_pair("external_id", name);
-            if let Some(p) = parent {
-                f.append_pair("parent_asset_id", &p.to_string());
-            }
-            gw.send(
-                "POST",
-                "/assets/create",
-                &[
-                    ("cookie", &cookie),
-                    ("content-type", "application/x-www-form-urlencoded"),
-                    ("origin", &origin),
-                ],
-                &f.finish(),
-            )
-            .await
-        }
+        submit_new_asset(&gw, &user, account, parent, name)
     };
     let prefill = format!("/assets/new?parent_asset_id={}", fm.asset("tenant_b"));
     let answer = gw.send("GET", &prefill, &[("cookie", &cookie)], "").await;
@@ -1213,5 +1190,56 @@ async fn a_new_asset_form_creates_only_where_the_user_may_add() {
     // In their own account: FlexMeasures creates it and redirects to it.
     let answer = submit(fm.account("prosumer_a"), None, "Created through flexgate").await;
     assert_eq!(answer.status, 302, "{}", answer.text());
+    // No account ("--Select account--", -1): a public asset. flexgate refuses it to
+    // everyone but admins; an admin's goes on to FlexMeasures, whose own answer
+    // (1.0.1 checks create-children on no account and refuses it too) comes back.
+    let answer = submit(-1, None, "Public by a tenant").await;
+    assert_eq!(answer.status, 403, "{}", answer.text());
+    assert!(
+        answer.text().contains("\"status\""),
+        "flexgate's: {}",
+        answer.text()
+    );
+    let admin = form_page(&gw, fm, "admin", "/assets/new").await;
+    let answer = submit_new_asset(&gw, &admin, -1, None, "Public through the UI").await;
+    assert_eq!(answer.status, 403, "{}", answer.text());
+    assert!(
+        answer.text().contains("FlexMeasures"),
+        "FlexMeasures' page: {}",
+        answer.text()
+    );
     gw.stop().await;
+}
+
+/// Submit FlexMeasures' new-asset form through flexgate as the user of `form` (its
+/// session cookie and CSRF token), in `account` (-1: none) under `parent`.
+async fn submit_new_asset(
+    gw: &TestGateway,
+    (cookie, csrf): &(String, String),
+    account: i64,
+    parent: Option<i64>,
+    name: &str,
+) -> Answer {
+    let mut f = form_urlencoded::Serializer::new(String::new());
+    f.append_pair("name", name)
+        .append_pair("generic_asset_type_id", "1")
+        .append_pair("account_id", &account.to_string())
+        .append_pair("csrf_token", csrf)
+        .append_pair("sensors_to_show_as_kpis", "[]")
+        .append_pair("external_id", name);
+    if let Some(p) = parent {
+        f.append_pair("parent_asset_id", &p.to_string());
+    }
+    let origin = gw.url("");
+    gw.send(
+        "POST",
+        "/assets/create",
+        &[
+            ("cookie", cookie),
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("origin", &origin),
+        ],
+        &f.finish(),
+    )
+    .await
 }

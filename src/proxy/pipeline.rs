@@ -1457,7 +1457,17 @@ pub async fn authorize<T: Trace, O: OwnerSource>(
                             first.field()
                         ));
                     }
-                    match check.if_absent {
+                    let empty_list =
+                        check.if_empty != check.if_absent && names_empty_list(alternatives, facts);
+                    if empty_list && trace.enabled() {
+                        trace.note(format!("check {}: the list names no id", n + 1));
+                    }
+                    let policy = if empty_list {
+                        check.if_empty
+                    } else {
+                        check.if_absent
+                    };
+                    match policy {
                         IfAbsent::Skip => continue,
                         IfAbsent::AdminsOnly if who.principal.has_role(&rules.admins.admin) => {
                             continue;
@@ -1469,7 +1479,11 @@ pub async fn authorize<T: Trace, O: OwnerSource>(
                             return Err(Deny::Invalid {
                                 location: first.location(),
                                 field: first.field(),
-                                message: "Missing data for required field.".into(),
+                                message: if empty_list {
+                                    "The list names no id.".into()
+                                } else {
+                                    "Missing data for required field.".into()
+                                },
                             });
                         }
                     }
@@ -1657,11 +1671,14 @@ pub fn read_ids(
         },
         // A form field, as WTForms reads it: blank is absent, anything but an id
         // (" 5", "+5", 5.0: Python's int() takes them) is refused. A field given twice
-        // never gets here ([`checked_body`]).
-        Source::Form(name) => match facts.body {
+        // never gets here ([`checked_body`]). The field's "none" value, spelled as a
+        // browser sends it (`-1`, or -1 in a JSON form), is absent too; any other
+        // spelling of it is no id.
+        Source::Form { name, none } => match facts.body {
             Some(Json::Object(fields)) => match fields.get(name) {
                 None | Some(Json::Null) => Vec::new(),
                 Some(Json::String(text)) if text.trim().is_empty() => Vec::new(),
+                Some(value) if none.is_some_and(|none| is_form_none(value, none)) => Vec::new(),
                 Some(value) => vec![extract::parse_json_id(value, kind.id_type)],
             },
             _ => Vec::new(),
@@ -1675,6 +1692,27 @@ pub fn read_ids(
             Some(Value::Text(s)) => one(s),
             Some(Value::Bool(_)) => vec![IdParse::Invalid("Not a valid identifier.")],
         },
+    })
+}
+
+/// Whether a form field holds exactly its "none" value: the text a form sends, or the
+/// JSON integer.
+fn is_form_none(value: &Json, none: i64) -> bool {
+    match value {
+        Json::String(text) => *text == none.to_string(),
+        Json::Number(n) => n.as_i64() == Some(none),
+        _ => false,
+    }
+}
+
+/// Whether a JSON source of the check is there as a list that names no id.
+fn names_empty_list(alternatives: &[(usize, Source)], facts: &Facts<'_>) -> bool {
+    let Some(body) = facts.body else {
+        return false;
+    };
+    alternatives.iter().any(|(_, source)| match source {
+        Source::Json(pointer) => extract::json_has_list(body, pointer),
+        _ => false,
     })
 }
 
@@ -1775,6 +1813,7 @@ pub fn ok_json(body: &Json) -> Response<ProxyBody> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn token_of(body: &[u8]) -> Result<Option<String>, &'static str> {
         body_token(&Bytes::copy_from_slice(body)).map_err(|d| d.reason())
@@ -1790,6 +1829,23 @@ mod tests {
         assert!(!ct(b"text/plain"));
         assert!(!ct(b"application/jsonx"));
         assert!(!is_json(None));
+    }
+
+    #[test]
+    fn only_the_form_none_value_as_a_browser_sends_it_is_none() {
+        assert!(is_form_none(&json!("-1"), -1));
+        assert!(is_form_none(&json!(-1), -1));
+        // Python's int() takes these as -1 too: they are no id, not "none".
+        for other in [
+            json!(" -1"),
+            json!("-01"),
+            json!("-1 "),
+            json!(-1.0),
+            json!("1"),
+        ] {
+            assert!(!is_form_none(&other, -1), "{other}");
+        }
+        assert!(!is_form_none(&json!(["-1"]), -1));
     }
 
     #[test]

@@ -1082,7 +1082,7 @@ impl Compiler<'_> {
             Target::Singleton(_) => false,
         });
         let reads_form = checks.iter().any(|c| match &c.target {
-            Target::Sources(s) => s.iter().any(|(_, src)| matches!(src, Source::Form(_))),
+            Target::Sources(s) => s.iter().any(|(_, src)| matches!(src, Source::Form { .. })),
             Target::Singleton(_) => false,
         });
         let json_strings = r.json_strings.clone().unwrap_or_default();
@@ -1221,19 +1221,12 @@ impl Compiler<'_> {
     ) -> Option<Check> {
         let rule = format!("{rule}, check {}", index + 1);
         let permission = self.permission(&c.permission, permissions, line, &rule);
-        let if_absent = match c.if_absent.as_deref() {
-            None | Some("reject") => IfAbsent::Reject,
-            Some("skip") => IfAbsent::Skip,
-            Some("admins-only") => IfAbsent::AdminsOnly,
-            Some(other) => {
-                self.error(
-                    line,
-                    Some(rule.clone()),
-                    format!("if_absent = {other:?}: use \"reject\", \"skip\" or \"admins-only\""),
-                );
-                IfAbsent::Reject
-            }
-        };
+        let if_absent = self
+            .if_absent("if_absent", c.if_absent.as_deref(), line, &rule)
+            .unwrap_or(IfAbsent::Reject);
+        let if_empty = self
+            .if_absent("if_empty", c.if_empty.as_deref(), line, &rule)
+            .unwrap_or(if_absent);
         let not_found_status = match c.not_found_status {
             Some(s) => Some(self.not_found_status(Some(s), line, &rule)?),
             None => None,
@@ -1259,6 +1252,7 @@ impl Compiler<'_> {
                 json: c.json.clone(),
                 id_in_object: c.id_in_object.clone(),
                 form: c.form.clone(),
+                form_none: c.form_none,
                 column: c.column.clone(),
             };
             let (k, source) = self.source(&own, template, kinds, first_kind, line, &rule)?;
@@ -1274,6 +1268,7 @@ impl Compiler<'_> {
                 || c.json.is_some()
                 || c.id_in_object.is_some()
                 || c.form.is_some()
+                || c.form_none.is_some()
                 || c.column.is_some()
             {
                 self.error(
@@ -1295,12 +1290,50 @@ impl Compiler<'_> {
             }
             Target::Sources(alternatives)
         };
+        let reads_json = match &target {
+            Target::Sources(alternatives) => alternatives
+                .iter()
+                .any(|(_, s)| matches!(s, Source::Json(_))),
+            Target::Singleton(_) => false,
+        };
+        if c.if_empty.is_some() && !reads_json {
+            self.error(
+                line,
+                Some(rule),
+                "if_empty applies to a json source (an empty list); this check reads none: take it out".into(),
+            );
+            return None;
+        }
         Some(Check {
             permission: permission?,
             target,
             if_absent,
+            if_empty,
             not_found_status,
         })
+    }
+
+    /// Parse an `if_absent` or `if_empty` value (None when unset or wrong).
+    fn if_absent(
+        &mut self,
+        key: &str,
+        value: Option<&str>,
+        line: Option<usize>,
+        rule: &str,
+    ) -> Option<IfAbsent> {
+        match value? {
+            "reject" => Some(IfAbsent::Reject),
+            "skip" => Some(IfAbsent::Skip),
+            "admins-only" => Some(IfAbsent::AdminsOnly),
+            other => {
+                self.error(
+                    line,
+                    Some(rule.to_string()),
+                    format!("{key} = {other:?}: use \"reject\", \"skip\" or \"admins-only\""),
+                );
+                None
+            }
+        }
     }
 
     fn source(
@@ -1354,6 +1387,14 @@ impl Compiler<'_> {
                 line,
                 Some(rule.into()),
                 "id_in_object reads the id of an object a JSON pointer reaches: use it with json = \"/pointer\"".into(),
+            );
+            return None;
+        }
+        if s.form_none.is_some() && s.form.is_none() {
+            self.error(
+                line,
+                Some(rule.into()),
+                "form_none is the value of a form field that means none: use it with form = \"<field>\"".into(),
             );
             return None;
         }
@@ -1452,7 +1493,10 @@ impl Compiler<'_> {
                 );
                 return None;
             }
-            Source::Form(f.clone())
+            Source::Form {
+                name: f.clone(),
+                none: s.form_none,
+            }
         } else if let Some(col) = &s.column {
             let Some(first) = first_kind else {
                 self.error(line, Some(rule.into()), "column takes the id from the route's first check's resource; the first check must name one resource (not first_of, not a singleton), and a column source cannot be in the first check".into());

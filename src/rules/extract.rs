@@ -114,7 +114,12 @@ pub enum Source {
     Json(JsonPointer),
     /// A field of a form body (`application/x-www-form-urlencoded`) or, as Flask-WTF
     /// reads a JSON body as a form, a top-level key of a JSON object body.
-    Form(String),
+    Form {
+        /// The field.
+        name: String,
+        /// The value that means none (the field is then absent).
+        none: Option<i64>,
+    },
     /// A column of the route's first resource (e.g. an asset's parent).
     Column {
         /// Position in the first kind's columns.
@@ -132,7 +137,7 @@ impl Source {
             Source::Query(_) => "query",
             Source::Header(_) => "headers",
             Source::Json(_) => "json",
-            Source::Form(_) => "form",
+            Source::Form { .. } => "form",
             Source::Column { .. } => "resource",
         }
     }
@@ -144,13 +149,13 @@ impl Source {
             Source::Query(names) => names.first().cloned().unwrap_or_default(),
             Source::Header(h) => h.as_str().to_owned(),
             Source::Json(p) => p.field_name(),
-            Source::Form(name) => name.clone(),
+            Source::Form { name, .. } => name.clone(),
         }
     }
 
     /// Whether reading this source needs the request body.
     pub fn needs_body(&self) -> bool {
-        matches!(self, Source::Json(_) | Source::Form(_))
+        matches!(self, Source::Json(_) | Source::Form { .. })
     }
 }
 
@@ -358,6 +363,15 @@ pub fn json_ids(body: &Value, pointer: &JsonPointer, ty: IdType) -> Vec<IdParse>
         }
     }
     ids
+}
+
+/// Whether the pointer reaches a list in this body: with no ids read from it, an empty
+/// one (`[]`, or only nulls), which an upstream may take as "clear them all".
+pub fn json_has_list(body: &Value, pointer: &JsonPointer) -> bool {
+    pointer
+        .select(body)
+        .iter()
+        .any(|value| matches!(value, Value::Array(_)))
 }
 
 /// The id of a reference object, under `key`; without a key, or a scalar under it,

@@ -461,6 +461,9 @@ pub struct Check {
     pub target: Target,
     /// When the request names no id.
     pub if_absent: IfAbsent,
+    /// When a JSON source is there but names no id (an empty list); `if_absent` unless
+    /// the rule says otherwise.
+    pub if_empty: IfAbsent,
     /// Status for an unknown id, overriding the kind's.
     pub not_found_status: Option<StatusCode>,
 }

@@ -387,6 +387,9 @@ pub struct RawCheck {
     /// Take the id from this field of a form body (url-encoded, or a JSON object as
     /// Flask-WTF reads one).
     pub form: Option<String>,
+    /// With `form`: the value that means "none" (a select's placeholder option, such
+    /// as FlexMeasures' `--Select account--`, -1): the field is then absent.
+    pub form_none: Option<i64>,
     /// Take the id from this column of the route's first check's resource.
     pub column: Option<String>,
     /// Alternatives: the first source with a value decides the kind.
@@ -394,6 +397,9 @@ pub struct RawCheck {
     pub first_of: Vec<RawSource>,
     /// When no id is present: `reject` (default, 422), `skip`, or `admins-only`.
     pub if_absent: Option<String>,
+    /// When a JSON field is there but names no id (`[]`): as `if_absent` unless set
+    /// (an empty list of account roles clears them: it is not the same as no list).
+    pub if_empty: Option<String>,
     /// Status for an unknown id, overriding the kind's (404 or 422).
     pub not_found_status: Option<u16>,
 }
@@ -416,6 +422,8 @@ pub struct RawSource {
     pub id_in_object: Option<String>,
     /// Form field.
     pub form: Option<String>,
+    /// With `form`: the value that means none.
+    pub form_none: Option<i64>,
     /// Column of the first check's resource.
     pub column: Option<String>,
 }

@@ -248,6 +248,14 @@ acl = { create-children = "role:admin" }
             "use \"reject\", \"skip\" or \"admins-only\"",
         ),
         (
+            "kind = \"asset\"\njson = \"/ids\"\nif_empty = \"none\"",
+            "if_empty = \"none\": use \"reject\", \"skip\" or \"admins-only\"",
+        ),
+        (
+            "kind = \"asset\"\npath = \"id\"\nif_empty = \"admins-only\"",
+            "if_empty applies to a json source",
+        ),
+        (
             "first_of = [{ kind = \"asset\", path = \"id\" }]\nkind = \"asset\"",
             "inside each alternative",
         ),
