@@ -627,6 +627,21 @@ async fn flexmeasures_login_form_counts_against_the_login_limits() {
     assert!(answer.headers.contains_key("retry-after"));
     let shouted = user.email.to_uppercase();
     assert_eq!(form_login(&gw, &shouted, &user.password).await.status, 429);
+    // Spellings Flask-Security normalises into this address (a fullwidth letter, a
+    // variation selector in the domain) are refused, not counted apart: each would
+    // otherwise have had three more guesses, and the right password logs in.
+    let (local, domain) = user.email.split_once('@').unwrap();
+    let mut letters = domain.chars();
+    let first = letters.next().unwrap();
+    let fullwidth =
+        char::from_u32(0xFF21 + (first.to_ascii_uppercase() as u32 - 'A' as u32)).unwrap();
+    for spelling in [
+        format!("{local}@{fullwidth}{}", letters.as_str()),
+        format!("{local}@{first}\u{FE0F}{}", letters.as_str()),
+    ] {
+        let answer = form_login(&gw, &spelling, &user.password).await;
+        assert_eq!(answer.status, 400, "{spelling}: {}", answer.text());
+    }
     let json = json!({"email": user.email, "password": user.password}).to_string();
     let answer = gw
         .send(

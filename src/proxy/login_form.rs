@@ -39,8 +39,7 @@ pub async fn begin(
         .map_err(|_| Deny::BodyTooLarge)?
         .to_bytes();
     let email = email_of(headers, &bytes, field)?;
-    // Flask-Security finds users by email without regard to case: so are they counted.
-    let email = email.trim().to_lowercase();
+    let email = counted_email(&email, field)?;
     let attempt = fm
         .login_limits()
         .begin(&email, conn.peer.ip())
@@ -50,6 +49,22 @@ pub async fn begin(
             Refusal::Unavailable(_) => Deny::Unavailable("login"),
         })?;
     Ok((bytes, FormLogin { email, attempt }))
+}
+
+/// The address a login attempt is counted under. Flask-Security finds users by email
+/// without regard to case, so the address is lower-cased; it also normalises it
+/// (email_validator: NFKC, ignorable characters dropped, IDNA dots), so that
+/// `alice@ＥXAMPLE.com`, or one with a variation selector, logs into alice@example.com.
+/// Counted apart, each such spelling would get its own allowance of guesses: only plain
+/// ASCII addresses are counted and passed on (400 otherwise).
+fn counted_email(email: &str, field: &str) -> Result<String, Deny> {
+    let email = email.trim().to_lowercase();
+    if !email.is_ascii() {
+        return Err(Deny::Ambiguous(format!(
+            "The login form's {field:?} field must be a plain ASCII address."
+        )));
+    }
+    Ok(email)
 }
 
 /// The login went through when the answer sets a session cookie, signed by
@@ -162,5 +177,24 @@ mod tests {
         );
         assert!(email_of(&json, br#"{"email": "a@b.c", "email": "d@e.f"}"#, "email").is_err());
         assert!(email_of(&typed("multipart/form-data; boundary=x"), b"", "email").is_err());
+    }
+
+    #[test]
+    fn only_plain_ascii_addresses_are_counted() {
+        assert_eq!(
+            counted_email(" Alice@Example.COM ", "email").unwrap(),
+            "alice@example.com"
+        );
+        for spelling in [
+            "alice@\u{FF25}xample.com",
+            "alice@exa\u{FE0F}mple.com",
+            "alice@example\u{3002}com",
+            "alice@e\u{034F}xample.com",
+        ] {
+            assert!(
+                matches!(counted_email(spelling, "email"), Err(Deny::Ambiguous(_))),
+                "{spelling}"
+            );
+        }
     }
 }
