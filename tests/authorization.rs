@@ -20,6 +20,10 @@ CREATE TABLE fm_user (id INTEGER PRIMARY KEY, email TEXT NOT NULL, account_id IN
 CREATE TABLE generic_asset (id INTEGER PRIMARY KEY, name TEXT NOT NULL, account_id INTEGER NULL, parent_asset_id INTEGER NULL);
 CREATE TABLE sensor (id INTEGER PRIMARY KEY, name TEXT NOT NULL, generic_asset_id INTEGER NOT NULL);
 CREATE TABLE account_role (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
+CREATE TABLE role (id INTEGER PRIMARY KEY, name TEXT NOT NULL);
+CREATE TABLE roles_users (user_id INTEGER NOT NULL, role_id INTEGER NOT NULL);
+INSERT INTO role (id, name) VALUES (1, 'admin'), (2, 'admin-reader'), (3, 'account-admin'), (4, 'consultant');
+INSERT INTO roles_users (user_id, role_id) VALUES (11, 3), (20, 4), (30, 4), (40, 3), (50, 1), (51, 2);
 INSERT INTO account (id, name, consultancy_account_id) VALUES (1, 'A', 2), (2, 'C', NULL), (3, 'D', NULL), (4, 'E', 3);
 INSERT INTO fm_user (id, email, account_id, active) VALUES
     (10, 'member@a', 1, true), (11, 'account-admin@a', 1, true), (12, 'colleague@a', 1, true),
@@ -126,7 +130,9 @@ both_backends_async! {
             ("colleague update", "PATCH", "/api/v3_0/users/12", Some(json!({})), "FTTFFFTF"),
             ("asset read", "GET", "/api/v3_0/assets/1", None, "TTTFFFTT"),
             ("asset update", "PATCH", "/api/v3_0/assets/1", Some(json!({})), "TTTFFFTF"),
-            ("asset create-children", "POST", "/api/v3_0/assets", Some(json!({"parent_asset_id": 1})), "TTTFFFTF"),
+            ("asset create-children", "POST", "/api/v3_0/assets", Some(json!({"parent_asset_id": 1, "account_id": 1})), "TTTFFFTF"),
+            // A parent but no account: a public asset, admins only.
+            ("public child asset", "POST", "/api/v3_0/assets", Some(json!({"parent_asset_id": 1})), "FFFFFFTF"),
             ("asset delete", "DELETE", "/api/v3_0/assets/1", None, "FTTFFFTF"),
             ("public asset read", "GET", "/api/v3_0/assets/2", None, "TTTTTTTT"),
             ("public asset update", "PATCH", "/api/v3_0/assets/2", Some(json!({})), "FFFFFFTF"),

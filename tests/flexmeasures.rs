@@ -1125,6 +1125,109 @@ async fn forecast_regressors_are_checked_in_every_form() {
     gw.stop().await;
 }
 
+/// What FlexMeasures 1.0.1 itself lets account members, account-admins and consultants
+/// do beyond its own security model (each passed FlexMeasures alone, in review), refused
+/// by the preset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_flexmeasures_allows_beyond_its_model_is_refused() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let gw = fm_gateway(fm).await;
+    let login = |key: &'static str| {
+        let gw = &gw;
+        async move {
+            let (email, password, _) = creds(fm, key);
+            gw.login(&email, &password).await
+        }
+    };
+    let (member, account_admin, consultant) = (
+        login("prosumer_member").await,
+        login("prosumer_admin").await,
+        login("consultant").await,
+    );
+    // CLI-only forecast options: directories the web server creates while parsing (even
+    // for a request it then refuses) and the worker writes to and loads pickles from.
+    let own = fm.sensor("prosumer_a");
+    let trigger = format!("/api/v3_0/sensors/{own}/forecasts/trigger");
+    let scratch = tempfile::tempdir().unwrap();
+    let made = scratch.path().join("made-by-flexmeasures");
+    let dir = made.display().to_string();
+    let forecast = json!({"start": "2026-12-02T00:00:00+01:00", "duration": "PT24H"});
+    for (path, body) in [
+        (
+            trigger.clone(),
+            json!({"output-path": dir, "start": forecast["start"], "duration": "PT24H"}),
+        ),
+        (
+            trigger.clone(),
+            json!({"model-save-dir": dir, "start": forecast["start"], "duration": "PT24H"}),
+        ),
+        (format!("{trigger}?output-path={dir}"), forecast.clone()),
+        (
+            format!("{trigger}?model%2Dsave%2Ddir={dir}"),
+            forecast.clone(),
+        ),
+    ] {
+        let answer = gw.call("POST", &path, &member, Some(&body)).await;
+        assert_eq!(answer.status, 422, "{path} {body}: {}", answer.text());
+        assert!(answer.text().contains("Unknown field"), "{}", answer.text());
+    }
+    assert!(!made.exists(), "FlexMeasures created {dir}");
+    // A child asset without an account is a public asset: admins only.
+    let child = json!({"name": "Public child", "generic_asset_type_id": 1,
+        "parent_asset_id": fm.asset("prosumer_a"), "latitude": 52.0, "longitude": 4.0});
+    let answer = gw
+        .call("POST", "/api/v3_0/assets", &member, Some(&child))
+        .await;
+    assert_eq!(answer.status, 403, "{}", answer.text());
+    // A consultant moving a client's asset into the consultancy's account.
+    let client_asset = format!("/api/v3_0/assets/{}", fm.asset("prosumer_a"));
+    let moved = json!({"account_id": fm.account("consultancy")});
+    let answer = gw
+        .call("PATCH", &client_asset, &consultant, Some(&moved))
+        .await;
+    assert_eq!(answer.status, 403, "{}", answer.text());
+    // An account-admin taking over an admin-reader of their account (a new email, then
+    // the public reset page), deactivating them or resetting their password.
+    let reader = fm.add_user("prosumer_a", &["admin-reader"]);
+    let user = format!("/api/v3_0/users/{}", reader.id);
+    for (path, body) in [
+        (
+            user.clone(),
+            Some(json!({"email": "taken-over@example.com"})),
+        ),
+        (user.clone(), Some(json!({"active": false}))),
+        (format!("{user}/password-reset"), None),
+    ] {
+        let answer = gw.call("PATCH", &path, &account_admin, body.as_ref()).await;
+        assert_eq!(answer.status, 403, "{path}: {}", answer.text());
+    }
+    // The admin-reader may still update themselves; a plain member stays the
+    // account-admin's to update.
+    let own_token = gw.login(&reader.email, &reader.password).await;
+    let answer = gw
+        .call(
+            "PATCH",
+            &user,
+            &own_token,
+            Some(&json!({"timezone": "Europe/Amsterdam"})),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let plain = fm.add_user("prosumer_a", &[]);
+    let answer = gw
+        .call(
+            "PATCH",
+            &format!("/api/v3_0/users/{}", plain.id),
+            &account_admin,
+            Some(&json!({"timezone": "Europe/Amsterdam"})),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_an_asset_or_account_stores_is_checked_when_it_is_written() {
     let Some(fm) = real_flexmeasures() else {

@@ -1422,6 +1422,7 @@ pub async fn authorize<T: Trace, O: OwnerSource>(
     who: &Identity,
     trace: &mut T,
 ) -> Result<(), Deny> {
+    refuse_fields(rules, route, facts, who, trace)?;
     let mut subject: Option<Arc<[Value]>> = None;
     for (n, check) in route.checks.iter().enumerate() {
         let permission = rules.permission_name(check.permission);
@@ -1509,6 +1510,56 @@ pub async fn authorize<T: Trace, O: OwnerSource>(
                         subject = Some(row);
                     }
                 }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Stage: the fields a route refuses whatever their value (`refuse_json`,
+/// `refuse_query`: 422, as FlexMeasures answers an unknown field), and those only
+/// admins may send (`admins_only_json`: 403).
+fn refuse_fields<T: Trace>(
+    rules: &RuleSet,
+    route: &Route,
+    facts: &Facts<'_>,
+    who: &Identity,
+    trace: &mut T,
+) -> Result<(), Deny> {
+    let refused = |location: &'static str, field: String, trace: &mut T| {
+        if trace.enabled() {
+            trace.note(format!("{location} field {field:?}: refused on this route"));
+        }
+        Deny::Invalid {
+            location,
+            field,
+            message: "Unknown field.".into(),
+        }
+    };
+    if let Some(body) = facts.body {
+        for pointer in &route.refuse_json {
+            if !pointer.select(body).is_empty() {
+                return Err(refused("json", pointer.field_name(), trace));
+            }
+        }
+        if !who.principal.has_role(&rules.admins.admin) {
+            for pointer in &route.admins_only_json {
+                if !pointer.select(body).is_empty() {
+                    if trace.enabled() {
+                        trace.note(format!(
+                            "json field {:?}: admins only on this route",
+                            pointer.field_name()
+                        ));
+                    }
+                    return Err(Deny::Forbidden("admins_only_field"));
+                }
+            }
+        }
+    }
+    if let (Some(query), false) = (facts.query, route.refuse_query.is_empty()) {
+        for (key, _) in form_urlencoded::parse(query.as_bytes()) {
+            if let Some(name) = route.refuse_query.iter().find(|n| **n == key) {
+                return Err(refused("query", name.clone(), trace));
             }
         }
     }

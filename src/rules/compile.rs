@@ -1077,10 +1077,42 @@ impl Compiler<'_> {
                 "resolve_before_auth needs at least one check".into(),
             );
         }
-        let needs_body = checks.iter().any(|c| match &c.target {
-            Target::Sources(s) => s.iter().any(|(_, src)| src.needs_body()),
-            Target::Singleton(_) => false,
-        });
+        let mut pointers = |key: &str, texts: &Option<Vec<String>>| {
+            let mut out = Vec::new();
+            for text in texts.iter().flatten() {
+                match JsonPointer::parse(text) {
+                    Ok(pointer) => out.push(pointer),
+                    Err(e) => self.error(l, Some(rule.into()), format!("{key}: {e}")),
+                }
+            }
+            out
+        };
+        let refuse_json = pointers("refuse_json", &r.refuse_json);
+        let admins_only_json = pointers("admins_only_json", &r.admins_only_json);
+        let refuse_query = r.refuse_query.clone().unwrap_or_default();
+        if refuse_query.iter().any(String::is_empty) {
+            self.error(
+                l,
+                Some(rule.into()),
+                "refuse_query names query parameters, as in refuse_query = [\"output-path\"]"
+                    .into(),
+            );
+        }
+        if public
+            && !(refuse_json.is_empty() && refuse_query.is_empty() && admins_only_json.is_empty())
+        {
+            self.error(
+                l,
+                Some(rule.into()),
+                "refuse_json, refuse_query and admins_only_json apply to routes that authorize: a public route reads no body; take them out, or drop auth = \"public\"".into(),
+            );
+        }
+        let needs_body = !refuse_json.is_empty()
+            || !admins_only_json.is_empty()
+            || checks.iter().any(|c| match &c.target {
+                Target::Sources(s) => s.iter().any(|(_, src)| src.needs_body()),
+                Target::Singleton(_) => false,
+            });
         let reads_form = checks.iter().any(|c| match &c.target {
             Target::Sources(s) => s.iter().any(|(_, src)| matches!(src, Source::Form { .. })),
             Target::Singleton(_) => false,
@@ -1173,6 +1205,9 @@ impl Compiler<'_> {
             needs_body,
             reads_form,
             json_strings,
+            refuse_json,
+            refuse_query,
+            admins_only_json,
             forward_authorization: r.forward_authorization.unwrap_or(false),
         })
     }

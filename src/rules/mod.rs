@@ -22,7 +22,7 @@ use std::time::Duration;
 use http::{HeaderName, StatusCode};
 
 use crate::policy::{AdminRoles, KindPolicy, Permission, RoleRequirements};
-use extract::{IdType, Source};
+use extract::{IdType, JsonPointer, Source};
 use matcher::{Matcher, Methods, Template};
 
 /// One problem found in a rule file.
@@ -493,6 +493,12 @@ pub struct Route {
     pub reads_form: bool,
     /// Top-level body fields read as JSON when they come as a string (`json_strings`).
     pub json_strings: Vec<String>,
+    /// Body fields refused whatever their value (`refuse_json`): 422, as an unknown field.
+    pub refuse_json: Vec<JsonPointer>,
+    /// Query parameters refused whatever their value (`refuse_query`), decoded.
+    pub refuse_query: Vec<String>,
+    /// Body fields only admins may send (`admins_only_json`).
+    pub admins_only_json: Vec<JsonPointer>,
     /// Pass the client's `Authorization` header upstream on this route.
     pub forward_authorization: bool,
     /// Protocols a client may switch to (lower-case; never `h2c`).

@@ -360,6 +360,13 @@ pub struct RawRoute {
     /// `JSON` fields take `{"a": 1}` and `"{\"a\": 1}"` alike): read as the JSON they
     /// hold before any check's pointer reaches into them.
     pub json_strings: Option<Vec<String>>,
+    /// Body fields (JSON pointers) refused on this route whatever their value (422), such
+    /// as options the upstream means for its command line only.
+    pub refuse_json: Option<Vec<String>>,
+    /// Query parameters refused on this route whatever their value (422).
+    pub refuse_query: Option<Vec<String>>,
+    /// Body fields (JSON pointers) only admins may send on this route (403 for others).
+    pub admins_only_json: Option<Vec<String>>,
     /// Permission checks, all of which must pass.
     #[serde(default, rename = "check")]
     pub checks: Vec<RawCheck>,
