@@ -1188,6 +1188,21 @@ async fn what_flexmeasures_allows_beyond_its_model_is_refused() {
         .call("PATCH", &client_asset, &consultant, Some(&moved))
         .await;
     assert_eq!(answer.status, 403, "{}", answer.text());
+    // Breadcrumb links with a javascript: URL, run by whoever clicks them in the UI.
+    let crumb = json!([{"url": "javascript:alert(document.cookie)", "name": "Home", "type": "Account"}]);
+    for (path, token) in [
+        (client_asset.clone(), &account_admin),
+        (format!("/api/v3_0/sensors/{own}"), &account_admin),
+    ] {
+        for attributes in [
+            json!({"breadcrumb_ancestry": crumb}),
+            json!(json!({"breadcrumb_siblings": crumb}).to_string()),
+        ] {
+            let body = json!({"attributes": attributes});
+            let answer = gw.call("PATCH", &path, token, Some(&body)).await;
+            assert_eq!(answer.status, 403, "{path} {body}: {}", answer.text());
+        }
+    }
     // An account-admin taking over an admin-reader of their account (a new email, then
     // the public reset page), deactivating them or resetting their password.
     let reader = fm.add_user("prosumer_a", &["admin-reader"]);
