@@ -1173,6 +1173,15 @@ async fn what_flexmeasures_allows_beyond_its_model_is_refused() {
         assert_eq!(answer.status, 422, "{path} {body}: {}", answer.text());
         assert!(answer.text().contains("Unknown field"), "{}", answer.text());
     }
+    // The same as a JSON list of [key, value] pairs, which FlexMeasures' loader takes as
+    // a dict (MultiDict.update), and which names no key flexgate could check: refused.
+    let pairs = json!([
+        ["output-path", dir],
+        ["start", forecast["start"]],
+        ["duration", "PT24H"]
+    ]);
+    let answer = gw.call("POST", &trigger, &member, Some(&pairs)).await;
+    assert_eq!(answer.status, 422, "{}", answer.text());
     assert!(!made.exists(), "FlexMeasures created {dir}");
     // A child asset without an account is a public asset: admins only.
     let child = json!({"name": "Public child", "generic_asset_type_id": 1,
@@ -1188,8 +1197,20 @@ async fn what_flexmeasures_allows_beyond_its_model_is_refused() {
         .call("PATCH", &client_asset, &consultant, Some(&moved))
         .await;
     assert_eq!(answer.status, 403, "{}", answer.text());
-    // Breadcrumb links with a javascript: URL, run by whoever clicks them in the UI.
-    let crumb = json!([{"url": "javascript:alert(document.cookie)", "name": "Home", "type": "Account"}]);
+    // Breadcrumb links with a javascript: URL, run by whoever clicks them in the UI; on
+    // a new asset also in its flex-model or flex-context, where FlexMeasures looks an
+    // attribute up when the attributes lack it.
+    let crumb =
+        json!([{"url": "javascript:alert(document.cookie)", "name": "Home", "type": "Account"}]);
+    for field in ["flex_model", "flex_context"] {
+        let asset = json!({"name": "Crumbs", "generic_asset_type_id": 1,
+            "account_id": fm.account("prosumer_a"), "latitude": 52.0, "longitude": 4.0,
+            field: {"breadcrumb_siblings": crumb}});
+        let answer = gw
+            .call("POST", "/api/v3_0/assets", &account_admin, Some(&asset))
+            .await;
+        assert_eq!(answer.status, 422, "{field}: {}", answer.text());
+    }
     for (path, token) in [
         (client_asset.clone(), &account_admin),
         (format!("/api/v3_0/sensors/{own}"), &account_admin),

@@ -658,6 +658,31 @@ async fn flexmeasures_login_form_counts_against_the_login_limits() {
     // Another user's logins are not affected.
     let other = fm.add_user("prosumer_a", &[]);
     form_login_remembered(&gw, &other.email, &other.password).await;
+    // The token endpoint (which finds the exact email) and the form (any case) share
+    // one allowance per user, also for an email stored in capitals.
+    let capitals = fm.add_user("prosumer_a", &[]);
+    let stored = capitals.email.to_uppercase();
+    psql(
+        &fm.db_url,
+        &format!(
+            "UPDATE fm_user SET email = '{stored}' WHERE id = {}",
+            capitals.id
+        ),
+    );
+    for _ in 0..3 {
+        let answer = form_login(&gw, &capitals.email, "not-the-password").await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+    let body = json!({"email": stored, "password": capitals.password}).to_string();
+    let answer = gw
+        .send(
+            "POST",
+            "/api/requestAuthToken",
+            &[("content-type", "application/json")],
+            &body,
+        )
+        .await;
+    assert_eq!(answer.status, 429, "{}", answer.text());
     gw.stop().await;
 }
 

@@ -765,10 +765,13 @@ impl FmAuthenticator {
         password: String,
         client: IpAddr,
     ) -> Result<IssuedToken, LoginError> {
-        // FlexMeasures compares emails exactly; the throttle counts them exactly too.
+        // FlexMeasures' token endpoint finds users by the exact email, its login form
+        // without regard to case, and both count against one allowance per user: the
+        // throttle counts the lower-cased email, as the login form's attempts are.
+        let counted = email.trim().to_lowercase();
         let attempt = self
             .throttle
-            .begin(email, client)
+            .begin(&counted, client)
             .await
             .map_err(LoginError::from)?;
         let db = self.store.clone();
@@ -793,7 +796,7 @@ impl FmAuthenticator {
             && real;
         match credentials {
             Some(c) if matched && c.user.active => {
-                self.throttle.succeeded(email, attempt).await;
+                self.throttle.succeeded(&counted, attempt).await;
                 Ok(self.issue(&c.user.uniquifier, c.user.user_id))
             }
             // Counted already, by `begin`.

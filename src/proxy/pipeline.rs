@@ -1279,6 +1279,16 @@ pub fn checked_body(
             }
         }
     }
+    // A route reads its ids by key: a body that is no object has none to check, while
+    // the upstream may still find keys in it (FlexMeasures' MultiDict.update takes a
+    // list of [key, value] pairs as a dict), so it is refused.
+    if matches!(&body, Some(b) if !b.is_object()) {
+        return Err(Deny::Invalid {
+            location: "json",
+            field: "_schema".into(),
+            message: "Invalid input type: the JSON body must be an object.".into(),
+        });
+    }
     // Fields that may hold JSON written as a string are read as that JSON, so the
     // pointers reach into them whichever way the client wrote them.
     if let Some(Json::Object(fields)) = &mut body {
