@@ -686,6 +686,74 @@ async fn flexmeasures_login_form_counts_against_the_login_limits() {
     gw.stop().await;
 }
 
+/// Flask-Security's re-authentication form checks the signed-in user's password (and
+/// answers JSON with a token): with a stolen session it would be a way around the login
+/// limits. Its POSTs count as logins of the signed-in user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reauthentication_form_counts_against_the_login_limits() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let rules = format!(
+        "{}\n[auth.throttle]\nfailures_per_email = 3\nfailures_per_client = 100\nwindow_secs = 60\n",
+        flexmeasures_preset()
+    );
+    let gw = gateway_over(fm, &rules, "", &[], None).await;
+    let user = fm.add_user("prosumer_a", &[]);
+    let (session, _) = form_login_remembered(&gw, &user.email, &user.password).await;
+    let cookie = format!("session={session}");
+    let page = gw.send("GET", "/verify", &[("cookie", &cookie)], "").await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    let csrf = csrf_token(&page.text());
+    let cookie = match set_cookie(&page, "session") {
+        Some(renewed) => format!("session={renewed}"),
+        None => cookie,
+    };
+    let origin = gw.url("");
+    let verify = |password: &str| {
+        let body: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("password", password)
+            .append_pair("csrf_token", &csrf)
+            .append_pair("submit", "Re-Authenticate")
+            .finish();
+        let (gw, cookie, origin) = (&gw, cookie.clone(), origin.clone());
+        async move {
+            gw.send(
+                "POST",
+                "/verify",
+                &[
+                    ("cookie", &cookie),
+                    ("content-type", "application/x-www-form-urlencoded"),
+                    ("origin", &origin),
+                ],
+                &body,
+            )
+            .await
+        }
+    };
+    // The right password uses up nothing.
+    for _ in 0..4 {
+        let answer = verify(&user.password).await;
+        assert!(
+            answer.status == 302 || answer.status == 303,
+            "{} {}",
+            answer.status,
+            answer.text()
+        );
+    }
+    // Three wrong ones: FlexMeasures shows the form again; then even the right one waits.
+    for _ in 0..3 {
+        let answer = verify("not-the-password").await;
+        assert_eq!(answer.status, 200, "{}", answer.text());
+    }
+    let answer = verify(&user.password).await;
+    assert_eq!(answer.status, 429, "{}", answer.text());
+    // The same allowance as the login form's and the token endpoint's.
+    let answer = form_login(&gw, &user.email, &user.password).await;
+    assert_eq!(answer.status, 429, "{}", answer.text());
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_logout_refuses_the_remember_cookie_until_the_next_remembered_login() {
     let Some(fm) = real_flexmeasures() else {

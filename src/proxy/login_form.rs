@@ -67,6 +67,45 @@ fn counted_email(email: &str, field: &str) -> Result<String, Deny> {
     Ok(email)
 }
 
+/// Count a re-authentication (the upstream checks the signed-in caller's password, as
+/// Flask-Security's `/verify` does) against the login limits, under the caller's email:
+/// a stolen session or token must not become a way to guess the password without end.
+pub async fn begin_reauthentication(
+    fm: &FmAuthenticator,
+    conn: &ConnInfo,
+    email: &str,
+) -> Result<FormLogin, Deny> {
+    let email = email.trim().to_lowercase();
+    let attempt = fm
+        .login_limits()
+        .begin(&email, conn.peer.ip())
+        .await
+        .map_err(|refusal| match refusal {
+            Refusal::Throttled(wait) => Deny::Throttled(wait),
+            Refusal::Unavailable(_) => Deny::Unavailable("login"),
+        })?;
+    Ok(FormLogin { email, attempt })
+}
+
+/// A re-authentication went through when Flask-Security redirects (the form) or
+/// answers 2xx with JSON (the JSON form); a failed one shows the form again (200,
+/// HTML) or answers 400.
+pub async fn finish_reauthentication(
+    fm: &FmAuthenticator,
+    login: FormLogin,
+    status: http::StatusCode,
+    answer: &HeaderMap,
+) -> bool {
+    let passed = status.is_redirection()
+        || (status.is_success() && is_json(answer.get(http::header::CONTENT_TYPE)));
+    if passed {
+        fm.login_limits()
+            .succeeded(&login.email, login.attempt)
+            .await;
+    }
+    passed
+}
+
 /// The login went through when the answer sets a session cookie, signed by
 /// FlexMeasures, that names a user; otherwise the attempt stays counted.
 pub async fn finish(fm: &FmAuthenticator, login: FormLogin, answer: &HeaderMap) -> bool {

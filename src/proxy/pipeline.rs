@@ -441,6 +441,20 @@ async fn serve(
         outcome,
     )
     .await?;
+    // The upstream checks the caller's password here: counted as a login.
+    let reauthentication = match (&*gw.auth, permit.identity()) {
+        (Authenticator::FlexMeasures(fm), Some(identity))
+            if route.reauthentication && parts.method == http::Method::POST =>
+        {
+            let begun = super::login_form::begin_reauthentication(fm, conn, &identity.email);
+            Some(Box::pin(begun).await.inspect_err(|deny| {
+                if matches!(deny, Deny::Throttled(_)) {
+                    gw.metrics.login("throttled");
+                }
+            })?)
+        }
+        _ => None,
+    };
     // Authenticated by the session: the remember cookie is not what flexgate checked,
     // and FlexMeasures must not fall back on it.
     if session_names_user && permit.credential() == Credential::Session {
@@ -472,6 +486,17 @@ async fn serve(
             conn.worker,
         )
         .await?;
+    if let (Authenticator::FlexMeasures(fm), Some(login)) = (&*gw.auth, reauthentication) {
+        let passed = super::login_form::finish_reauthentication(
+            fm,
+            login,
+            response.status(),
+            response.headers(),
+        )
+        .await;
+        gw.metrics
+            .login(if passed { "success" } else { "bad_credentials" });
+    }
     if let (Authenticator::FlexMeasures(fm), Some(login)) = (&*gw.auth, form_login) {
         let succeeded = super::login_form::finish(fm, login, response.headers()).await;
         gw.metrics.login(if succeeded {

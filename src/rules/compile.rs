@@ -144,6 +144,25 @@ pub fn compile_text(text: &str, file: &Path) -> Result<Config, Diagnostics> {
         );
     }
     if server.identity_source == IdentitySource::Native
+        && let Some(r) = routes.iter().find(|r| r.reauthentication)
+    {
+        cx.warn(
+            Some(r.line),
+            Some(format!("route {:?}", &*r.name)),
+            "reauthentication counts an upstream's password checks by the answer FlexMeasures gives, so only with [identity] source = \"flexmeasures\": here they are not counted".into(),
+        );
+    }
+    if let Some(r) = routes
+        .iter()
+        .find(|r| r.reauthentication && (r.public || !r.methods.allows(&http::Method::POST)))
+    {
+        cx.error(
+            Some(r.line),
+            Some(format!("route {:?}", &*r.name)),
+            "reauthentication counts the signed-in caller's password checks: the route must take POST and must not be auth = \"public\"".into(),
+        );
+    }
+    if server.identity_source == IdentitySource::Native
         && let Some(r) = routes.iter().find(|r| r.credentials.session && !r.public)
     {
         cx.warn(
@@ -1194,6 +1213,7 @@ impl Compiler<'_> {
             login_redirect: r.login_redirect.clone(),
             ends_session: r.ends_session.unwrap_or(false),
             login_form: r.login_form.clone(),
+            reauthentication: r.reauthentication.unwrap_or(false),
             cross_origin,
             line,
             methods: methods?,

@@ -513,6 +513,9 @@ pub struct Route {
     pub ends_session: bool,
     /// The upstream's login form: its email field (POSTs are throttled as logins).
     pub login_form: Option<String>,
+    /// The upstream checks the caller's password here: POSTs are throttled as logins
+    /// under the caller's email.
+    pub reauthentication: bool,
     /// Cross-origin session requests.
     pub cross_origin: CrossOrigin,
 }

@@ -352,6 +352,10 @@ pub struct RawRoute {
     /// name of its email field. Its POSTs count against the login limits like the
     /// token endpoint's, by that email and the client's address.
     pub login_form: Option<String>,
+    /// The upstream checks the signed-in caller's password here (Flask-Security's
+    /// `/verify`, which also hands out a token): its POSTs count against the login
+    /// limits under the caller's email, like a login.
+    pub reauthentication: Option<bool>,
     /// Session-authenticated requests from another origin (by `Sec-Fetch-Site` or
     /// `Origin`): `refuse-writes` (default: refused unless the method is safe),
     /// `refuse` (refused whatever the method: for GETs that change state), `allow`.
