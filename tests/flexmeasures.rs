@@ -1224,6 +1224,47 @@ async fn what_flexmeasures_allows_beyond_its_model_is_refused() {
             assert_eq!(answer.status, 403, "{path} {body}: {}", answer.text());
         }
     }
+    // Text FlexMeasures places unescaped in its pages' scripts, set by a tenant and run
+    // in every user's browser, admins' included (each stored by FlexMeasures alone).
+    let own_asset = fm.asset("prosumer_a");
+    let scripted = [
+        (
+            "a unit pint reads as kW, in a quoted script string on every asset page",
+            "POST",
+            "/api/v3_0/sensors".to_owned(),
+            json!({"name": "u", "unit": "kW # \";alert(1)//", "event_resolution": "PT15M", "generic_asset_id": own_asset}),
+        ),
+        (
+            "an asset name closing the script it is placed in",
+            "PATCH",
+            client_asset.clone(),
+            json!({"name": "</script><script>alert(1)</script>"}),
+        ),
+        (
+            "a flex-context value closing its quoted script string",
+            "PATCH",
+            client_asset.clone(),
+            json!({"flex_context": {"site-power-capacity": "1 kW # ');alert(1)//"}}),
+        ),
+        (
+            "an account name run by the dashboard's template literal",
+            "PATCH",
+            format!("/api/v3_0/accounts/{}", fm.account("prosumer_a")),
+            json!({"name": "B${alert(1)}"}),
+        ),
+    ];
+    for (what, method, path, body) in scripted {
+        let answer = gw.call(method, &path, &account_admin, Some(&body)).await;
+        assert_eq!(answer.status, 422, "{what}: {}", answer.text());
+    }
+    // Everyday names and values still pass.
+    let everyday = json!({"name": "Jane's battery, 2nd floor (50% reserved)", "generic_asset_type_id": 1,
+        "account_id": fm.account("prosumer_a"), "latitude": 52.0, "longitude": 4.0,
+        "flex_context": {"site-power-capacity": "1 kW"}});
+    let answer = gw
+        .call("POST", "/api/v3_0/assets", &account_admin, Some(&everyday))
+        .await;
+    assert_eq!(answer.status, 201, "{}", answer.text());
     // An account-admin taking over an admin-reader of their account (a new email, then
     // the public reset page), deactivating them or resetting their password.
     let reader = fm.add_user("prosumer_a", &["admin-reader"]);

@@ -1577,6 +1577,27 @@ fn refuse_fields<T: Trace>(
                 return Err(refused("json", pointer.field_name(), trace));
             }
         }
+        for (pointer, class) in &route.text_json {
+            if !pointer
+                .select(body)
+                .iter()
+                .all(|value| extract::is_safe_text(value, *class))
+            {
+                let location = if route.reads_form { "form" } else { "json" };
+                if trace.enabled() {
+                    trace.note(format!(
+                        "{location} field {:?}: holds {} (refused on this route)",
+                        pointer.field_name(),
+                        class.refuses()
+                    ));
+                }
+                return Err(Deny::Invalid {
+                    location,
+                    field: pointer.field_name(),
+                    message: format!("Not plain text: {} are refused here.", class.refuses()),
+                });
+            }
+        }
         if !who.principal.has_role(&rules.admins.admin) {
             for pointer in &route.admins_only_json {
                 if !pointer.select(body).is_empty() {

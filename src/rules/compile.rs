@@ -12,7 +12,7 @@ use std::time::Duration;
 use http::{HeaderName, StatusCode};
 use toml::Spanned;
 
-use super::extract::{IdType, JsonPointer, Source};
+use super::extract::{IdType, JsonPointer, Source, TextClass};
 use super::matcher::{Matcher, Methods, Template};
 use super::raw::{RawAcl, RawCheck, RawConfig, RawItem, RawKind, RawRoute, RawSource};
 use super::{
@@ -1108,6 +1108,16 @@ impl Compiler<'_> {
         };
         let refuse_json = pointers("refuse_json", &r.refuse_json);
         let admins_only_json = pointers("admins_only_json", &r.admins_only_json);
+        let text_json: Vec<(JsonPointer, TextClass)> =
+            pointers("plain_text_json", &r.plain_text_json)
+                .into_iter()
+                .map(|p| (p, TextClass::Plain))
+                .chain(
+                    pointers("quote_free_json", &r.quote_free_json)
+                        .into_iter()
+                        .map(|p| (p, TextClass::QuoteFree)),
+                )
+                .collect();
         let refuse_query = r.refuse_query.clone().unwrap_or_default();
         if refuse_query.iter().any(String::is_empty) {
             self.error(
@@ -1118,16 +1128,20 @@ impl Compiler<'_> {
             );
         }
         if public
-            && !(refuse_json.is_empty() && refuse_query.is_empty() && admins_only_json.is_empty())
+            && !(refuse_json.is_empty()
+                && refuse_query.is_empty()
+                && admins_only_json.is_empty()
+                && text_json.is_empty())
         {
             self.error(
                 l,
                 Some(rule.into()),
-                "refuse_json, refuse_query and admins_only_json apply to routes that authorize: a public route reads no body; take them out, or drop auth = \"public\"".into(),
+                "refuse_json, refuse_query, admins_only_json, plain_text_json and quote_free_json apply to routes that authorize: a public route reads no body; take them out, or drop auth = \"public\"".into(),
             );
         }
         let needs_body = !refuse_json.is_empty()
             || !admins_only_json.is_empty()
+            || !text_json.is_empty()
             || checks.iter().any(|c| match &c.target {
                 Target::Sources(s) => s.iter().any(|(_, src)| src.needs_body()),
                 Target::Singleton(_) => false,
@@ -1228,6 +1242,7 @@ impl Compiler<'_> {
             refuse_json,
             refuse_query,
             admins_only_json,
+            text_json,
             forward_authorization: r.forward_authorization.unwrap_or(false),
         })
     }

@@ -365,6 +365,56 @@ pub fn json_ids(body: &Value, pointer: &JsonPointer, ty: IdType) -> Vec<IdParse>
     ids
 }
 
+/// How strictly a stored text field is read (`plain_text_json`, `quote_free_json`):
+/// what an upstream's pages could take for markup or script when they place the text
+/// unescaped (FlexMeasures' templates put names into scripts with `|safe`, units and
+/// flex-model values into quoted script strings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextClass {
+    /// No `<`, `>`, backtick, `${`, U+2028/2029 or control characters but tab and line
+    /// breaks.
+    Plain,
+    /// As plain, no tab or line break, and no quotes, backslash or `#` either.
+    QuoteFree,
+}
+
+impl TextClass {
+    /// What the class refuses, for messages.
+    pub fn refuses(self) -> &'static str {
+        match self {
+            TextClass::Plain => "<, >, `, ${ and control characters other than line breaks",
+            TextClass::QuoteFree => "<, >, `, ${, quotes, \\, # and control characters",
+        }
+    }
+
+    fn allows(self, text: &str) -> bool {
+        // Plain text may span lines (a description); text inside quoted strings not.
+        let control = |c: char| {
+            c.is_control() && (self == TextClass::QuoteFree || !matches!(c, '\t' | '\n' | '\r'))
+        };
+        let markup = text.contains("${")
+            || text
+                .chars()
+                .any(|c| control(c) || matches!(c, '<' | '>' | '`' | '\u{2028}' | '\u{2029}'));
+        let quotes = self == TextClass::QuoteFree
+            && text.chars().any(|c| matches!(c, '"' | '\'' | '\\' | '#'));
+        !markup && !quotes
+    }
+}
+
+/// Whether every string in `value` (object keys included, at any depth) is text of
+/// the class.
+pub fn is_safe_text(value: &Value, class: TextClass) -> bool {
+    match value {
+        Value::String(text) => class.allows(text),
+        Value::Array(items) => items.iter().all(|v| is_safe_text(v, class)),
+        Value::Object(map) => map
+            .iter()
+            .all(|(k, v)| class.allows(k) && is_safe_text(v, class)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => true,
+    }
+}
+
 /// Whether the pointer reaches a list in this body: with no ids read from it, an empty
 /// one (`[]`, or only nulls), which an upstream may take as "clear them all".
 pub fn json_has_list(body: &Value, pointer: &JsonPointer) -> bool {
@@ -505,6 +555,53 @@ mod tests {
         ] {
             assert!(matches!(int(bad.clone()), Invalid(_)), "{bad}");
         }
+    }
+
+    #[test]
+    fn text_classes_refuse_what_templates_could_run() {
+        use TextClass::*;
+        let ok = |v: serde_json::Value, class| is_safe_text(&v, class);
+        for fine in [
+            "Jane's battery",
+            "Küche, 2nd floor",
+            "50% (max)",
+            "a\nb",
+            "$5 {x}",
+        ] {
+            assert!(ok(json!(fine), Plain), "{fine:?}");
+        }
+        for code in [
+            "</script><script>x()",
+            "B${alert(1)}",
+            "`x`",
+            "a\u{2028}b",
+            "a\u{0}b",
+            "<b>",
+        ] {
+            assert!(!ok(json!(code), Plain), "{code:?}");
+            assert!(!ok(json!(code), QuoteFree), "{code:?}");
+        }
+        for fine in [
+            "kW",
+            "EUR/MWh",
+            "°C",
+            "m³/h",
+            "1 kW",
+            "PT2H",
+            "2026-12-02T00:00:00+01:00",
+        ] {
+            assert!(ok(json!(fine), QuoteFree), "{fine:?}");
+        }
+        for code in ["kW # \";alert(1)//", "1 kW'", "a\\", "x\ny"] {
+            assert!(!ok(json!(code), QuoteFree), "{code:?}");
+        }
+        // At any depth, keys included; numbers and nulls are no text.
+        assert!(!ok(json!({"a": [{"b": "<i>"}]}), Plain));
+        assert!(!ok(json!({"</script>": 1}), Plain));
+        assert!(ok(
+            json!({"soc-max": 10, "x": [null, true, 1.5, "1 kWh"]}),
+            QuoteFree
+        ));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::time::Duration;
 use http::{HeaderName, StatusCode};
 
 use crate::policy::{AdminRoles, KindPolicy, Permission, RoleRequirements};
-use extract::{IdType, JsonPointer, Source};
+use extract::{IdType, JsonPointer, Source, TextClass};
 use matcher::{Matcher, Methods, Template};
 
 /// One problem found in a rule file.
@@ -499,6 +499,8 @@ pub struct Route {
     pub refuse_query: Vec<String>,
     /// Body fields only admins may send (`admins_only_json`).
     pub admins_only_json: Vec<JsonPointer>,
+    /// Body fields held to a text class (`plain_text_json`, `quote_free_json`).
+    pub text_json: Vec<(JsonPointer, TextClass)>,
     /// Pass the client's `Authorization` header upstream on this route.
     pub forward_authorization: bool,
     /// Protocols a client may switch to (lower-case; never `h2c`).

@@ -371,6 +371,12 @@ pub struct RawRoute {
     pub refuse_query: Option<Vec<String>>,
     /// Body fields (JSON pointers) only admins may send on this route (403 for others).
     pub admins_only_json: Option<Vec<String>>,
+    /// Body fields whose strings (at any depth) may not hold `<`, `>`, backticks, `${`
+    /// or control characters (422): text an upstream's pages place unescaped.
+    pub plain_text_json: Option<Vec<String>>,
+    /// As `plain_text_json`, and no quotes, backslash or `#` either: text placed inside
+    /// quoted script strings.
+    pub quote_free_json: Option<Vec<String>>,
     /// Permission checks, all of which must pass.
     #[serde(default, rename = "check")]
     pub checks: Vec<RawCheck>,
