@@ -120,7 +120,7 @@ pub fn compile_text(text: &str, file: &Path) -> Result<Config, Diagnostics> {
             cx.warn(
                 Some(r.line),
                 Some(format!("route {:?}", &*r.name)),
-                "reads ids from the body (JSON or a form), which nginx and Caddy do not send to a decision listener: decision mode refuses it (403) unless the body comes along (Traefik forwardBody, Envoy with_request_body)".into(),
+                "reads the body (JSON or a form: ids, refused or admins-only fields, text classes), which nginx and Caddy do not send to a decision listener: decision mode refuses it (403) unless the body comes along (Traefik forwardBody, Envoy with_request_body)".into(),
             );
         }
     }

@@ -408,7 +408,7 @@ path = "/docs"
     .warnings
     .to_string();
     assert!(
-        with.contains("doc-by-body") && with.contains("reads ids from the body (JSON or a form)"),
+        with.contains("doc-by-body") && with.contains("reads the body (JSON or a form"),
         "{with}"
     );
     let without = compile_text(rules, Path::new("rules.toml"))
