@@ -89,21 +89,44 @@ pub async fn begin_reauthentication(
 
 /// A re-authentication went through when Flask-Security redirects (the form) or
 /// answers 2xx with JSON (the JSON form); a failed one shows the form again (200,
-/// HTML) or answers 400.
+/// HTML) or answers 400. A redirect to the login page (`login_path`: the upstream did
+/// not see the caller as signed in) is no success: it must not clear the failures.
 pub async fn finish_reauthentication(
     fm: &FmAuthenticator,
     login: FormLogin,
     status: http::StatusCode,
     answer: &HeaderMap,
+    login_path: Option<&str>,
 ) -> bool {
-    let passed = status.is_redirection()
-        || (status.is_success() && is_json(answer.get(http::header::CONTENT_TYPE)));
+    let passed = reauthenticated(status, answer, login_path);
     if passed {
         fm.login_limits()
             .succeeded(&login.email, login.attempt)
             .await;
     }
     passed
+}
+
+fn reauthenticated(status: http::StatusCode, answer: &HeaderMap, login_path: Option<&str>) -> bool {
+    if status.is_success() {
+        return is_json(answer.get(http::header::CONTENT_TYPE));
+    }
+    if !status.is_redirection() {
+        return false;
+    }
+    let Some(location) = answer
+        .get(http::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    // The path of the target, relative or absolute (`https://host/login?next=...`).
+    let path = match location.split_once("://") {
+        Some((_, rest)) => rest.find('/').map_or("/", |i| &rest[i..]),
+        None => location,
+    };
+    let path = path.split(['?', '#']).next().unwrap_or(path);
+    login_path.is_none_or(|login| path != login)
 }
 
 /// The login went through when the answer sets a session cookie, signed by
@@ -216,6 +239,52 @@ mod tests {
         );
         assert!(email_of(&json, br#"{"email": "a@b.c", "email": "d@e.f"}"#, "email").is_err());
         assert!(email_of(&typed("multipart/form-data; boundary=x"), b"", "email").is_err());
+    }
+
+    #[test]
+    fn a_reauthentication_passes_on_a_redirect_away_from_the_login_page_or_json() {
+        use http::StatusCode;
+        let answer = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(
+                    http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    http::HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            h
+        };
+        let login = Some("/login");
+        let found = StatusCode::FOUND;
+        assert!(reauthenticated(
+            found,
+            &answer(&[("location", "/dashboard")]),
+            login
+        ));
+        assert!(reauthenticated(
+            found,
+            &answer(&[("location", "https://fm.example/")]),
+            login
+        ));
+        for back_to_login in [
+            "/login?next=%2Fverify",
+            "https://fm.example/login",
+            "/login#x",
+        ] {
+            assert!(
+                !reauthenticated(found, &answer(&[("location", back_to_login)]), login),
+                "{back_to_login}"
+            );
+        }
+        assert!(!reauthenticated(found, &answer(&[]), login), "no Location");
+        let json = answer(&[("content-type", "application/json")]);
+        assert!(reauthenticated(StatusCode::OK, &json, login));
+        assert!(!reauthenticated(StatusCode::BAD_REQUEST, &json, login));
+        let html = answer(&[("content-type", "text/html; charset=utf-8")]);
+        assert!(
+            !reauthenticated(StatusCode::OK, &html, login),
+            "the form again"
+        );
     }
 
     #[test]

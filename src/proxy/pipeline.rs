@@ -492,6 +492,7 @@ async fn serve(
             login,
             response.status(),
             response.headers(),
+            route.login_redirect.as_deref(),
         )
         .await;
         gw.metrics
