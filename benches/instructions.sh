@@ -35,12 +35,13 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 1 300); do
-    curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
+# wait_for URL: until something answers there (a minute at most: valgrind is slow).
+wait_for() {
+  for _ in $(seq 1 600); do
+    curl -s -o /dev/null "$1" && return 0
     sleep 0.1
   done
-  echo "instructions: nothing listens on port $1" >&2
+  echo "instructions: nothing answers at $1" >&2
   exit 1
 }
 
@@ -67,7 +68,7 @@ http { access_log off;
 EOF
 "$nginx" -c "$work/upstream.conf" -p "$work" &
 pids+=($!)
-wait_port "$up"
+wait_for "http://127.0.0.1:$up/"
 
 proxy=$(free_port)
 admin=$(free_port)
@@ -101,10 +102,7 @@ valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" \
   "$bin" serve --config "$work/rig.toml" >"$work/flexgate.log" 2>&1 &
 fg=$!
 pids+=($fg)
-for _ in $(seq 1 600); do
-  curl -s -o /dev/null "http://127.0.0.1:$proxy/api/ops/ping" && break
-  sleep 0.1
-done
+wait_for "http://127.0.0.1:$proxy/api/ops/ping"
 code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$proxy/api/v3_0/assets/1")
 [ "$code" = 200 ] || { echo "instructions: the authorized route answered $code" >&2; cat "$work/flexgate.log" >&2; exit 1; }
 count "flexgate, authorized GET /api/v3_0/assets/1" "http://127.0.0.1:$proxy/api/v3_0/assets/1" "$fg" "Authorization: Bearer $token"
@@ -128,5 +126,5 @@ EOF
 valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" "$nginx" -c "$work/front.conf" -p "$work" >/dev/null 2>&1 &
 ng=$!
 pids+=($ng)
-for _ in $(seq 1 600); do curl -s -o /dev/null "http://127.0.0.1:$front/" && break; sleep 0.1; done
+wait_for "http://127.0.0.1:$front/"
 count "nginx, plain reverse proxy" "http://127.0.0.1:$front/" "$ng"

@@ -559,6 +559,16 @@ async fn form_page(gw: &TestGateway, fm: &RealFm, key: &str, path: &str) -> (Str
         user["email"].as_str().unwrap(),
         user["password"].as_str().unwrap(),
     );
+    form_page_as(gw, email, password, path).await
+}
+
+/// [`form_page`] for any user, by email and password.
+async fn form_page_as(
+    gw: &TestGateway,
+    email: &str,
+    password: &str,
+    path: &str,
+) -> (String, String) {
     let (session, _) = form_login_remembered(gw, email, password).await;
     let cookie = format!("session={session}");
     let page = gw.send("GET", path, &[("cookie", &cookie)], "").await;
@@ -569,6 +579,16 @@ async fn form_page(gw: &TestGateway, fm: &RealFm, key: &str, path: &str) -> (Str
         None => cookie,
     };
     (cookie, csrf)
+}
+
+/// flexgate over the real FlexMeasures with the preset and a login limit of three
+/// failures per email.
+async fn throttled_gateway(fm: &RealFm) -> TestGateway {
+    let rules = format!(
+        "{}\n[auth.throttle]\nfailures_per_email = 3\nfailures_per_client = 100\nwindow_secs = 60\n",
+        flexmeasures_preset()
+    );
+    gateway_over(fm, &rules, "", &[], None).await
 }
 
 /// One submission of FlexMeasures' login form through flexgate, as a browser sends it
@@ -605,11 +625,7 @@ async fn flexmeasures_login_form_counts_against_the_login_limits() {
     let Some(fm) = real_flexmeasures() else {
         return;
     };
-    let rules = format!(
-        "{}\n[auth.throttle]\nfailures_per_email = 3\nfailures_per_client = 100\nwindow_secs = 60\n",
-        flexmeasures_preset()
-    );
-    let gw = gateway_over(fm, &rules, "", &[], None).await;
+    let gw = throttled_gateway(fm).await;
     let user = fm.add_user("prosumer_a", &[]);
     // A login that goes through uses up nothing.
     for _ in 0..4 {
@@ -694,21 +710,9 @@ async fn the_reauthentication_form_counts_against_the_login_limits() {
     let Some(fm) = real_flexmeasures() else {
         return;
     };
-    let rules = format!(
-        "{}\n[auth.throttle]\nfailures_per_email = 3\nfailures_per_client = 100\nwindow_secs = 60\n",
-        flexmeasures_preset()
-    );
-    let gw = gateway_over(fm, &rules, "", &[], None).await;
+    let gw = throttled_gateway(fm).await;
     let user = fm.add_user("prosumer_a", &[]);
-    let (session, _) = form_login_remembered(&gw, &user.email, &user.password).await;
-    let cookie = format!("session={session}");
-    let page = gw.send("GET", "/verify", &[("cookie", &cookie)], "").await;
-    assert_eq!(page.status, 200, "{}", page.text());
-    let csrf = csrf_token(&page.text());
-    let cookie = match set_cookie(&page, "session") {
-        Some(renewed) => format!("session={renewed}"),
-        None => cookie,
-    };
+    let (cookie, csrf) = form_page_as(&gw, &user.email, &user.password, "/verify").await;
     let origin = gw.url("");
     let verify = |password: &str| {
         let body: String = form_urlencoded::Serializer::new(String::new())

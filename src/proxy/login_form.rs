@@ -40,15 +40,40 @@ pub async fn begin(
         .to_bytes();
     let email = email_of(headers, &bytes, field)?;
     let email = counted_email(&email, field)?;
+    Ok((bytes, count_attempt(fm, conn, email).await?))
+}
+
+/// Count one attempt under `email` before the upstream checks the password, or refuse
+/// it (429 past a limit, counted as a throttled login).
+async fn count_attempt(
+    fm: &FmAuthenticator,
+    conn: &ConnInfo,
+    email: String,
+) -> Result<FormLogin, Deny> {
     let attempt = fm
         .login_limits()
         .begin(&email, conn.peer.ip())
         .await
         .map_err(|refusal| match refusal {
-            Refusal::Throttled(wait) => Deny::Throttled(wait),
+            Refusal::Throttled(wait) => {
+                fm.metrics().login("throttled");
+                Deny::Throttled(wait)
+            }
             Refusal::Unavailable(_) => Deny::Unavailable("login"),
         })?;
-    Ok((bytes, FormLogin { email, attempt }))
+    Ok(FormLogin { email, attempt })
+}
+
+/// Record how a counted attempt ended: a success uses nothing up; a failure stays
+/// counted.
+async fn settle(fm: &FmAuthenticator, login: FormLogin, passed: bool) {
+    if passed {
+        fm.login_limits()
+            .succeeded(&login.email, login.attempt)
+            .await;
+    }
+    fm.metrics()
+        .login(if passed { "success" } else { "bad_credentials" });
 }
 
 /// The address a login attempt is counted under. Flask-Security finds users by email
@@ -75,16 +100,7 @@ pub async fn begin_reauthentication(
     conn: &ConnInfo,
     email: &str,
 ) -> Result<FormLogin, Deny> {
-    let email = email.trim().to_lowercase();
-    let attempt = fm
-        .login_limits()
-        .begin(&email, conn.peer.ip())
-        .await
-        .map_err(|refusal| match refusal {
-            Refusal::Throttled(wait) => Deny::Throttled(wait),
-            Refusal::Unavailable(_) => Deny::Unavailable("login"),
-        })?;
-    Ok(FormLogin { email, attempt })
+    count_attempt(fm, conn, email.trim().to_lowercase()).await
 }
 
 /// A re-authentication went through when Flask-Security redirects (the form) or
@@ -97,14 +113,8 @@ pub async fn finish_reauthentication(
     status: http::StatusCode,
     answer: &HeaderMap,
     login_path: Option<&str>,
-) -> bool {
-    let passed = reauthenticated(status, answer, login_path);
-    if passed {
-        fm.login_limits()
-            .succeeded(&login.email, login.attempt)
-            .await;
-    }
-    passed
+) {
+    settle(fm, login, reauthenticated(status, answer, login_path)).await;
 }
 
 fn reauthenticated(status: http::StatusCode, answer: &HeaderMap, login_path: Option<&str>) -> bool {
@@ -131,7 +141,7 @@ fn reauthenticated(status: http::StatusCode, answer: &HeaderMap, login_path: Opt
 
 /// The login went through when the answer sets a session cookie, signed by
 /// FlexMeasures, that names a user; otherwise the attempt stays counted.
-pub async fn finish(fm: &FmAuthenticator, login: FormLogin, answer: &HeaderMap) -> bool {
+pub async fn finish(fm: &FmAuthenticator, login: FormLogin, answer: &HeaderMap) {
     let logged_in = answer
         .get_all(http::header::SET_COOKIE)
         .iter()
@@ -150,12 +160,7 @@ pub async fn finish(fm: &FmAuthenticator, login: FormLogin, answer: &HeaderMap) 
                 })
             )
         });
-    if logged_in {
-        fm.login_limits()
-            .succeeded(&login.email, login.attempt)
-            .await;
-    }
-    logged_in
+    settle(fm, login, logged_in).await;
 }
 
 /// The form's email: urlencoded (the browser's form) or JSON (Flask-Security takes

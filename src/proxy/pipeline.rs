@@ -420,11 +420,7 @@ async fn serve(
         (Authenticator::FlexMeasures(fm), Some(field)) if parts.method == http::Method::POST => {
             let limit = rules.max_login_body_bytes;
             let begun = super::login_form::begin(fm, conn, field, &parts.headers, body, limit);
-            let (bytes, login) = Box::pin(begun).await.inspect_err(|deny| {
-                if matches!(deny, Deny::Throttled(_)) {
-                    gw.metrics.login("throttled");
-                }
-            })?;
+            let (bytes, login) = Box::pin(begun).await?;
             (UpstreamBody::Buffered(bytes), Some(login))
         }
         _ => (UpstreamBody::Streamed(body), None),
@@ -447,11 +443,7 @@ async fn serve(
             if route.reauthentication && parts.method == http::Method::POST =>
         {
             let begun = super::login_form::begin_reauthentication(fm, conn, &identity.email);
-            Some(Box::pin(begun).await.inspect_err(|deny| {
-                if matches!(deny, Deny::Throttled(_)) {
-                    gw.metrics.login("throttled");
-                }
-            })?)
+            Some(Box::pin(begun).await?)
         }
         _ => None,
     };
@@ -487,24 +479,18 @@ async fn serve(
         )
         .await?;
     if let (Authenticator::FlexMeasures(fm), Some(login)) = (&*gw.auth, reauthentication) {
-        let passed = super::login_form::finish_reauthentication(
+        let login_page = route.login_redirect.as_deref();
+        super::login_form::finish_reauthentication(
             fm,
             login,
             response.status(),
             response.headers(),
-            route.login_redirect.as_deref(),
+            login_page,
         )
         .await;
-        gw.metrics
-            .login(if passed { "success" } else { "bad_credentials" });
     }
     if let (Authenticator::FlexMeasures(fm), Some(login)) = (&*gw.auth, form_login) {
-        let succeeded = super::login_form::finish(fm, login, response.headers()).await;
-        gw.metrics.login(if succeeded {
-            "success"
-        } else {
-            "bad_credentials"
-        });
+        super::login_form::finish(fm, login, response.headers()).await;
     }
     if let Authenticator::FlexMeasures(fm) = &*gw.auth
         && response.status().as_u16() < 400
@@ -1599,7 +1585,7 @@ fn refuse_fields<T: Trace>(
                 });
             }
         }
-        if !who.principal.has_role(&rules.admins.admin) {
+        if !route.admins_only_json.is_empty() && !who.principal.has_role(&rules.admins.admin) {
             for pointer in &route.admins_only_json {
                 if !pointer.select(body).is_empty() {
                     if trace.enabled() {
