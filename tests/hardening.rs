@@ -790,3 +790,86 @@ async fn two_content_types_are_refused_on_checked_routes() {
     assert_eq!(upstream.count(), before, "the request reached the upstream");
     gw.stop().await;
 }
+
+// === withheld and piled-up request bodies (review of 2026-12-02) ===
+
+/// A login whose body never arrives, on every connection the listener allows: each is
+/// answered 408 once `body_read_timeout_ms` has passed and closed, so the slots come
+/// back and a new client is served. Before, such a body was waited for without end and
+/// four stalled logins locked every client out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn withheld_bodies_time_out_and_give_their_connections_back() {
+    let db = TestDb::sqlite();
+    let upstream = Upstream::start().await;
+    let server = format!("{FAST_LIMITS}body_read_timeout_ms = 600\n");
+    let gw = gateway(&db, &upstream, &server).await;
+    let head = "POST /api/requestAuthToken HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n{";
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let mut tls = tls_connect(gw.https, &gw.tls.client, &[b"http/1.1"]).await;
+        tls.write_all(head.as_bytes()).await.unwrap();
+        stalled.push(tls);
+    }
+    // The fourth slot: an HTTP/2 login whose DATA never comes.
+    let mut h2 = RawH2::connect(gw.https, &gw.tls.client).await;
+    let id = h2.stream();
+    let fields = request_fields(
+        "POST",
+        "/api/requestAuthToken",
+        &[(b"content-type", b"application/json")],
+    );
+    h2.write(&frame(HEADERS, END_HEADERS, id, &block(&fields)))
+        .await;
+    let started = Instant::now();
+    let outcome = h2.outcome(id, Duration::from_secs(5)).await;
+    assert_eq!(outcome.status, Some(408), "{outcome:?}");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    for tls in &mut stalled {
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer));
+        assert!(read.await.is_ok(), "the stalled connection was not closed");
+        let answer = String::from_utf8_lossy(&answer);
+        assert_eq!(status_of(&answer), 408, "{answer}");
+        assert!(answer.contains("did not arrive in time"), "{answer}");
+    }
+    drop(h2);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let answer = gw.get("/public/after", None).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    gw.stop().await;
+}
+
+/// Bodies read whole before anyone is authenticated share one budget
+/// (`max_buffered_body_bytes`): past it a body is refused with 503 instead of held,
+/// and the bytes come back once the request that held them is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_bodies_share_one_budget() {
+    let db = TestDb::sqlite();
+    let upstream = Upstream::start().await;
+    let server = "workers = 1\n[server.limits]\nbody_read_timeout_ms = 1500\nmax_json_body_bytes = 4096\nmax_buffered_body_bytes = 4096\n";
+    let gw = gateway(&db, &upstream, server).await;
+    let login = |len: usize| {
+        format!(
+            "POST /api/requestAuthToken HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {len}\r\n\r\n"
+        )
+    };
+    // 3,000 bytes held by a login that stops short of its 4,000.
+    let mut holder = tls_connect(gw.https, &gw.tls.client, &[b"http/1.1"]).await;
+    holder.write_all(login(4000).as_bytes()).await.unwrap();
+    holder.write_all(&[b' '; 3000]).await.unwrap();
+    holder.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // 2,000 more do not fit.
+    let mut second = login(2000).into_bytes();
+    second.extend_from_slice(&[b' '; 2000]);
+    let answer = raw_http1(&gw, &second).await;
+    assert_eq!(status_of(&answer), 503, "{answer}");
+    // The holder times out, its bytes come back, and the same login is read.
+    let mut held = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), holder.read_to_end(&mut held)).await;
+    assert_eq!(status_of(&String::from_utf8_lossy(&held)), 408);
+    let body = r#"{"email": "nobody@example.com", "password": "wrong"}"#;
+    let answer = raw_http1(&gw, format!("{}{body}", login(body.len())).as_bytes()).await;
+    assert_eq!(status_of(&answer), 401, "{answer}");
+    gw.stop().await;
+}

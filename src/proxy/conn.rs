@@ -113,6 +113,9 @@ async fn serve_http1<I, S, B>(
     }
 }
 
+/// Streams one HTTP/2 connection may have open at once.
+pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+
 async fn serve_http2<I, S, B>(
     io: I,
     limits: &Limits,
@@ -135,6 +138,9 @@ async fn serve_http2<I, S, B>(
     builder
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // nginx's default (128) rounded down: every stream may hold a body being read
+        // before its sender is authenticated (bounded by the body budget too).
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .keep_alive_interval(Some(limits.idle_timeout))
         .keep_alive_timeout(limits.header_read_timeout);
     let io = FrameWatch::new(io, Arc::clone(&activity));

@@ -16,7 +16,6 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
 
@@ -358,16 +357,15 @@ pub async fn handle(gw: &Gateway, conn: &ConnInfo, req: Request<Incoming>) -> Re
         }
     };
     let body = if flavour.body && !body_is_empty(&parts.headers) {
-        match Limited::new(body, gw.limits().max_json_body_bytes)
-            .collect()
+        match gw
+            .bodies()
+            .read(&parts.headers, body, gw.limits().max_json_body_bytes)
             .await
         {
-            Ok(collected) => Some(collected.to_bytes()),
-            Err(_) => {
-                return refuse(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "The request body is too large.",
-                );
+            Ok(bytes) => Some(bytes),
+            Err(deny) => {
+                gw.metrics.decision(flavour.name, deny.decision());
+                return deny.into_response();
             }
         }
     } else {

@@ -75,6 +75,9 @@ pub enum Deny {
     BadRequestBody,
     /// The body exceeds the buffering limit (413).
     BodyTooLarge,
+    /// A body flexgate reads whole did not arrive within `body_read_timeout_ms` (408;
+    /// the connection is closed with the unread rest).
+    BodyTimeout,
     /// The JSON body does not parse (400).
     MalformedJson,
     /// The endpoint does not answer this method (405).
@@ -110,6 +113,7 @@ impl Deny {
             Deny::NotFound { status, .. } => *status,
             Deny::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Deny::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Deny::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Deny::WrongMethod(_) => StatusCode::METHOD_NOT_ALLOWED,
             Deny::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
             Deny::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -133,6 +137,7 @@ impl Deny {
             | Deny::BadHost(_)
             | Deny::BadRequestBody
             | Deny::BodyTooLarge
+            | Deny::BodyTimeout
             | Deny::MalformedJson
             | Deny::WrongMethod(_) => "bad_request",
             Deny::Throttled(_) => "throttled",
@@ -158,6 +163,7 @@ impl Deny {
             Deny::Invalid { .. } => "invalid_input",
             Deny::Ambiguous(_) => "ambiguous_input",
             Deny::BodyTooLarge => "body_too_large",
+            Deny::BodyTimeout => "body_timeout",
             Deny::MalformedJson => "malformed_json",
             Deny::Throttled(_) => "login_throttled",
             Deny::BadGateway => "upstream_unreachable",
@@ -214,6 +220,7 @@ impl Deny {
             }
             Deny::MalformedJson => simple(status, "The request body is not valid JSON."),
             Deny::BodyTooLarge => simple(status, "The request body is too large."),
+            Deny::BodyTimeout => simple(status, "The request body did not arrive in time."),
             Deny::WrongMethod(_) => {
                 simple(status, "The method is not allowed for the requested URL.")
             }

@@ -7,7 +7,6 @@
 
 use http::request::Parts;
 use http::{Method, Response};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
@@ -50,11 +49,7 @@ async fn login(
         return Err(Deny::WrongMethod("token_endpoint_method"));
     }
     let limit = rules.max_login_body_bytes;
-    let bytes = Limited::new(body, limit)
-        .collect()
-        .await
-        .map_err(|_| Deny::BodyTooLarge)?
-        .to_bytes();
+    let bytes = gw.bodies().read(&parts.headers, body, limit).await?;
     if !is_json(parts.headers.get(http::header::CONTENT_TYPE)) {
         return Err(invalid(
             "_schema",

@@ -8,10 +8,10 @@
 
 use bytes::Bytes;
 use http::HeaderMap;
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
 
+use super::body::BodyReader;
 use super::deny::Deny;
 use super::pipeline::{ConnInfo, is_json};
 use crate::auth::flexmeasures::{FmAuthenticator, SessionCookies, Verdict};
@@ -26,6 +26,7 @@ pub struct FormLogin {
 
 /// Read the form, take its email `field` (exactly once) and count the attempt.
 pub async fn begin(
+    bodies: &BodyReader,
     fm: &FmAuthenticator,
     conn: &ConnInfo,
     field: &str,
@@ -33,11 +34,7 @@ pub async fn begin(
     body: Incoming,
     limit: usize,
 ) -> Result<(Bytes, FormLogin), Deny> {
-    let bytes = Limited::new(body, limit)
-        .collect()
-        .await
-        .map_err(|_| Deny::BodyTooLarge)?
-        .to_bytes();
+    let bytes = bodies.read(headers, body, limit).await?;
     let email = email_of(headers, &bytes, field)?;
     let email = counted_email(&email, field)?;
     Ok((bytes, count_attempt(fm, conn, email).await?))

@@ -6,7 +6,7 @@
 //! 3. [`pipeline::match_rule`]: method + template, deny by default;
 //! 4. [`pipeline::authenticate`]: exactly one token, checked ([`crate::auth`]);
 //! 5. [`pipeline::check_roles`]: `roles_required` / `roles_accepted` / account roles;
-//! 6. [`pipeline::collect_body`] and [`pipeline::checked_body`]: only for routes that read
+//! 6. [`body::BodyReader::read`] and [`pipeline::checked_body`]: only for routes that read
 //!    ids from a JSON or form body (and, in FlexMeasures mode, for JSON bodies that may
 //!    carry a token);
 //! 7. [`pipeline::authorize`]: ids extracted, owners resolved (cache, then SQL), ACLs decided;
@@ -20,6 +20,7 @@
 
 pub mod admin;
 pub mod background;
+pub mod body;
 pub mod conn;
 pub mod decision;
 pub mod deny;
@@ -107,6 +108,8 @@ pub struct Gateway {
     shadow: arc_swap::ArcSwapOption<RuleSet>,
     shadow_permits: Arc<Semaphore>,
     server: ServerConfig,
+    /// Reads bodies whole, within one deadline and one byte budget for the process.
+    bodies: body::BodyReader,
     /// Tokens and principals.
     pub auth: Arc<Authenticator>,
     /// Resource owners.
@@ -213,6 +216,7 @@ impl Gateway {
         Ok(Arc::new(Gateway {
             shadow: arc_swap::ArcSwapOption::from(shadow),
             shadow_permits: Arc::new(Semaphore::new(shadow::MAX_IN_FLIGHT)),
+            bodies: body::BodyReader::new(&server.limits),
             installed: ArcSwap::new(Arc::new(Installed::new(
                 Arc::clone(&config.rules),
                 &metrics,
@@ -287,6 +291,11 @@ impl Gateway {
     /// Connection and size limits.
     pub fn limits(&self) -> &Limits {
         &self.server.limits
+    }
+
+    /// Where bodies that must be read whole are read ([`body`]).
+    pub fn bodies(&self) -> &body::BodyReader {
+        &self.bodies
     }
 
     /// The database.

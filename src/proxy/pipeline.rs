@@ -14,7 +14,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::Value as Json;
 
@@ -419,7 +418,7 @@ async fn serve(
     let (body, form_login) = match (&*gw.auth, &route.login_form) {
         (Authenticator::FlexMeasures(fm), Some(field)) if parts.method == http::Method::POST => {
             let limit = rules.max_login_body_bytes;
-            let begun = super::login_form::begin(fm, conn, field, &parts.headers, body, limit);
+            let begun = super::login_form::begin(gw.bodies(), fm, conn, field, &parts.headers, body, limit);
             let (bytes, login) = Box::pin(begun).await?;
             (UpstreamBody::Buffered(bytes), Some(login))
         }
@@ -543,7 +542,7 @@ async fn admit(
     // the very token FlexMeasures will use.
     let early = if gw.auth.is_flexmeasures() && is_json(parts.headers.get(CONTENT_TYPE)) {
         match body.take() {
-            Some(b) => Some(into_bytes(&parts.headers, b, limit).await?),
+            Some(b) => Some(into_bytes(gw, &parts.headers, b, limit).await?),
             None => None,
         }
     } else {
@@ -601,7 +600,7 @@ async fn admit(
             (UpstreamBody::Buffered(bytes), json)
         }
         (true, None, Some(body)) => {
-            let bytes = into_bytes(&parts.headers, body, limit).await?;
+            let bytes = into_bytes(gw, &parts.headers, body, limit).await?;
             if let Some(shadow) = &mut outcome.shadow {
                 shadow.body = Some(bytes.clone());
             }
@@ -638,10 +637,15 @@ pub fn one_content_type(headers: &HeaderMap) -> Result<(), Deny> {
 }
 
 /// A body's bytes: read it whole (up to `limit`) if it still streams.
-async fn into_bytes(headers: &HeaderMap, body: UpstreamBody, limit: usize) -> Result<Bytes, Deny> {
+async fn into_bytes(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    body: UpstreamBody,
+    limit: usize,
+) -> Result<Bytes, Deny> {
     match body {
         UpstreamBody::Buffered(bytes) => Ok(bytes),
-        UpstreamBody::Streamed(incoming) => collect_body(headers, incoming, limit).await,
+        UpstreamBody::Streamed(incoming) => gw.bodies().read(headers, incoming, limit).await,
     }
 }
 
@@ -1232,32 +1236,6 @@ pub fn check_roles(rules: &RuleSet, route: &Route, who: &Identity) -> Result<(),
             AccountAccepted => Deny::Forbidden("account_roles_accepted"),
         },
     )
-}
-
-/// Read a whole request body, up to `limit` bytes (413 beyond).
-pub async fn collect_body(
-    headers: &HeaderMap,
-    body: Incoming,
-    limit: usize,
-) -> Result<Bytes, Deny> {
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(Deny::BodyTooLarge);
-    }
-    Ok(Limited::new(body, limit)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                Deny::BodyTooLarge
-            } else {
-                Deny::Ambiguous("The request body could not be read.".into())
-            }
-        })?
-        .to_bytes())
 }
 
 /// The body a route reads ids from, as a JSON value. A route with a form source also

@@ -430,6 +430,22 @@ impl Compiler<'_> {
                 64 << 20,
                 d.max_json_body_bytes as u64,
             ) as usize,
+            body_read_timeout: Duration::from_millis(limit(
+                self,
+                "body_read_timeout_ms",
+                l.body_read_timeout_ms,
+                100,
+                600_000,
+                d.body_read_timeout.as_millis() as u64,
+            )),
+            max_buffered_body_bytes: limit(
+                self,
+                "max_buffered_body_bytes",
+                l.max_buffered_body_bytes.map(|v| v as u64),
+                4096,
+                1 << 40,
+                d.max_buffered_body_bytes as u64,
+            ) as usize,
             upstream_connect_timeout: Duration::from_millis(limit(
                 self,
                 "upstream_connect_timeout_ms",
@@ -463,6 +479,16 @@ impl Compiler<'_> {
                 d.shutdown_grace.as_secs(),
             )),
         };
+        if limits.max_buffered_body_bytes < limits.max_json_body_bytes {
+            self.error(
+                None,
+                Some("[server.limits]".into()),
+                format!(
+                    "max_buffered_body_bytes = {} is below max_json_body_bytes = {}: no body that size could ever be read; raise it (it bounds all bodies held at once) or lower max_json_body_bytes",
+                    limits.max_buffered_body_bytes, limits.max_json_body_bytes
+                ),
+            );
+        }
         let c = &raw.cache;
         let dc = CacheSettings::default();
         let secs = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_secs);

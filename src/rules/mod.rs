@@ -112,6 +112,11 @@ pub struct Limits {
     pub max_connections: usize,
     /// Largest buffered JSON body.
     pub max_json_body_bytes: usize,
+    /// Time allowed for a body flexgate reads whole ([`crate::proxy::body`]).
+    pub body_read_timeout: Duration,
+    /// Bytes of bodies read whole that the process holds at once: clients choose how
+    /// many they send before they are authenticated.
+    pub max_buffered_body_bytes: usize,
     /// Upstream connect timeout.
     pub upstream_connect_timeout: Duration,
     /// Upstream response-head timeout.
@@ -130,6 +135,8 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             max_json_body_bytes: 1024 * 1024,
+            body_read_timeout: Duration::from_secs(30),
+            max_buffered_body_bytes: 128 * 1024 * 1024,
             upstream_connect_timeout: Duration::from_secs(5),
             upstream_timeout: Duration::from_secs(60),
             upstream_idle: Duration::from_secs(60),

@@ -129,6 +129,11 @@ pub struct RawLimits {
     pub max_connections: Option<usize>,
     /// Largest JSON body buffered for body-extracted ids, bytes.
     pub max_json_body_bytes: Option<usize>,
+    /// Time allowed to send a body flexgate reads whole (logins, routes whose rules
+    /// read the body, the decision listener), milliseconds; 408 after it.
+    pub body_read_timeout_ms: Option<u64>,
+    /// Bytes of such bodies the whole process holds at once; 503 beyond.
+    pub max_buffered_body_bytes: Option<usize>,
     /// Upstream connect timeout, milliseconds.
     pub upstream_connect_timeout_ms: Option<u64>,
     /// Time to wait for the upstream's response head, seconds.
