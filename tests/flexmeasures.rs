@@ -1441,3 +1441,147 @@ async fn what_an_asset_or_account_stores_is_checked_when_it_is_written() {
     }
     gw.stop().await;
 }
+
+/// The third review round of the preset (2026-12-02): a forecast written into a sensor
+/// FlexMeasures never checked, LightGBM's own parameters, and stored text that breaks
+/// out of FlexMeasures' attributes or its page setup; what FlexMeasures 1.0.1 takes
+/// alone is shown on users and accounts made for the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forecasts_and_stored_text_flexmeasures_leaves_unchecked_are_refused() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let gw = fm_gateway(fm).await;
+    let (email, password, _) = creds(fm, "prosumer_member");
+    let member = gw.login(&email, &password).await;
+    let (own, theirs) = (fm.sensor("prosumer_a"), fm.sensor("tenant_b"));
+    let trigger = format!("/api/v3_0/sensors/{own}/forecasts/trigger");
+    let forecast = |extra: serde_json::Value| {
+        let mut body = json!({"start": "2026-12-02T00:00:00+01:00", "duration": "PT24H"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    // A trigger's fields only in the body (FlexMeasures runs the body's, checks the
+    // query's first); where the forecast goes only into a sensor the caller may write
+    // (1.0.1 takes no sensor-to-save over its API: a later version must find it checked).
+    for (what, path, body, status) in [
+        (
+            "own sensor in the query, another tenant's in the body",
+            format!("{trigger}?sensor-to-save={own}"),
+            forecast(json!({"sensor-to-save": theirs})),
+            422,
+        ),
+        (
+            "another tenant's sensor in the body",
+            trigger.clone(),
+            forecast(json!({"sensor-to-save": theirs})),
+            403,
+        ),
+        (
+            "LightGBM's network parameters",
+            trigger.clone(),
+            forecast(
+                json!({"config": {"model-params": {"machines": "127.0.0.1:1", "time_out": 120}}}),
+            ),
+            422,
+        ),
+    ] {
+        let answer = gw.call("POST", &path, &member, Some(&body)).await;
+        assert_eq!(answer.status, status, "{what}: {}", answer.text());
+    }
+    let answer = gw
+        .call(
+            "POST",
+            &trigger,
+            &member,
+            Some(&forecast(json!({"config": {"train-period": "P30D"}}))),
+        )
+        .await;
+    assert!(
+        answer.status < 500 && ![401, 403, 422].contains(&answer.status),
+        "a forecast of their own sensor: {} {}",
+        answer.status,
+        answer.text()
+    );
+    // Text FlexMeasures' pages insert as HTML or into a double-quoted attribute.
+    let asset = format!("/api/v3_0/assets/{}", fm.asset("prosumer_a"));
+    for (what, path, body) in [
+        (
+            "markup in asset attributes (the audit log)",
+            asset.clone(),
+            json!({"attributes": {"note": "<img src=x onerror=alert(1)>"}}),
+        ),
+        (
+            "markup in a sensor attribute key",
+            format!("/api/v3_0/sensors/{own}"),
+            json!({"attributes": {"<b>k</b>": 1}}),
+        ),
+        (
+            "a double quote in an asset name (the status page's title)",
+            asset.clone(),
+            json!({"name": "x\" onmouseover=\"alert(1)"}),
+        ),
+    ] {
+        let answer = gw.call("PATCH", &path, &member, Some(&body)).await;
+        assert_eq!(answer.status, 422, "{what}: {}", answer.text());
+    }
+    // A quoted email: FlexMeasures alone stores it on PATCH; flexgate refuses it.
+    let quoted = |user: &FmUser| json!({"email": format!("\"q-{}\"@example.com", user.id)});
+    let alone = fm.add_user("prosumer_a", &[]);
+    let alone_token = fm_login(fm, &alone.email, &alone.password).await;
+    let (status, _, body) = fm_call(
+        &fm.base(),
+        "PATCH",
+        &format!("/api/v3_0/users/{}", alone.id),
+        &[("authorization", alone_token.as_str())],
+        Some(&quoted(&alone)),
+    )
+    .await;
+    assert_eq!(status, 200, "FlexMeasures alone: {body}");
+    let behind = fm.add_user("prosumer_a", &[]);
+    let behind_token = gw.login(&behind.email, &behind.password).await;
+    let user = format!("/api/v3_0/users/{}", behind.id);
+    let answer = gw
+        .call("PATCH", &user, &behind_token, Some(&quoted(&behind)))
+        .await;
+    assert_eq!(answer.status, 422, "{}", answer.text());
+    let plain = json!({"email": format!("o'brien-{}@example.com", behind.id)});
+    let answer = gw.call("PATCH", &user, &behind_token, Some(&plain)).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    // A colour with a line break passes FlexMeasures' regex (on an account of its own).
+    let account = fm.add_account_on_plan("1000 per minute");
+    let owner = fm.add_user_to(account, &[]);
+    let path = format!("/api/v3_0/accounts/{account}");
+    let owner_token = gw.login(&owner.email, &owner.password).await;
+    let answer = gw
+        .call(
+            "PATCH",
+            &path,
+            &owner_token,
+            Some(&json!({"primary_color": "#abc\n"})),
+        )
+        .await;
+    assert_eq!(answer.status, 422, "{}", answer.text());
+    let answer = gw
+        .call(
+            "PATCH",
+            &path,
+            &owner_token,
+            Some(&json!({"primary_color": "#1a3443"})),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let fm_token = fm_login(fm, &owner.email, &owner.password).await;
+    let (status, _, body) = fm_call(
+        &fm.base(),
+        "PATCH",
+        &path,
+        &[("authorization", fm_token.as_str())],
+        Some(&json!({"primary_color": "#abc\n"})),
+    )
+    .await;
+    assert_eq!(status, 200, "FlexMeasures alone: {body}");
+    gw.stop().await;
+}

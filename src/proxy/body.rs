@@ -118,7 +118,8 @@ impl Held {
             return;
         }
         if self.joined.is_empty() {
-            self.joined.extend_from_slice(&std::mem::take(&mut self.first));
+            self.joined
+                .extend_from_slice(&std::mem::take(&mut self.first));
         }
         self.joined.extend_from_slice(&data);
     }

@@ -418,7 +418,8 @@ async fn serve(
     let (body, form_login) = match (&*gw.auth, &route.login_form) {
         (Authenticator::FlexMeasures(fm), Some(field)) if parts.method == http::Method::POST => {
             let limit = rules.max_login_body_bytes;
-            let begun = super::login_form::begin(gw.bodies(), fm, conn, field, &parts.headers, body, limit);
+            let begun =
+                super::login_form::begin(gw.bodies(), fm, conn, field, &parts.headers, body, limit);
             let (bytes, login) = Box::pin(begun).await?;
             (UpstreamBody::Buffered(bytes), Some(login))
         }

@@ -1139,6 +1139,11 @@ impl Compiler<'_> {
                 .into_iter()
                 .map(|p| (p, TextClass::Plain))
                 .chain(
+                    pointers("line_text_json", &r.line_text_json)
+                        .into_iter()
+                        .map(|p| (p, TextClass::Line)),
+                )
+                .chain(
                     pointers("quote_free_json", &r.quote_free_json)
                         .into_iter()
                         .map(|p| (p, TextClass::QuoteFree)),
@@ -1162,7 +1167,7 @@ impl Compiler<'_> {
             self.error(
                 l,
                 Some(rule.into()),
-                "refuse_json, refuse_query, admins_only_json, plain_text_json and quote_free_json apply to routes that authorize: a public route reads no body; take them out, or drop auth = \"public\"".into(),
+                "refuse_json, refuse_query, admins_only_json and the text classes (plain_text_json, line_text_json, quote_free_json) apply to routes that authorize: a public route reads no body; take them out, or drop auth = \"public\"".into(),
             );
         }
         let needs_body = !refuse_json.is_empty()

@@ -365,7 +365,8 @@ pub fn json_ids(body: &Value, pointer: &JsonPointer, ty: IdType) -> Vec<IdParse>
     ids
 }
 
-/// How strictly a stored text field is read (`plain_text_json`, `quote_free_json`):
+/// How strictly a stored text field is read (`plain_text_json`, `line_text_json`,
+/// `quote_free_json`):
 /// what an upstream's pages could take for markup or script when they place the text
 /// unescaped (FlexMeasures' templates put names into scripts with `|safe`, units and
 /// flex-model values into quoted script strings).
@@ -374,6 +375,9 @@ pub enum TextClass {
     /// No `<`, `>`, backtick, `${`, U+2028/2029 or control characters but tab and line
     /// breaks.
     Plain,
+    /// As plain, no tab or line break, and no double quote or backslash: text placed
+    /// in a double-quoted attribute or read as one line (apostrophes and `#` allowed).
+    Line,
     /// As plain, no tab or line break, and no quotes, backslash or `#` either.
     QuoteFree,
 }
@@ -383,6 +387,7 @@ impl TextClass {
     pub fn refuses(self) -> &'static str {
         match self {
             TextClass::Plain => "<, >, `, ${ and control characters other than line breaks",
+            TextClass::Line => "<, >, `, ${, double quotes, \\, line breaks and control characters",
             TextClass::QuoteFree => "<, >, `, ${, quotes, \\, # and control characters",
         }
     }
@@ -390,14 +395,17 @@ impl TextClass {
     fn allows(self, text: &str) -> bool {
         // Plain text may span lines (a description); text inside quoted strings not.
         let control = |c: char| {
-            c.is_control() && (self == TextClass::QuoteFree || !matches!(c, '\t' | '\n' | '\r'))
+            c.is_control() && (self != TextClass::Plain || !matches!(c, '\t' | '\n' | '\r'))
         };
         let markup = text.contains("${")
             || text
                 .chars()
                 .any(|c| control(c) || matches!(c, '<' | '>' | '`' | '\u{2028}' | '\u{2029}'));
-        let quotes = self == TextClass::QuoteFree
-            && text.chars().any(|c| matches!(c, '"' | '\'' | '\\' | '#'));
+        let quotes = match self {
+            TextClass::Plain => false,
+            TextClass::Line => text.chars().any(|c| matches!(c, '"' | '\\')),
+            TextClass::QuoteFree => text.chars().any(|c| matches!(c, '"' | '\'' | '\\' | '#')),
+        };
         !markup && !quotes
     }
 }
@@ -594,6 +602,20 @@ mod tests {
         }
         for code in ["kW # \";alert(1)//", "1 kW'", "a\\", "x\ny"] {
             assert!(!ok(json!(code), QuoteFree), "{code:?}");
+        }
+        // One line, no double quote: an attribute's value, a colour.
+        for fine in ["Bob's battery", "#1a3443", "Küche, 2nd floor", "50% (max)"] {
+            assert!(ok(json!(fine), Line), "{fine:?}");
+        }
+        for code in [
+            "x\" onmouseover=\"alert(1)",
+            "#abc\n",
+            "a\tb",
+            "a\\",
+            "<b>",
+            "${x}",
+        ] {
+            assert!(!ok(json!(code), Line), "{code:?}");
         }
         // At any depth, keys included; numbers and nulls are no text.
         assert!(!ok(json!({"a": [{"b": "<i>"}]}), Plain));

@@ -506,7 +506,8 @@ pub struct Route {
     pub refuse_query: Vec<String>,
     /// Body fields only admins may send (`admins_only_json`).
     pub admins_only_json: Vec<JsonPointer>,
-    /// Body fields held to a text class (`plain_text_json`, `quote_free_json`).
+    /// Body fields held to a text class (`plain_text_json`, `line_text_json`,
+    /// `quote_free_json`).
     pub text_json: Vec<(JsonPointer, TextClass)>,
     /// Pass the client's `Authorization` header upstream on this route.
     pub forward_authorization: bool,

@@ -379,6 +379,9 @@ pub struct RawRoute {
     /// Body fields whose strings (at any depth) may not hold `<`, `>`, backticks, `${`
     /// or control characters (422): text an upstream's pages place unescaped.
     pub plain_text_json: Option<Vec<String>>,
+    /// As `plain_text_json`, on one line and without double quotes or backslash: text
+    /// placed in double-quoted attributes or read as one line (a colour).
+    pub line_text_json: Option<Vec<String>>,
     /// As `plain_text_json`, and no quotes, backslash or `#` either: text placed inside
     /// quoted script strings.
     pub quote_free_json: Option<Vec<String>>,
