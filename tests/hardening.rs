@@ -873,3 +873,40 @@ async fn buffered_bodies_share_one_budget() {
     assert_eq!(status_of(&answer), 401, "{answer}");
     gw.stop().await;
 }
+
+/// Without `allowed_hosts`, the plain-HTTP redirect names only hosts the HTTPS
+/// certificate is valid for: before, any `Host` was echoed into the 308's Location (an
+/// open redirect a shared cache could serve to everyone).
+#[tokio::test]
+async fn without_allowed_hosts_the_redirect_names_only_the_certificates_hosts() {
+    let db = TestDb::sqlite();
+    let upstream = Upstream::start().await;
+    let gw = gateway(&db, &upstream, "").await;
+    let http = gw.http.unwrap();
+    for host in [
+        "evil.example",
+        "localhost.evil.example",
+        "127.0.0.2",
+        "[::2]",
+    ] {
+        let (status, _, headers) = plain_get_with_host(http, "/x", host).await;
+        assert_eq!(
+            status,
+            400,
+            "{host}: redirected to {:?}",
+            headers.get("location")
+        );
+    }
+    for (host, to) in [
+        ("localhost", "https://localhost:"),
+        ("LOCALHOST:8080", "https://LOCALHOST:"),
+        ("127.0.0.1", "https://127.0.0.1:"),
+    ] {
+        let (status, _, headers) = plain_get_with_host(http, "/x?y=1", host).await;
+        assert_eq!(status, 308, "{host}");
+        let location = headers["location"].to_str().unwrap();
+        assert!(location.starts_with(to), "{host}: {location}");
+        assert!(location.ends_with("/x?y=1"), "{location}");
+    }
+    gw.stop().await;
+}

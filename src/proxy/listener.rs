@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
@@ -27,6 +27,7 @@ use super::deny::json_response;
 use super::host::split_authority;
 use super::pipeline::ConnInfo;
 use super::{Error, Gateway, ProxyBody, admin, pipeline};
+use crate::rules::AllowedHosts;
 
 /// Build the rustls server config from PEM files: TLS 1.2 and 1.3 only, ALPN h2 and
 /// http/1.1.
@@ -79,6 +80,14 @@ fn load_identity(
     cert: &Path,
     key: &Path,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), Error> {
+    let certs = load_certificates(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| Error::Tls(format!("{}: {e}", key.display())))?;
+    Ok((certs, key))
+}
+
+/// The certificates of a PEM file, at least one.
+fn load_certificates(cert: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| Error::Tls(format!("{}: {e}", cert.display())))?
         .collect::<Result<_, _>>()
@@ -89,9 +98,7 @@ fn load_identity(
             cert.display()
         )));
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| Error::Tls(format!("{}: {e}", key.display())))?;
-    Ok((certs, key))
+    Ok(certs)
 }
 
 /// TLS 1.2 and 1.3 with ring, before the choice of client authentication.
@@ -131,8 +138,8 @@ pub enum Role {
     Https(TlsAcceptor),
     /// The proxy pipeline over plain HTTP (TLS ends in front of flexgate).
     PlainProxy,
-    /// 308 to HTTPS on this port.
-    Redirect(u16),
+    /// 308 to HTTPS, to the hosts [`RedirectTarget`] accepts.
+    Redirect(Arc<RedirectTarget>),
     /// Metrics and health.
     Admin,
     /// Decisions for an ingress (decision mode), over mutual TLS when an acceptor is
@@ -220,10 +227,10 @@ pub async fn run(
                     ))
                     .await;
                 }
-                Role::Redirect(port) => {
+                Role::Redirect(target) => {
                     let service = service_fn(move |req: Request<Incoming>| {
-                        let gw = Arc::clone(&gw);
-                        async move { Ok::<_, Infallible>(redirect(&gw, &req, port)) }
+                        let (gw, target) = (Arc::clone(&gw), Arc::clone(&target));
+                        async move { Ok::<_, Infallible>(redirect(&gw, &req, &target)) }
                     });
                     conn::serve(Protocol::Http1, stream, &limits, signal, service).await;
                 }
@@ -307,17 +314,58 @@ fn service(
     })
 }
 
+/// Where the plain-HTTP listener redirects to: the HTTPS listener's port, and the
+/// certificate whose names stand in for `allowed_hosts` when that list is empty.
+#[derive(Debug)]
+pub struct RedirectTarget {
+    /// The HTTPS listener's port.
+    pub port: u16,
+    /// The HTTPS listener's certificate (its first), when `allowed_hosts` is empty.
+    pub certificate: Option<CertificateDer<'static>>,
+}
+
+impl RedirectTarget {
+    /// A target for `port`; with no `allowed_hosts`, the names of `cert` (PEM) decide.
+    pub fn new(port: u16, allowed: &AllowedHosts, cert: &Path) -> Result<RedirectTarget, Error> {
+        let certificate = match allowed.is_any() {
+            true => Some(load_certificates(cert)?.swap_remove(0)),
+            false => None,
+        };
+        Ok(RedirectTarget { port, certificate })
+    }
+
+    /// Whether a redirect may name `host` (from `Host`, port removed).
+    fn accepts(&self, allowed: &AllowedHosts, host: &str) -> bool {
+        let Some(der) = &self.certificate else {
+            return allowed.allows(host);
+        };
+        let bare = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let Ok(name) = ServerName::try_from(bare) else {
+            return false;
+        };
+        rustls::server::ParsedCertificate::try_from(der)
+            .is_ok_and(|cert| rustls::client::verify_server_name(&cert, &name).is_ok())
+    }
+}
+
 /// 308 to the same path and query on HTTPS.
-/// Only a host in `allowed_hosts` is redirected to: a forged `Host` must not turn the
-/// redirect into a link to somewhere else.
-fn redirect(gw: &Gateway, req: &Request<Incoming>, https_port: u16) -> Response<ProxyBody> {
+/// Only a host in `allowed_hosts` is redirected to, or with no list, a name the HTTPS
+/// certificate is valid for (any other would fail TLS anyway): a forged `Host` must
+/// not turn the redirect into a link to somewhere else, which a shared cache could
+/// then serve to everyone.
+fn redirect(gw: &Gateway, req: &Request<Incoming>, target: &RedirectTarget) -> Response<ProxyBody> {
+    let allowed = &gw.server().allowed_hosts;
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = match (hosts.next(), hosts.next()) {
         (Some(value), None) => split_authority(value.as_bytes())
             .map(|(host, _)| host)
-            .filter(|host| gw.server().allowed_hosts.allows(host)),
+            .filter(|host| target.accepts(allowed, host)),
         _ => None,
     };
+    let https_port = target.port;
     let Some(host) = host else {
         return json_response(
             StatusCode::BAD_REQUEST,

@@ -494,7 +494,16 @@ pub async fn start(gateway: Arc<Gateway>) -> Result<Running, Error> {
     if let Some(addr) = server.http {
         let role = match (server.http_mode, running.https) {
             (HttpMode::Proxy, _) => listener::Role::PlainProxy,
-            (HttpMode::Redirect, Some(https)) => listener::Role::Redirect(https.port()),
+            (HttpMode::Redirect, Some(https)) => {
+                let (cert, _) = server.tls.as_ref().ok_or_else(|| {
+                    Error::Config("https is set without tls_cert and tls_key".into())
+                })?;
+                listener::Role::Redirect(Arc::new(listener::RedirectTarget::new(
+                    https.port(),
+                    &server.allowed_hosts,
+                    cert,
+                )?))
+            }
             (HttpMode::Redirect, None) => {
                 return Err(Error::Config(
                     "http_mode = \"redirect\" needs an https listener".into(),

@@ -93,6 +93,17 @@ impl Template {
                 return Err(format!(
                     "path {text:?}: a parameter must be a whole segment, as in /assets/{{id}}"
                 ));
+            } else if let Some(c) = part
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~')))
+            {
+                // Requests arrive with such a character escaped or not (the path
+                // normaliser decodes only unreserved escapes), and upstreams decode
+                // both: a static segment must have one spelling, or its escaped form
+                // would miss this route and fall through to a looser one.
+                return Err(format!(
+                    "path {text:?}: {c:?} in a fixed segment can be sent escaped and would then miss this route; fixed segments take only letters, digits, '-', '.', '_' and '~' (use a {{param}} for others)"
+                ));
             } else {
                 segments.push(Segment::Static((*part).into()));
             }
@@ -595,6 +606,12 @@ mod tests {
             ("/a/%2F", "may not contain"),
             ("/a;b", "may not contain"),
             ("/a b", "may not contain"),
+            // One spelling only: each could arrive escaped (%2B, %3A, %40, %C3%A9).
+            ("/api/reports/q1+q2", "fixed segment"),
+            ("/a/b:c", "fixed segment"),
+            ("/a/@me", "fixed segment"),
+            ("/caf\u{e9}", "fixed segment"),
+            ("/a/(x)", "fixed segment"),
         ] {
             let err = Template::parse(text).unwrap_err();
             assert!(err.contains(needle), "{text}: {err}");
