@@ -323,7 +323,12 @@ impl<'h> HeadFacts<'h> {
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
         {
-            return (BodyFraming::Empty, true);
+            // A 204 that announces a body (which HEAD and 304 answers may, for the
+            // representation they describe) may send it after all: a pooled connection
+            // would read it as the next request's response.
+            let announces_body = status == StatusCode::NO_CONTENT
+                && (self.transfer_encoding.is_some() || self.content_length.is_some_and(|n| n > 0));
+            return (BodyFraming::Empty, !announces_body);
         }
         if let Some(chunked) = self.transfer_encoding {
             // Transfer-Encoding wins over Content-Length, but a message carrying both
@@ -663,6 +668,18 @@ mod tests {
         use BodyFraming::*;
         assert_eq!(framing("HTTP/1.1 204 No Content\r\n\r\n"), (Empty, true));
         assert_eq!(
+            framing("HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n"),
+            (Empty, true)
+        );
+        // A 204 announcing a body is not trusted with another request.
+        for announced in ["Content-Length: 5", "Transfer-Encoding: chunked"] {
+            assert_eq!(
+                framing(&format!("HTTP/1.1 204 No Content\r\n{announced}\r\n\r\n")),
+                (Empty, false),
+                "{announced}"
+            );
+        }
+        assert_eq!(
             framing("HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n"),
             (Empty, true)
         );
@@ -781,6 +798,8 @@ mod tests {
             b"5 x\r\nhello\r\n",
             b"1111111111111111\r\n",
             b"0\r\nno colon\r\n\r\n",
+            // A bare LF inside a trailer section, which would end it for a lenient peer.
+            b"0\r\nX: a\n\r\n",
         ] {
             assert_eq!(
                 decode_all(BodyFraming::Chunked, bad).unwrap_err(),
