@@ -840,13 +840,14 @@ async fn withheld_bodies_time_out_and_give_their_connections_back() {
 }
 
 /// Bodies read whole before anyone is authenticated share one budget
-/// (`max_buffered_body_bytes`): past it a body is refused with 503 instead of held,
-/// and the bytes come back once the request that held them is over.
+/// (`max_buffered_body_bytes`, of which logins get an eighth, here 4,096 bytes): past
+/// it a body is refused with 503 instead of held, and the bytes come back once the
+/// request that held them is over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buffered_bodies_share_one_budget() {
     let db = TestDb::sqlite();
     let upstream = Upstream::start().await;
-    let server = "workers = 1\n[server.limits]\nbody_read_timeout_ms = 1500\nmax_json_body_bytes = 4096\nmax_buffered_body_bytes = 4096\n";
+    let server = "workers = 1\n[server.limits]\nbody_read_timeout_ms = 1500\nmax_json_body_bytes = 4096\nmax_buffered_body_bytes = 32768\n";
     let gw = gateway(&db, &upstream, server).await;
     let login = |len: usize| {
         format!(

@@ -22,32 +22,48 @@ use super::deny::Deny;
 use crate::rules::Limits;
 
 /// Reads request bodies whole, within the deadline and the byte budget of [`Limits`].
-/// One per process: the budget is shared by every listener and worker.
+/// One per process: the budget is shared by every listener and worker. Logins draw on
+/// an eighth of it kept for them, so that bodies sent to other routes before
+/// authentication (FlexMeasures mode reads JSON bodies first) cannot lock logins out.
 #[derive(Debug)]
 pub struct BodyReader {
     timeout: Duration,
     budget: Arc<Semaphore>,
+    logins: Arc<Semaphore>,
+}
+
+/// Which share of the budget a body draws on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A login (the token endpoint, an upstream's login form).
+    Login,
+    /// Anything else read whole.
+    Other,
 }
 
 impl BodyReader {
     /// A reader with `limits`' deadline and a budget of `max_buffered_body_bytes`.
     pub fn new(limits: &Limits) -> BodyReader {
-        let budget = limits.max_buffered_body_bytes.min(Semaphore::MAX_PERMITS);
+        let total = limits.max_buffered_body_bytes.min(Semaphore::MAX_PERMITS);
+        let logins = total / 8;
         BodyReader {
             timeout: limits.body_read_timeout,
-            budget: Arc::new(Semaphore::new(budget)),
+            budget: Arc::new(Semaphore::new(total - logins)),
+            logins: Arc::new(Semaphore::new(logins)),
         }
     }
 
     /// The whole body, at most `limit` bytes: 413 beyond (before a byte is read when
-    /// `Content-Length` says so), 408 when it has not all arrived within the deadline,
-    /// 503 when the process already holds `max_buffered_body_bytes` of bodies, 400 when
-    /// it breaks off. Trailers are dropped, as the upstream client drops them.
+    /// `Content-Length` says so), 408 when it has not all arrived within the deadline
+    /// (HTTP/1.1 then closes the connection, HTTP/2 resets the stream), 503 when the
+    /// process already holds its budget of bodies, 400 when it breaks off. Trailers
+    /// are dropped, as the upstream client drops them.
     pub async fn read(
         &self,
         headers: &HeaderMap,
         body: Incoming,
         limit: usize,
+        purpose: Purpose,
     ) -> Result<Bytes, Deny> {
         let declared = headers
             .get(CONTENT_LENGTH)
@@ -56,94 +72,56 @@ impl BodyReader {
         if declared.is_some_and(|n| n > limit as u64) {
             return Err(Deny::BodyTooLarge);
         }
-        tokio::time::timeout(self.timeout, self.collect(body, limit))
+        let budget = match purpose {
+            Purpose::Login => &self.logins,
+            Purpose::Other => &self.budget,
+        };
+        tokio::time::timeout(self.timeout, collect(budget, body, limit))
             .await
             .unwrap_or(Err(Deny::BodyTimeout))
     }
-
-    async fn collect(&self, mut body: Incoming, limit: usize) -> Result<Bytes, Deny> {
-        let mut held = Held::default();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| Deny::BadRequestBody)?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            if data.is_empty() {
-                continue;
-            }
-            if held.len() + data.len() > limit {
-                return Err(Deny::BodyTooLarge);
-            }
-            // `limit` is at most 64 MiB (the config's bound), so a frame's length fits.
-            let n = u32::try_from(data.len()).map_err(|_| Deny::BodyTooLarge)?;
-            let more = Arc::clone(&self.budget)
-                .try_acquire_many_owned(n)
-                .map_err(|_| Deny::Unavailable("body_budget_spent"))?;
-            held.push(data, more);
-        }
-        Ok(held.into_bytes())
-    }
-
-    /// Bytes of the budget not held by a body now (for tests and the admin listener).
-    pub fn budget_left(&self) -> usize {
-        self.budget.available_permits()
-    }
 }
 
-/// A body being read: its frames (one frame, the common case, is kept as it came) and
-/// the budget they hold.
-#[derive(Default)]
-struct Held {
-    first: Bytes,
-    joined: Vec<u8>,
-    permit: Option<OwnedSemaphorePermit>,
-}
-
-impl Held {
-    fn len(&self) -> usize {
-        if self.joined.is_empty() {
-            self.first.len()
-        } else {
-            self.joined.len()
-        }
-    }
-
-    fn push(&mut self, data: Bytes, permit: OwnedSemaphorePermit) {
-        match &mut self.permit {
-            Some(p) => p.merge(permit),
-            None => self.permit = Some(permit),
-        }
-        if self.first.is_empty() && self.joined.is_empty() {
-            self.first = data;
-            return;
-        }
-        if self.joined.is_empty() {
-            self.joined
-                .extend_from_slice(&std::mem::take(&mut self.first));
-        }
-        self.joined.extend_from_slice(&data);
-    }
-
-    /// The bytes, which give their budget back when the last copy of them is dropped.
-    fn into_bytes(self) -> Bytes {
-        let Some(permit) = self.permit else {
-            return Bytes::new();
+async fn collect(budget: &Arc<Semaphore>, mut body: Incoming, limit: usize) -> Result<Bytes, Deny> {
+    // Copied out of the connection's read buffers as it comes: a frame kept as a
+    // slice would keep its whole buffer alive, more than the budget counts.
+    let mut bytes = Vec::new();
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| Deny::BadRequestBody)?;
+        let Ok(data) = frame.into_data() else {
+            continue;
         };
-        let bytes = if self.joined.is_empty() {
-            self.first
-        } else {
-            Bytes::from(self.joined)
-        };
-        Bytes::from_owner(Budgeted {
-            bytes,
+        if data.is_empty() {
+            continue;
+        }
+        if bytes.len() + data.len() > limit {
+            return Err(Deny::BodyTooLarge);
+        }
+        // `limit` is at most 64 MiB (the config's bound), so a frame's length fits.
+        let n = u32::try_from(data.len()).map_err(|_| Deny::BodyTooLarge)?;
+        let more = Arc::clone(budget)
+            .try_acquire_many_owned(n)
+            .map_err(|_| Deny::Unavailable("body_budget_spent"))?;
+        match &mut held {
+            Some(permit) => permit.merge(more),
+            None => held = Some(more),
+        }
+        bytes.extend_from_slice(&data);
+    }
+    Ok(match held {
+        None => Bytes::new(),
+        Some(permit) => Bytes::from_owner(Budgeted {
+            bytes: bytes.into_boxed_slice(),
             _permit: permit,
-        })
-    }
+        }),
+    })
 }
 
-/// Body bytes and the share of the budget they hold.
+/// Body bytes and the share of the budget they hold, given back when the last copy of
+/// the bytes is dropped.
 struct Budgeted {
-    bytes: Bytes,
+    bytes: Box<[u8]>,
     _permit: OwnedSemaphorePermit,
 }
 

@@ -19,6 +19,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
 
+use super::body::Purpose;
 use super::deny::json_response;
 use super::pipeline::{self, ConnInfo};
 use super::{Gateway, ProxyBody};
@@ -359,7 +360,12 @@ pub async fn handle(gw: &Gateway, conn: &ConnInfo, req: Request<Incoming>) -> Re
     let body = if flavour.body && !body_is_empty(&parts.headers) {
         match gw
             .bodies()
-            .read(&parts.headers, body, gw.limits().max_json_body_bytes)
+            .read(
+                &parts.headers,
+                body,
+                gw.limits().max_json_body_bytes,
+                Purpose::Other,
+            )
             .await
         {
             Ok(bytes) => Some(bytes),

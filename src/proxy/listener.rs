@@ -327,11 +327,23 @@ pub struct RedirectTarget {
 impl RedirectTarget {
     /// A target for `port`; with no `allowed_hosts`, the names of `cert` (PEM) decide.
     pub fn new(port: u16, allowed: &AllowedHosts, cert: &Path) -> Result<RedirectTarget, Error> {
-        let certificate = match allowed.is_any() {
-            true => Some(load_certificates(cert)?.swap_remove(0)),
-            false => None,
-        };
-        Ok(RedirectTarget { port, certificate })
+        if !allowed.is_any() {
+            return Ok(RedirectTarget {
+                port,
+                certificate: None,
+            });
+        }
+        let der = load_certificates(cert)?.swap_remove(0);
+        if let Err(e) = rustls::server::ParsedCertificate::try_from(&der) {
+            return Err(Error::Tls(format!(
+                "{}: its names cannot be read ({e}), and with allowed_hosts empty the HTTP redirect goes only to them; list allowed_hosts in [server]",
+                cert.display()
+            )));
+        }
+        Ok(RedirectTarget {
+            port,
+            certificate: Some(der),
+        })
     }
 
     /// Whether a redirect may name `host` (from `Host`, port removed).

@@ -10,6 +10,7 @@ use http::{Method, Response};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use super::body::Purpose;
 use super::deny::Deny;
 use super::pipeline::{ConnInfo, is_json, ok_json};
 use super::{Gateway, ProxyBody};
@@ -49,7 +50,10 @@ async fn login(
         return Err(Deny::WrongMethod("token_endpoint_method"));
     }
     let limit = rules.max_login_body_bytes;
-    let bytes = gw.bodies().read(&parts.headers, body, limit).await?;
+    let bytes = gw
+        .bodies()
+        .read(&parts.headers, body, limit, Purpose::Login)
+        .await?;
     if !is_json(parts.headers.get(http::header::CONTENT_TYPE)) {
         return Err(invalid(
             "_schema",

@@ -11,7 +11,7 @@ use http::HeaderMap;
 use hyper::body::Incoming;
 use serde_json::Value;
 
-use super::body::BodyReader;
+use super::body::{BodyReader, Purpose};
 use super::deny::Deny;
 use super::pipeline::{ConnInfo, is_json};
 use crate::auth::flexmeasures::{FmAuthenticator, SessionCookies, Verdict};
@@ -34,7 +34,7 @@ pub async fn begin(
     body: Incoming,
     limit: usize,
 ) -> Result<(Bytes, FormLogin), Deny> {
-    let bytes = bodies.read(headers, body, limit).await?;
+    let bytes = bodies.read(headers, body, limit, Purpose::Login).await?;
     let email = email_of(headers, &bytes, field)?;
     let email = counted_email(&email, field)?;
     Ok((bytes, count_attempt(fm, conn, email).await?))

@@ -17,6 +17,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::Value as Json;
 
+use super::body::Purpose;
 use super::deny::Deny;
 use super::evaluate::Probe;
 use super::forward::{Outgoing, UpstreamBody};
@@ -646,7 +647,11 @@ async fn into_bytes(
 ) -> Result<Bytes, Deny> {
     match body {
         UpstreamBody::Buffered(bytes) => Ok(bytes),
-        UpstreamBody::Streamed(incoming) => gw.bodies().read(headers, incoming, limit).await,
+        UpstreamBody::Streamed(incoming) => {
+            gw.bodies()
+                .read(headers, incoming, limit, Purpose::Other)
+                .await
+        }
     }
 }
 

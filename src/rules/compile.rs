@@ -222,6 +222,17 @@ pub fn compile_text(text: &str, file: &Path) -> Result<Config, Diagnostics> {
             "max_login_body_bytes must be between 256 and 1048576".into(),
         );
     }
+    if server.limits.max_buffered_body_bytes / 8 < max_login_body_bytes {
+        cx.error(
+            None,
+            Some("[server.limits]".into()),
+            format!(
+                "max_buffered_body_bytes = {}: logins get an eighth of it, less than one login of max_login_body_bytes = {max_login_body_bytes}; raise it to at least {}",
+                server.limits.max_buffered_body_bytes,
+                max_login_body_bytes * 8
+            ),
+        );
+    }
 
     if !cx.diagnostics.errors.is_empty() {
         return Err(cx.diagnostics);

@@ -344,6 +344,26 @@ max_header_bytes = 10
 }
 
 #[test]
+fn a_body_budget_too_small_for_one_body_is_an_error() {
+    let report = errors_of(
+        "[server.limits]\nmax_json_body_bytes = 65536\nmax_buffered_body_bytes = 16384\n",
+    );
+    assert!(
+        report.contains("max_buffered_body_bytes = 16384 is below max_json_body_bytes = 65536"),
+        "{report}"
+    );
+    assert!(
+        report.contains("logins get an eighth of it") && report.contains("at least 32768"),
+        "{report}"
+    );
+    let report = errors_of("[server.limits]\nbody_read_timeout_ms = 5\n");
+    assert!(
+        report.contains("body_read_timeout_ms = 5 is outside"),
+        "{report}"
+    );
+}
+
+#[test]
 fn a_decision_listener_off_loopback_is_warned_unless_it_requires_a_certificate() {
     let open = compile_text(
         "[server]\ndecision = \"0.0.0.0:9191\"\nupstream = \"http://127.0.0.1:5000\"\n",
