@@ -1,10 +1,11 @@
 //! Request bodies flexgate reads whole before it forwards anything: a login's, a
 //! route's whose rules read the body, the decision listener's. The client decides how
 //! fast such a body arrives and, before anyone is authenticated, how many of them it
-//! sends at once; so every read has a deadline (`body_read_timeout_ms`: 408 and the
-//! connection closed, not a slot held for ever) and every buffered byte comes out of
-//! one process-wide budget (`max_buffered_body_bytes`: 503 once it is spent), which
-//! the bytes hold until the request is done with them. Bodies that are only streamed
+//! sends at once; so every read has a deadline (`body_read_timeout_ms`: 408, and the
+//! HTTP/1.1 connection closed or the HTTP/2 stream reset, not a slot held for ever) and
+//! every buffered byte comes out of the process's budget (`max_buffered_body_bytes`,
+//! an eighth of it kept for logins: 503 once it is spent), which the bytes hold until
+//! the request is done with them. Bodies that are only streamed
 //! to the upstream do not come through here: the upstream's back-pressure and
 //! `upstream_timeout` bound them.
 

@@ -319,9 +319,9 @@ fn service(
 #[derive(Debug)]
 pub struct RedirectTarget {
     /// The HTTPS listener's port.
-    pub port: u16,
+    port: u16,
     /// The HTTPS listener's certificate (its first), when `allowed_hosts` is empty.
-    pub certificate: Option<CertificateDer<'static>>,
+    certificate: Option<CertificateDer<'static>>,
 }
 
 impl RedirectTarget {

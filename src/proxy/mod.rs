@@ -492,19 +492,16 @@ pub async fn start(gateway: Arc<Gateway>) -> Result<Running, Error> {
         share(sockets, listener::Role::Https(acceptor));
     }
     if let Some(addr) = server.http {
-        let role = match (server.http_mode, running.https) {
-            (HttpMode::Proxy, _) => listener::Role::PlainProxy,
-            (HttpMode::Redirect, Some(https)) => {
-                let (cert, _) = server.tls.as_ref().ok_or_else(|| {
-                    Error::Config("https is set without tls_cert and tls_key".into())
-                })?;
+        let role = match (server.http_mode, running.https, &server.tls) {
+            (HttpMode::Proxy, _, _) => listener::Role::PlainProxy,
+            (HttpMode::Redirect, Some(https), Some((cert, _))) => {
                 listener::Role::Redirect(Arc::new(listener::RedirectTarget::new(
                     https.port(),
                     &server.allowed_hosts,
                     cert,
                 )?))
             }
-            (HttpMode::Redirect, None) => {
+            (HttpMode::Redirect, _, _) => {
                 return Err(Error::Config(
                     "http_mode = \"redirect\" needs an https listener".into(),
                 ));

@@ -17,7 +17,7 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::Value as Json;
 
-use super::body::Purpose;
+use super::body::{BodyReader, Purpose};
 use super::deny::Deny;
 use super::evaluate::Probe;
 use super::forward::{Outgoing, UpstreamBody};
@@ -544,7 +544,7 @@ async fn admit(
     // the very token FlexMeasures will use.
     let early = if gw.auth.is_flexmeasures() && is_json(parts.headers.get(CONTENT_TYPE)) {
         match body.take() {
-            Some(b) => Some(into_bytes(gw, &parts.headers, b, limit).await?),
+            Some(b) => Some(into_bytes(gw.bodies(), &parts.headers, b, limit).await?),
             None => None,
         }
     } else {
@@ -602,7 +602,7 @@ async fn admit(
             (UpstreamBody::Buffered(bytes), json)
         }
         (true, None, Some(body)) => {
-            let bytes = into_bytes(gw, &parts.headers, body, limit).await?;
+            let bytes = into_bytes(gw.bodies(), &parts.headers, body, limit).await?;
             if let Some(shadow) = &mut outcome.shadow {
                 shadow.body = Some(bytes.clone());
             }
@@ -640,7 +640,7 @@ pub fn one_content_type(headers: &HeaderMap) -> Result<(), Deny> {
 
 /// A body's bytes: read it whole (up to `limit`) if it still streams.
 async fn into_bytes(
-    gw: &Gateway,
+    bodies: &BodyReader,
     headers: &HeaderMap,
     body: UpstreamBody,
     limit: usize,
@@ -648,9 +648,7 @@ async fn into_bytes(
     match body {
         UpstreamBody::Buffered(bytes) => Ok(bytes),
         UpstreamBody::Streamed(incoming) => {
-            gw.bodies()
-                .read(headers, incoming, limit, Purpose::Other)
-                .await
+            bodies.read(headers, incoming, limit, Purpose::Other).await
         }
     }
 }

@@ -1145,21 +1145,14 @@ impl Compiler<'_> {
         };
         let refuse_json = pointers("refuse_json", &r.refuse_json);
         let admins_only_json = pointers("admins_only_json", &r.admins_only_json);
-        let text_json: Vec<(JsonPointer, TextClass)> =
-            pointers("plain_text_json", &r.plain_text_json)
-                .into_iter()
-                .map(|p| (p, TextClass::Plain))
-                .chain(
-                    pointers("line_text_json", &r.line_text_json)
-                        .into_iter()
-                        .map(|p| (p, TextClass::Line)),
-                )
-                .chain(
-                    pointers("quote_free_json", &r.quote_free_json)
-                        .into_iter()
-                        .map(|p| (p, TextClass::QuoteFree)),
-                )
-                .collect();
+        let text_json: Vec<(JsonPointer, TextClass)> = [
+            ("plain_text_json", &r.plain_text_json, TextClass::Plain),
+            ("line_text_json", &r.line_text_json, TextClass::Line),
+            ("quote_free_json", &r.quote_free_json, TextClass::QuoteFree),
+        ]
+        .into_iter()
+        .flat_map(|(key, texts, class)| pointers(key, texts).into_iter().map(move |p| (p, class)))
+        .collect();
         let refuse_query = r.refuse_query.clone().unwrap_or_default();
         if refuse_query.iter().any(String::is_empty) {
             self.error(
