@@ -1585,3 +1585,215 @@ async fn forecasts_and_stored_text_flexmeasures_leaves_unchecked_are_refused() {
     assert_eq!(status, 200, "FlexMeasures alone: {body}");
     gw.stop().await;
 }
+
+/// An upload's file names go into the asset's audit log, which FlexMeasures' page
+/// inserts as HTML (DataTables): FlexMeasures 1.0.1 stores markup there when asked
+/// directly; through flexgate, part headers that hold markup, however they are
+/// written, are refused before FlexMeasures sees them, and plain uploads go through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_file_names_flexmeasures_shows_as_html_are_refused() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let gw = fm_gateway(fm).await;
+    let (email, password, _) = creds(fm, "prosumer_member");
+    let through = gw.login(&email, &password).await;
+    let direct = fm_login(fm, &email, &password).await;
+    let sensor = fm.sensor("prosumer_a");
+    let upload = format!("/api/v3_0/sensors/{sensor}/data/upload");
+    let audit = format!(
+        "/api/v3_0/assets/{}/auditlog?per_page=100",
+        fm.asset("prosumer_a")
+    );
+    let csv = "event_start,event_value\r\n2026-11-30T00:00:00+01:00,1.5\r\n2026-11-30T00:15:00+01:00,2.5\r\n";
+    let multipart = |break_: &str, disposition: &str| {
+        format!(
+            "--fg-b0undary{break_}Content-Disposition: form-data; name=\"uploaded-files\"; {disposition}{break_}Content-Type: text/csv{break_}{break_}{csv}{break_}--fg-b0undary--{break_}"
+        )
+    };
+    let content_type = "multipart/form-data; boundary=fg-b0undary";
+    let events = || async {
+        let (status, _, body) = fm_call(
+            &fm.base(),
+            "GET",
+            &audit,
+            &[("authorization", direct.as_str())],
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "audit log: {body}");
+        body["data"]
+            .as_array()
+            .expect("audit log entries")
+            .iter()
+            .map(|e| e["event"].as_str().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+    // FlexMeasures alone stores the markup in its audit log.
+    let marker = format!("fg-{}", std::process::id());
+    let evil = format!("filename=\"<img src=x onerror=alert('{marker}')>.csv\"");
+    let (status, _, body) = fm_send(
+        &fm.base(),
+        "POST",
+        &upload,
+        &[
+            ("authorization", direct.as_str()),
+            ("content-type", content_type),
+        ],
+        multipart("\r\n", &evil).into(),
+    )
+    .await;
+    assert!(
+        (200..300).contains(&status),
+        "FlexMeasures alone: {status} {body}"
+    );
+    assert!(
+        events()
+            .await
+            .iter()
+            .any(|e| e.contains(&format!("<img src=x onerror=alert('{marker}')>"))),
+        "FlexMeasures alone keeps the markup in its audit log"
+    );
+    // Through flexgate: refused, however the name is written, and nothing is logged.
+    let before = events().await.len();
+    for (what, line_break, disposition) in [
+        (
+            "quoted",
+            "\r\n",
+            format!("filename=\"<b>{marker}</b>.csv\""),
+        ),
+        (
+            "RFC 2231, percent-encoded",
+            "\r\n",
+            format!("filename*=UTF-8''%3Cb%3E{marker}%3C%2Fb%3E.csv"),
+        ),
+        (
+            "with bare line feeds",
+            "\n",
+            format!("filename=\"<b>{marker}</b>.csv\""),
+        ),
+        (
+            "with bare carriage returns",
+            "\r",
+            format!("filename=\"<b>{marker}</b>.csv\""),
+        ),
+    ] {
+        let answer = gw
+            .send(
+                "POST",
+                &upload,
+                &[
+                    ("authorization", through.as_str()),
+                    ("content-type", content_type),
+                ],
+                &multipart(line_break, &disposition),
+            )
+            .await;
+        assert_eq!(answer.status, 422, "{what}: {}", answer.text());
+    }
+    // A boundary FlexMeasures and flexgate could read apart.
+    let answer = gw
+        .send(
+            "POST",
+            &upload,
+            &[
+                ("authorization", through.as_str()),
+                (
+                    "content-type",
+                    "multipart/form-data; boundary=fg-b0undary; boundary=other",
+                ),
+            ],
+            &multipart("\r\n", "filename=\"readings.csv\""),
+        )
+        .await;
+    assert_eq!(answer.status, 400, "two boundaries: {}", answer.text());
+    let after = events().await;
+    assert_eq!(
+        after.len(),
+        before,
+        "nothing refused reached the audit log: {after:?}"
+    );
+    // A plain upload goes through, and its name is logged as sent.
+    let plain = format!("readings {marker} (o'brien).csv");
+    let answer = gw
+        .send(
+            "POST",
+            &upload,
+            &[
+                ("authorization", through.as_str()),
+                ("content-type", content_type),
+            ],
+            &multipart("\r\n", &format!("filename=\"{plain}\"")),
+        )
+        .await;
+    assert!(
+        (200..300).contains(&answer.status),
+        "plain upload: {} {}",
+        answer.status,
+        answer.text()
+    );
+    assert!(
+        events().await.iter().any(|e| e.contains(&plain)),
+        "the plain upload is in the audit log"
+    );
+    gw.stop().await;
+}
+
+/// Werkzeug itself (FlexMeasures' form parser) reads a few thousand upload bodies
+/// spelled every way it accepts (`tests/fm/multipart_cases.py`): whenever it finds a
+/// file name with markup, the preset must deny the upload, and whenever it reads a
+/// plain upload without markup anywhere, allow it.
+#[test]
+fn uploads_werkzeug_reads_markup_in_are_denied_and_plain_ones_allowed() {
+    let Some(python) = fm_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let suite = dir.path().join("uploads.tests.toml");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fm/multipart_cases.py");
+    let out = std::process::Command::new(&python)
+        .args([script, "--seed", "7", "--count", "3000"])
+        .output()
+        .expect("run multipart_cases.py");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(&suite, &out.stdout).unwrap();
+    let counts = String::from_utf8_lossy(&out.stderr).into_owned();
+    let (deny, allow) = counts
+        .split_once(" to deny, ")
+        .map(|(d, a)| {
+            (
+                d.trim().parse::<usize>().unwrap(),
+                a.split(' ').next().unwrap().parse::<usize>().unwrap(),
+            )
+        })
+        .unwrap_or_else(|| panic!("counts: {counts}"));
+    assert!(deny > 1000 && allow > 500, "{counts}");
+    let db = TestDb::sqlite();
+    let rules = concat!(env!("CARGO_MANIFEST_DIR"), "/config/flexmeasures.toml");
+    let run = run(
+        &db,
+        &["config", "test", rules, suite.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(
+        run.code,
+        0,
+        "{}{}",
+        run.stdout
+            .lines()
+            .filter(|l| !l.starts_with("ok"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        run.stderr
+    );
+    assert!(
+        run.stdout
+            .contains(&format!("{} passed, 0 failed", deny + allow)),
+        "{}",
+        run.stdout.lines().last().unwrap_or_default()
+    );
+}

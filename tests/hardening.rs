@@ -911,3 +911,120 @@ async fn without_allowed_hosts_the_redirect_names_only_the_certificates_hosts() 
     }
     gw.stop().await;
 }
+
+/// A route with `plain_text_multipart` (the preset's upload): the body is read whole up
+/// to `max_multipart_body_bytes` and reaches the upstream byte for byte, also when it
+/// came chunked; markup in a part's headers, a body of another kind, or one too large
+/// never reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_read_whole_and_their_part_headers_checked() {
+    let db = TestDb::sqlite();
+    let upstream = Upstream::start().await;
+    let rules = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"))
+        .unwrap()
+        + r#"
+[[route]]
+name = "sensor-upload"
+methods = ["POST"]
+path = "/api/v3_0/sensors/{id}/data/upload"
+plain_text_multipart = true
+  [[route.check]]
+  permission = "create-children"
+  kind = "sensor"
+  path = "id"
+"#;
+    let gw = GatewayBuilder::new(&db, &upstream)
+        .demo()
+        .rules(&rules)
+        .server("[server.limits]\nmax_multipart_body_bytes = 65536")
+        .start()
+        .await;
+    let token = gw.demo_token("prosumer@flexgate.demo").await;
+    let content_type = "multipart/form-data; boundary=XyZ";
+    let upload = |name: &str, data: &str| {
+        format!(
+            "--XyZ\r\nContent-Disposition: form-data; name=\"uploaded-files\"; filename=\"{name}\"\r\nContent-Type: text/csv\r\n\r\n{data}\r\n--XyZ--\r\n"
+        )
+    };
+    let path = "/api/v3_0/sensors/1/data/upload";
+    let body = upload(
+        "readings.csv",
+        "event_start,event_value\r\n2026-12-01T00:00:00Z,1",
+    );
+    let answer = gw
+        .send(
+            "POST",
+            path,
+            &[("authorization", &token), ("content-type", content_type)],
+            &body,
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(upstream.last().body, body.as_bytes());
+    // Chunked: read whole, forwarded with its length.
+    let chunked = |body: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {token}\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+            body.len() / 2,
+            &body[..body.len() / 2],
+            body.len() - body.len() / 2,
+            &body[body.len() / 2..]
+        )
+    };
+    let answer = raw_http1(&gw, chunked(&body).as_bytes()).await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    let seen = upstream.last();
+    assert_eq!(seen.body, body.as_bytes());
+    assert_eq!(
+        seen.headers["content-length"],
+        body.len().to_string().as_str()
+    );
+    let before = upstream.count();
+    let evil = upload("<svg onload=alert(1)>.csv", "1");
+    let answer = raw_http1(&gw, chunked(&evil).as_bytes()).await;
+    assert_eq!(status_of(&answer), 422, "{answer}");
+    assert!(answer.contains("uploaded-files"), "{answer}");
+    for (what, content_type, body, status) in [
+        (
+            "JSON",
+            "application/json",
+            "{\"uploaded-files\": \"x.csv\"}".to_owned(),
+            422,
+        ),
+        ("no boundary", "multipart/form-data", body.clone(), 400),
+    ] {
+        let answer = gw
+            .send(
+                "POST",
+                path,
+                &[("authorization", &token), ("content-type", content_type)],
+                &body,
+            )
+            .await;
+        assert_eq!(answer.status, status, "{what}: {}", answer.text());
+    }
+    // Too large: refused by its Content-Length, before a byte of it is read (only the
+    // head is sent: flexgate closes the connection on the unread rest).
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: {token}\r\nContent-Type: {content_type}\r\nContent-Length: 65537\r\n\r\n"
+    );
+    assert_eq!(status_of(&raw_http1(&gw, head.as_bytes()).await), 413);
+    // And when it comes chunked, once it grows past the limit.
+    let big = upload("big.csv", &"1\r\n".repeat(30_000));
+    assert_eq!(
+        status_of(&raw_http1(&gw, chunked(&big).as_bytes()).await),
+        413
+    );
+    assert_eq!(upstream.count(), before, "nothing refused was forwarded");
+    // Another account's sensor: the body is fine, the check is not.
+    let answer = gw
+        .send(
+            "POST",
+            "/api/v3_0/sensors/3/data/upload",
+            &[("authorization", &token), ("content-type", content_type)],
+            &body,
+        )
+        .await;
+    assert_eq!(answer.status, 403, "{}", answer.text());
+    gw.stop().await;
+}

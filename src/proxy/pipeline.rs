@@ -28,8 +28,9 @@ use crate::auth::token::token_from_authorization;
 use crate::auth::{AuthError, Authenticator, Identity, apikey, flask_session, unix_now};
 use crate::metrics;
 use crate::policy::{self, Decision, Permission, Refused, Value};
-use crate::rules::extract::{self, ExtractError, IdParse, IdType, ResourceId, Source};
+use crate::rules::extract::{self, ExtractError, IdParse, IdType, ResourceId, Source, TextClass};
 use crate::rules::matcher::{Found, Params};
+use crate::rules::multipart::{self, MultipartError};
 use crate::rules::{Check, IfAbsent, Kind, Route, RuleSet, Target};
 use crate::store::owner::OwnerResolver;
 
@@ -537,7 +538,8 @@ async fn admit(
     if route.resolve_before_auth {
         preresolve(&gw.owners, rules, route, &facts).await?;
     }
-    let limit = gw.limits().max_json_body_bytes;
+    let limits = gw.limits();
+    let limit = limits.max_json_body_bytes;
     let mut body = Some(body);
     // FlexMeasures reads a token from a JSON body too (before the query and the
     // header): in FlexMeasures mode such a body is read first, so flexgate checks
@@ -602,6 +604,11 @@ async fn admit(
             (UpstreamBody::Buffered(bytes), json)
         }
         (true, None, Some(body)) => {
+            let limit = if route.plain_text_multipart {
+                limits.max_multipart_body_bytes
+            } else {
+                limit
+            };
             let bytes = into_bytes(gw.bodies(), &parts.headers, body, limit).await?;
             if let Some(shadow) = &mut outcome.shadow {
                 shadow.body = Some(bytes.clone());
@@ -1251,6 +1258,9 @@ pub fn checked_body(
     bytes: &Bytes,
     route: &Route,
 ) -> Result<Option<Json>, Deny> {
+    if route.plain_text_multipart {
+        return checked_multipart(headers, bytes).map(|()| None);
+    }
     let mut body = read_body(headers, bytes, route.reads_form)?;
     // Flask-WTF turns a JSON body into a form field by field, and a list (a field
     // given twice, a JSON list value, a JSON list of pairs) into several values of one
@@ -1300,6 +1310,28 @@ pub fn checked_body(
         }
     }
     Ok(body)
+}
+
+/// A route that takes uploads (`plain_text_multipart`): a multipart body whose parts'
+/// headers are plain text, or none.
+fn checked_multipart(headers: &HeaderMap, bytes: &Bytes) -> Result<(), Deny> {
+    let content_type = headers.get(CONTENT_TYPE).map(HeaderValue::as_bytes);
+    multipart::check(content_type, bytes, TextClass::Plain).map_err(|e| match e {
+        MultipartError::NotMultipart => Deny::Invalid {
+            location: "form",
+            field: "_schema".into(),
+            message: "Invalid input type: send the files as multipart/form-data.".into(),
+        },
+        MultipartError::Boundary(_) => Deny::Ambiguous(format!("{e}.")),
+        MultipartError::NotText { .. } => Deny::Invalid {
+            location: "files",
+            field: "uploaded-files".into(),
+            message: format!(
+                "Not plain text: {e} ({} are refused in file names here).",
+                TextClass::Plain.refuses()
+            ),
+        },
+    })
 }
 
 fn read_body(headers: &HeaderMap, bytes: &Bytes, reads_form: bool) -> Result<Option<Json>, Deny> {

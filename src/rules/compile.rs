@@ -117,10 +117,15 @@ pub fn compile_text(text: &str, file: &Path) -> Result<Config, Diagnostics> {
     );
     if server.decision.is_some() {
         for r in routes.iter().filter(|r| r.needs_body) {
+            let what = if r.plain_text_multipart {
+                "an upload: its parts' headers"
+            } else {
+                "JSON or a form: ids, refused or admins-only fields, text classes"
+            };
             cx.warn(
                 Some(r.line),
                 Some(format!("route {:?}", &*r.name)),
-                "reads the body (JSON or a form: ids, refused or admins-only fields, text classes), which nginx and Caddy do not send to a decision listener: decision mode refuses it (403) unless the body comes along (Traefik forwardBody, Envoy with_request_body)".into(),
+                format!("reads the body ({what}), which nginx and Caddy do not send to a decision listener: decision mode refuses it (403) unless the body comes along (Traefik forwardBody, Envoy with_request_body)"),
             );
         }
     }
@@ -230,6 +235,20 @@ pub fn compile_text(text: &str, file: &Path) -> Result<Config, Diagnostics> {
                 "max_buffered_body_bytes = {}: logins get an eighth of it, less than one login of max_login_body_bytes = {max_login_body_bytes}; raise it to at least {}",
                 server.limits.max_buffered_body_bytes,
                 max_login_body_bytes * 8
+            ),
+        );
+    }
+    let limits = &server.limits;
+    let shared = limits.max_buffered_body_bytes - limits.max_buffered_body_bytes / 8;
+    if let Some(upload) = routes.iter().find(|r| r.plain_text_multipart)
+        && shared < limits.max_multipart_body_bytes
+    {
+        cx.error(
+            Some(upload.line),
+            Some(format!("route {:?}", &*upload.name)),
+            format!(
+                "plain_text_multipart reads bodies of up to max_multipart_body_bytes = {}, more than the {shared} bytes max_buffered_body_bytes = {} leaves beside the logins' eighth; raise max_buffered_body_bytes or lower max_multipart_body_bytes",
+                limits.max_multipart_body_bytes, limits.max_buffered_body_bytes
             ),
         );
     }
@@ -440,6 +459,14 @@ impl Compiler<'_> {
                 64,
                 64 << 20,
                 d.max_json_body_bytes as u64,
+            ) as usize,
+            max_multipart_body_bytes: limit(
+                self,
+                "max_multipart_body_bytes",
+                l.max_multipart_body_bytes.map(|v| v as u64),
+                4096,
+                64 << 20,
+                d.max_multipart_body_bytes as u64,
             ) as usize,
             body_read_timeout: Duration::from_millis(limit(
                 self,
@@ -1162,25 +1189,35 @@ impl Compiler<'_> {
                     .into(),
             );
         }
+        let plain_text_multipart = r.plain_text_multipart.unwrap_or(false);
         if public
             && !(refuse_json.is_empty()
                 && refuse_query.is_empty()
                 && admins_only_json.is_empty()
-                && text_json.is_empty())
+                && text_json.is_empty()
+                && !plain_text_multipart)
         {
             self.error(
                 l,
                 Some(rule.into()),
-                "refuse_json, refuse_query, admins_only_json and the text classes (plain_text_json, line_text_json, quote_free_json) apply to routes that authorize: a public route reads no body; take them out, or drop auth = \"public\"".into(),
+                "refuse_json, refuse_query, admins_only_json and the text classes (plain_text_json, line_text_json, quote_free_json, plain_text_multipart) apply to routes that authorize: a public route reads no body; take them out, or drop auth = \"public\"".into(),
             );
         }
-        let needs_body = !refuse_json.is_empty()
+        let reads_json = !refuse_json.is_empty()
             || !admins_only_json.is_empty()
             || !text_json.is_empty()
             || checks.iter().any(|c| match &c.target {
                 Target::Sources(s) => s.iter().any(|(_, src)| src.needs_body()),
                 Target::Singleton(_) => false,
             });
+        if plain_text_multipart && reads_json {
+            self.error(
+                l,
+                Some(rule.into()),
+                "plain_text_multipart reads the body as multipart/form-data, which holds no JSON: take out the JSON and form options and the checks that read the body, or plain_text_multipart".into(),
+            );
+        }
+        let needs_body = reads_json || plain_text_multipart;
         let reads_form = checks.iter().any(|c| match &c.target {
             Target::Sources(s) => s.iter().any(|(_, src)| matches!(src, Source::Form { .. })),
             Target::Singleton(_) => false,
@@ -1194,7 +1231,7 @@ impl Compiler<'_> {
                     .into(),
             );
         }
-        if !json_strings.is_empty() && !needs_body {
+        if !json_strings.is_empty() && !reads_json {
             self.warn(
                 l,
                 Some(rule.into()),
@@ -1278,6 +1315,7 @@ impl Compiler<'_> {
             refuse_query,
             admins_only_json,
             text_json,
+            plain_text_multipart,
             forward_authorization: r.forward_authorization.unwrap_or(false),
         })
     }

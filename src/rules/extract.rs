@@ -392,7 +392,8 @@ impl TextClass {
         }
     }
 
-    fn allows(self, text: &str) -> bool {
+    /// Whether `text` is of this class.
+    pub fn allows(self, text: &str) -> bool {
         // Plain text may span lines (a description); text inside quoted strings not.
         let control = |c: char| {
             c.is_control() && (self != TextClass::Plain || !matches!(c, '\t' | '\n' | '\r'))

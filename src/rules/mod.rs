@@ -10,6 +10,7 @@
 pub mod compile;
 pub mod extract;
 pub mod matcher;
+pub mod multipart;
 pub mod raw;
 pub mod suite;
 
@@ -112,6 +113,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Largest buffered JSON body.
     pub max_json_body_bytes: usize,
+    /// Largest buffered multipart body (routes with `plain_text_multipart`).
+    pub max_multipart_body_bytes: usize,
     /// Time allowed for a body flexgate reads whole ([`crate::proxy::body`]).
     pub body_read_timeout: Duration,
     /// Bytes of bodies read whole that the process holds at once: clients choose how
@@ -135,6 +138,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             max_json_body_bytes: 1024 * 1024,
+            max_multipart_body_bytes: 4 * 1024 * 1024,
             body_read_timeout: Duration::from_secs(30),
             max_buffered_body_bytes: 128 * 1024 * 1024,
             upstream_connect_timeout: Duration::from_secs(5),
@@ -509,6 +513,9 @@ pub struct Route {
     /// Body fields held to a text class (`plain_text_json`, `line_text_json`,
     /// `quote_free_json`).
     pub text_json: Vec<(JsonPointer, TextClass)>,
+    /// The body is multipart, its parts' headers plain text (`plain_text_multipart`):
+    /// read whole up to `max_multipart_body_bytes`, never as JSON.
+    pub plain_text_multipart: bool,
     /// Pass the client's `Authorization` header upstream on this route.
     pub forward_authorization: bool,
     /// Protocols a client may switch to (lower-case; never `h2c`).

@@ -129,6 +129,8 @@ pub struct RawLimits {
     pub max_connections: Option<usize>,
     /// Largest JSON body buffered for body-extracted ids, bytes.
     pub max_json_body_bytes: Option<usize>,
+    /// Largest multipart body buffered on routes with `plain_text_multipart`, bytes.
+    pub max_multipart_body_bytes: Option<usize>,
     /// Time allowed to send a body flexgate reads whole (logins, routes whose rules
     /// read the body, the decision listener), milliseconds; 408 after it.
     pub body_read_timeout_ms: Option<u64>,
@@ -385,6 +387,10 @@ pub struct RawRoute {
     /// As `plain_text_json`, and no quotes, backslash or `#` either: text placed inside
     /// quoted script strings.
     pub quote_free_json: Option<Vec<String>>,
+    /// The body must be `multipart/form-data` (or empty), read whole, and its parts'
+    /// headers (file names above all) plain text, as `plain_text_json` (422): names an
+    /// upstream's pages place unescaped (FlexMeasures' audit log of uploads).
+    pub plain_text_multipart: Option<bool>,
     /// Permission checks, all of which must pass.
     #[serde(default, rename = "check")]
     pub checks: Vec<RawCheck>,

@@ -72,6 +72,9 @@ struct RawCase {
     body: Option<toml::Value>,
     /// A JSON body written as JSON text.
     json: Option<String>,
+    /// A body of any other kind, sent as written with the case's Content-Type (an
+    /// upload's `multipart/form-data`).
+    text: Option<String>,
     status: Option<u16>,
     decision: Option<String>,
     reason: Option<String>,
@@ -271,30 +274,36 @@ pub fn load(path: &Path, rules: &RuleSet) -> Result<Suite, Diagnostics> {
         if !headers_ok {
             continue;
         }
-        let body = match (c.body, c.json) {
-            (Some(_), Some(_)) => {
-                error("give the body as body (TOML) or json (JSON text), not both".into());
+        let is_json = c.text.is_none();
+        let body = match (c.body, c.json, c.text) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
+                error(
+                    "give the body once: as body (TOML), json (JSON text) or text (as sent)".into(),
+                );
                 continue;
             }
-            (Some(v), None) => match serde_json::to_vec(&v) {
+            (None, None, Some(text)) => Some(bytes::Bytes::from(text)),
+            (Some(v), None, None) => match serde_json::to_vec(&v) {
                 Ok(bytes) => Some(bytes::Bytes::from(bytes)),
                 Err(e) => {
                     error(format!("body: {e}"));
                     continue;
                 }
             },
-            (None, Some(text)) => match crate::rules::extract::parse_json_strict(text.as_bytes()) {
-                // The text as written: the proxy reads the bytes a client sends.
-                Ok(_) => Some(bytes::Bytes::from(text)),
-                Err(e) => {
-                    error(format!("json is not valid JSON: {e}"));
-                    continue;
+            (None, Some(text), None) => {
+                match crate::rules::extract::parse_json_strict(text.as_bytes()) {
+                    // The text as written: the proxy reads the bytes a client sends.
+                    Ok(_) => Some(bytes::Bytes::from(text)),
+                    Err(e) => {
+                        error(format!("json is not valid JSON: {e}"));
+                        continue;
+                    }
                 }
-            },
-            (None, None) => None,
+            }
+            (None, None, None) => None,
         };
         // A body is JSON unless the case says otherwise, as clients send it.
-        if body.is_some() && !headers.contains_key(http::header::CONTENT_TYPE) {
+        if is_json && body.is_some() && !headers.contains_key(http::header::CONTENT_TYPE) {
             headers.insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("application/json"),

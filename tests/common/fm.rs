@@ -56,7 +56,9 @@ pub fn real_flexmeasures() -> Option<&'static RealFm> {
     }
 }
 
-fn start() -> Option<RealFm> {
+/// The FlexMeasures venv's Python (its Werkzeug and itsdangerous are the real ones);
+/// `None` (test skipped) when the venv is missing outside CI.
+pub fn fm_python() -> Option<String> {
     let venv = std::env::var("FLEXGATE_FM_VENV").unwrap_or_else(|_| "/opt/flexgate-ci/fm".into());
     let python = format!("{venv}/bin/python");
     if !std::path::Path::new(&python).exists() {
@@ -65,6 +67,12 @@ fn start() -> Option<RealFm> {
         ));
         return None;
     }
+    Some(python)
+}
+
+fn start() -> Option<RealFm> {
+    let python = fm_python()?;
+    let venv = python.trim_end_matches("/bin/python").to_owned();
     let admin = match std::env::var("DATABASE_URL") {
         Ok(url) if url.starts_with("postgres") => url,
         _ => {
@@ -345,6 +353,24 @@ pub async fn fm_call(
     headers: &[(&str, &str)],
     body: Option<&Value>,
 ) -> (u16, http::HeaderMap, Value) {
+    match body {
+        Some(json) => {
+            let mut with_type = headers.to_vec();
+            with_type.push(("content-type", "application/json"));
+            fm_send(base, method, path, &with_type, json.to_string().into()).await
+        }
+        None => fm_send(base, method, path, headers, bytes::Bytes::new()).await,
+    }
+}
+
+/// [`fm_call`] with a body of any kind, sent as given.
+pub async fn fm_send(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: bytes::Bytes,
+) -> (u16, http::HeaderMap, Value) {
     use http_body_util::BodyExt;
     let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -355,13 +381,6 @@ pub async fn fm_call(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let body = match body {
-        Some(json) => {
-            req = req.header("content-type", "application/json");
-            bytes::Bytes::from(json.to_string())
-        }
-        None => bytes::Bytes::new(),
-    };
     let response = tokio::time::timeout(
         Duration::from_secs(20),
         client.request(req.body(http_body_util::Full::new(body)).unwrap()),

@@ -531,3 +531,37 @@ fn a_login_form_counts_with_flexmeasures_and_needs_a_post() {
         .is_ok()
     );
 }
+
+#[test]
+fn plain_text_multipart_reads_no_json_and_needs_room_in_the_budget() {
+    const KIND: &str = "[kind.sensor]\nquery = \"SELECT account_id FROM sensor WHERE id = $1\"\ncolumns = [\"account_id\"]\n[kind.sensor.acl]\ncreate-children = \"account:{account_id}\"\n";
+    let upload = |extra: &str, limits: &str| {
+        format!(
+            "{limits}{KIND}[[route]]\nname = \"upload\"\nmethods = [\"POST\"]\npath = \"/sensors/{{id}}/upload\"\nplain_text_multipart = true\n{extra}[[route.check]]\npermission = \"create-children\"\nkind = \"sensor\"\npath = \"id\"\n"
+        )
+    };
+    let config = compile_text(&upload("", ""), Path::new("rules.toml")).unwrap();
+    let route = &config.rules.routes[0];
+    assert!(route.plain_text_multipart && route.needs_body);
+    assert_eq!(config.server.limits.max_multipart_body_bytes, 4 << 20);
+    let report = errors_of(&upload("plain_text_json = [\"/name\"]\n", ""));
+    assert!(
+        report.contains(
+            "route \"upload\": plain_text_multipart reads the body as multipart/form-data"
+        ),
+        "{report}"
+    );
+    let report = errors_of(&upload(
+        "",
+        "[server.limits]\nmax_buffered_body_bytes = 4194304\n",
+    ));
+    assert!(
+        report.contains("max_multipart_body_bytes = 4194304, more than the 3670016 bytes max_buffered_body_bytes = 4194304 leaves"),
+        "{report}"
+    );
+    // Without such a route, a small budget is no error.
+    let small = "[server.limits]\nmax_buffered_body_bytes = 4194304\n";
+    assert!(compile_text(small, Path::new("rules.toml")).is_ok());
+    let public = "[[route]]\nname = \"up\"\nmethods = [\"POST\"]\npath = \"/up\"\nauth = \"public\"\nplain_text_multipart = true\n";
+    assert!(errors_of(public).contains("plain_text_multipart) apply to routes that authorize"));
+}
