@@ -1797,3 +1797,109 @@ fn uploads_werkzeug_reads_markup_in_are_denied_and_plain_ones_allowed() {
         run.stdout.lines().last().unwrap_or_default()
     );
 }
+
+/// Jobs FlexMeasures' Redis holds (queued, deferred or done), counted with the venv's
+/// own redis client.
+fn queued_jobs(fm: &RealFm) -> usize {
+    let out = std::process::Command::new(format!("{}/bin/python", fm.venv))
+        .args([
+            "-c",
+            "import redis, sys; r = redis.Redis(db=int(sys.argv[1])); print(sum(1 for _ in r.scan_iter('rq:job:*', count=1000)))",
+            &(fm.port % 16).to_string(),
+        ])
+        .output()
+        .expect("count rq jobs");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// A forecast trigger queues a job per cycle, up to one per hour of the forecast
+/// period (two jobs a cycle), and FlexMeasures 1.0.1 bounds neither its duration nor
+/// its end: asked directly, a member's 40 days queue 1,922 jobs. Through flexgate the duration
+/// is at most a month and an end is for admins; a week goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forecast_periods_flexmeasures_leaves_unbounded_are_bounded() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let gw = fm_gateway(fm).await;
+    let (email, password, _) = creds(fm, "prosumer_member");
+    let through = gw.login(&email, &password).await;
+    let direct = fm_login(fm, &email, &password).await;
+    let trigger = format!(
+        "/api/v3_0/sensors/{}/forecasts/trigger",
+        fm.sensor("prosumer_a")
+    );
+    let hourly = |extra: serde_json::Value| {
+        let mut body = json!({
+            "start": "2026-11-01T00:00:00+01:00",
+            "forecast-frequency": "PT1H",
+            "config": {"retrain-frequency": "PT1H"},
+        });
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let before = queued_jobs(fm);
+    let (status, _, body) = fm_call(
+        &fm.base(),
+        "POST",
+        &trigger,
+        &[("authorization", direct.as_str())],
+        Some(&hourly(json!({"duration": "P40D"}))),
+    )
+    .await;
+    let queued = queued_jobs(fm) - before;
+    assert!(
+        (200..300).contains(&status),
+        "FlexMeasures alone: {status} {body}"
+    );
+    // Two jobs a cycle, one cycle an hour.
+    assert!(
+        queued >= 2 * 40 * 24,
+        "FlexMeasures alone queued {queued} jobs for 40 days"
+    );
+    let before = queued_jobs(fm);
+    for (what, extra, status) in [
+        ("40 days", json!({"duration": "P40D"}), 422),
+        ("a year", json!({"duration": "P1Y"}), 422),
+        ("not a duration", json!({"duration": "forever"}), 422),
+        ("a duration as a number", json!({"duration": 3600}), 422),
+        ("an end", json!({"end": "2027-11-01T00:00:00+01:00"}), 403),
+    ] {
+        let answer = gw
+            .call("POST", &trigger, &through, Some(&hourly(extra)))
+            .await;
+        assert_eq!(answer.status, status, "{what}: {}", answer.text());
+    }
+    // Other tests may trigger a forecast meanwhile (a few jobs); any of these would
+    // have queued thousands.
+    let queued = queued_jobs(fm) - before;
+    assert!(
+        queued < 100,
+        "nothing refused reached the queue: {queued} jobs"
+    );
+    let answer = gw
+        .call(
+            "POST",
+            &trigger,
+            &through,
+            Some(&hourly(json!({"duration": "P7D"}))),
+        )
+        .await;
+    assert!(
+        (200..300).contains(&answer.status),
+        "a week: {} {}",
+        answer.status,
+        answer.text()
+    );
+    let queued = queued_jobs(fm) - before;
+    assert!(
+        (2 * 7 * 24..2 * 7 * 24 + 100).contains(&queued),
+        "a week queued {queued} jobs"
+    );
+    gw.stop().await;
+}

@@ -1599,6 +1599,31 @@ fn refuse_fields<T: Trace>(
                 });
             }
         }
+        for (pointer, max, written) in &route.max_duration_json {
+            // null is absent to FlexMeasures (its default applies).
+            let within = |value: &&Json| {
+                value.is_null()
+                    || value
+                        .as_str()
+                        .and_then(crate::rules::duration::upper_bound)
+                        .is_some_and(|d| d <= *max)
+            };
+            if !pointer.select(body).iter().all(within) {
+                if trace.enabled() {
+                    trace.note(format!(
+                        "json field {:?}: not an ISO 8601 duration of at most {written} (refused on this route)",
+                        pointer.field_name()
+                    ));
+                }
+                return Err(Deny::Invalid {
+                    location: "json",
+                    field: pointer.field_name(),
+                    message: format!(
+                        "Not a duration of at most {written} (ISO 8601, such as P7D or PT48H)."
+                    ),
+                });
+            }
+        }
         if !route.admins_only_json.is_empty() && !who.principal.has_role(&rules.admins.admin) {
             for pointer in &route.admins_only_json {
                 if !pointer.select(body).is_empty() {

@@ -1180,6 +1180,21 @@ impl Compiler<'_> {
         .into_iter()
         .flat_map(|(key, texts, class)| pointers(key, texts).into_iter().map(move |p| (p, class)))
         .collect();
+        let mut max_duration_json = Vec::new();
+        for (text, bound) in r.max_duration_json.iter().flatten() {
+            let Some(max) = super::duration::upper_bound(bound) else {
+                self.error(
+                    l,
+                    Some(rule.into()),
+                    format!("max_duration_json: {bound:?} for {text} is not an ISO 8601 duration such as \"P31D\" or \"PT48H\""),
+                );
+                continue;
+            };
+            match JsonPointer::parse(text) {
+                Ok(pointer) => max_duration_json.push((pointer, max, bound.clone())),
+                Err(e) => self.error(l, Some(rule.into()), format!("max_duration_json: {e}")),
+            }
+        }
         let refuse_query = r.refuse_query.clone().unwrap_or_default();
         if refuse_query.iter().any(String::is_empty) {
             self.error(
@@ -1194,17 +1209,19 @@ impl Compiler<'_> {
             && !(refuse_json.is_empty()
                 && refuse_query.is_empty()
                 && admins_only_json.is_empty()
+                && max_duration_json.is_empty()
                 && text_json.is_empty()
                 && !plain_text_multipart)
         {
             self.error(
                 l,
                 Some(rule.into()),
-                "refuse_json, refuse_query, admins_only_json and the text classes (plain_text_json, line_text_json, quote_free_json, plain_text_multipart) apply to routes that authorize: a public route reads no body; take them out, or drop auth = \"public\"".into(),
+                "refuse_json, refuse_query, admins_only_json, max_duration_json and the text classes (plain_text_json, line_text_json, quote_free_json, plain_text_multipart) apply to routes that authorize: a public route reads no body; take them out, or drop auth = \"public\"".into(),
             );
         }
         let reads_json = !refuse_json.is_empty()
             || !admins_only_json.is_empty()
+            || !max_duration_json.is_empty()
             || !text_json.is_empty()
             || checks.iter().any(|c| match &c.target {
                 Target::Sources(s) => s.iter().any(|(_, src)| src.needs_body()),
@@ -1316,6 +1333,7 @@ impl Compiler<'_> {
             admins_only_json,
             text_json,
             plain_text_multipart,
+            max_duration_json,
             forward_authorization: r.forward_authorization.unwrap_or(false),
         })
     }

@@ -8,6 +8,7 @@
 //! reads resource ids, and `crate::policy` decides.
 
 pub mod compile;
+pub mod duration;
 pub mod extract;
 pub mod matcher;
 pub mod multipart;
@@ -516,6 +517,9 @@ pub struct Route {
     /// The body is multipart, its parts' headers plain text (`plain_text_multipart`):
     /// read whole up to `max_multipart_body_bytes`, never as JSON.
     pub plain_text_multipart: bool,
+    /// Body fields that must be ISO 8601 durations of at most this long
+    /// (`max_duration_json`), with the bound as written for messages.
+    pub max_duration_json: Vec<(JsonPointer, std::time::Duration, String)>,
     /// Pass the client's `Authorization` header upstream on this route.
     pub forward_authorization: bool,
     /// Protocols a client may switch to (lower-case; never `h2c`).

@@ -391,6 +391,10 @@ pub struct RawRoute {
     /// headers (file names above all) plain text, as `plain_text_json` (422): names an
     /// upstream's pages place unescaped (FlexMeasures' audit log of uploads).
     pub plain_text_multipart: Option<bool>,
+    /// Body fields (JSON pointers) that are ISO 8601 durations of at most the value
+    /// given (`{ "/duration" = "P31D" }`; 422 beyond, or when not a duration): lengths
+    /// an upstream turns into work without a bound of its own.
+    pub max_duration_json: Option<std::collections::BTreeMap<String, String>>,
     /// Permission checks, all of which must pass.
     #[serde(default, rename = "check")]
     pub checks: Vec<RawCheck>,

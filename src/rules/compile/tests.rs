@@ -565,3 +565,24 @@ fn plain_text_multipart_reads_no_json_and_needs_room_in_the_budget() {
     let public = "[[route]]\nname = \"up\"\nmethods = [\"POST\"]\npath = \"/up\"\nauth = \"public\"\nplain_text_multipart = true\n";
     assert!(errors_of(public).contains("plain_text_multipart) apply to routes that authorize"));
 }
+
+#[test]
+fn max_duration_json_takes_iso_durations_only() {
+    let route = |bound: &str| {
+        format!(
+            "[kind.sensor]\nquery = \"SELECT account_id FROM sensor WHERE id = $1\"\ncolumns = [\"account_id\"]\n[kind.sensor.acl]\ncreate-children = \"account:{{account_id}}\"\n[[route]]\nname = \"trigger\"\nmethods = [\"POST\"]\npath = \"/sensors/{{id}}/trigger\"\nmax_duration_json = {{ \"/duration\" = \"{bound}\" }}\n[[route.check]]\npermission = \"create-children\"\nkind = \"sensor\"\npath = \"id\"\n"
+        )
+    };
+    let config = compile_text(&route("P31D"), Path::new("rules.toml")).unwrap();
+    let r = &config.rules.routes[0];
+    assert!(r.needs_body);
+    assert_eq!(
+        r.max_duration_json[0].1,
+        std::time::Duration::from_secs(31 * 86400)
+    );
+    let report = errors_of(&route("31 days"));
+    assert!(
+        report.contains("route \"trigger\": max_duration_json: \"31 days\" for /duration is not an ISO 8601 duration"),
+        "{report}"
+    );
+}
