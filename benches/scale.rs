@@ -543,7 +543,7 @@ async fn connections(n: usize) -> Result<Value, String> {
         &db,
         &format!("http://{up}"),
         &format!(
-            "workers = 2\n[server.limits]\nmax_connections = {}\nheader_read_timeout_ms = 300000\n",
+            "workers = 2\n[server.limits]\nmax_connections = {}\nmax_connections_per_client = 0\nheader_read_timeout_ms = 300000\n",
             n * 2
         ),
         &[],

@@ -62,6 +62,7 @@ pub struct Metrics {
     rules_loaded: IntGauge,
     change_feed_errors: IntCounter,
     connections_refused: IntCounter,
+    client_connections_refused: IntCounter,
     ready: GaugeVec,
     /// Series hit on every authorized request, resolved once: a labelled lookup hashes
     /// the label values and takes a lock, which showed up in the request-path profile.
@@ -171,6 +172,13 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(connections_refused.clone()))
+            .expect("unique metric");
+        let client_connections_refused = IntCounter::new(
+            "flexgate_client_connections_refused_total",
+            "Connections closed at once because their client held max_connections_per_client.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(client_connections_refused.clone()))
             .expect("unique metric");
         let ready = GaugeVec::new(
             Opts::new(
@@ -294,6 +302,7 @@ impl Metrics {
             rules_loaded,
             change_feed_errors,
             connections_refused,
+            client_connections_refused,
             ready,
         }
     }
@@ -461,9 +470,12 @@ impl Metrics {
         }
     }
 
-    /// Count a connection closed over the connection limit.
-    pub fn connection_refused(&self) {
-        self.connections_refused.inc();
+    /// Count a connection closed over a connection limit.
+    pub fn connection_refused(&self, limit: crate::proxy::conn_limit::Refused) {
+        match limit {
+            crate::proxy::conn_limit::Refused::Listener => self.connections_refused.inc(),
+            crate::proxy::conn_limit::Refused::Client => self.client_connections_refused.inc(),
+        }
     }
 
     /// Count a failed change-feed poll.

@@ -1028,3 +1028,79 @@ plain_text_multipart = true
     assert_eq!(answer.status, 403, "{}", answer.text());
     gw.stop().await;
 }
+
+/// A TCP connection to `to` from the loopback address `from` (127.0.0.0/8 is all
+/// local), so one test can be several clients.
+async fn connect_from(from: &str, to: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// Whether a request on `stream` is answered (a status line) or the connection closed
+/// without one.
+async fn answered(stream: &mut tokio::net::TcpStream) -> bool {
+    let _ = stream
+        .write_all(b"GET /public/x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf)).await,
+        Ok(Ok(n)) if n > 0 && buf.starts_with(b"HTTP/1.1 200")
+    )
+}
+
+/// `max_connections_per_client`: one address cannot take every connection slot; a
+/// trusted proxy, which carries many clients, counts only against the total.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_take_every_connection() {
+    let db = TestDb::sqlite();
+    let upstream = Upstream::start().await;
+    let server = "http_mode = \"proxy\"\ntrusted_proxies = [\"127.0.0.3\"]\n[server.limits]\nmax_connections = 8\nmax_connections_per_client = 2\n";
+    let gw = gateway(&db, &upstream, server).await;
+    let http = gw.http.unwrap();
+    let mut first = connect_from("127.0.0.2", http).await;
+    let mut second = connect_from("127.0.0.2", http).await;
+    assert!(answered(&mut first).await && answered(&mut second).await);
+    let mut third = connect_from("127.0.0.2", http).await;
+    assert!(
+        !answered(&mut third).await,
+        "a third connection from one client was served"
+    );
+    // Another client, and the trusted proxy beyond the per-client limit, are served.
+    let mut other = connect_from("127.0.0.4", http).await;
+    assert!(answered(&mut other).await);
+    let mut proxied = Vec::new();
+    for _ in 0..3 {
+        let mut c = connect_from("127.0.0.3", http).await;
+        assert!(
+            answered(&mut c).await,
+            "the trusted proxy's connection was refused"
+        );
+        proxied.push(c);
+    }
+    assert_eq!(
+        metric(
+            &gw.metrics().await,
+            "flexgate_client_connections_refused_total"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&gw.metrics().await, "flexgate_connections_refused_total"),
+        0.0
+    );
+    // Once the client closes one, it may open another.
+    drop(first);
+    let mut served = false;
+    for _ in 0..50 {
+        let mut again = connect_from("127.0.0.2", http).await;
+        if answered(&mut again).await {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served, "the client's closed connection was not given back");
+    gw.stop().await;
+}

@@ -1,8 +1,8 @@
 //! Accepting connections: the HTTPS listener (rustls, TLS 1.2+, HTTP/1.1 and HTTP/2 by
 //! ALPN), the plain-HTTP listener (308 to HTTPS, or proxying when TLS ends in front of
 //! flexgate), and the admin listener. Each connection holds a permit of its listener's
-//! semaphore (the connection limit, shared by all workers; a connection over the limit
-//! is closed at once), applies the head-read timeout (slowloris) and the header-size
+//! [`ConnectionLimit`] (in all and per client, shared by all workers; a connection over
+//! a limit is closed at once), applies the head-read timeout (slowloris) and the header-size
 //! limit, and on shutdown stops accepting and lets in-flight requests finish until the
 //! grace period ends.
 
@@ -19,10 +19,11 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use super::conn::{self, Protocol};
+use super::conn_limit::ConnectionLimit;
 use super::deny::json_response;
 use super::host::split_authority;
 use super::pipeline::ConnInfo;
@@ -153,7 +154,7 @@ pub async fn run(
     role: Role,
     gw: Arc<Gateway>,
     mut shutdown: watch::Receiver<bool>,
-    permits: Arc<Semaphore>,
+    permits: Arc<ConnectionLimit>,
     worker: usize,
 ) {
     let limits = Arc::new(gw.limits().clone());
@@ -172,13 +173,16 @@ pub async fn run(
             },
             _ = shutdown.changed() => break,
         };
-        // Over the limit the new connection is closed at once: shedding load keeps the
+        // Over a limit the new connection is closed at once: shedding load keeps the
         // connections already served fast, and a client retries elsewhere.
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            gw.metrics.connection_refused();
-            tracing::debug!(%peer, "connection limit reached; closing the new connection");
-            drop(stream);
-            continue;
+        let permit = match permits.admit(peer.ip()) {
+            Ok(permit) => permit,
+            Err(refused) => {
+                gw.metrics.connection_refused(refused);
+                tracing::debug!(%peer, ?refused, "connection limit reached; closing the new connection");
+                drop(stream);
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         let gw = Arc::clone(&gw);

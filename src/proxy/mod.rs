@@ -22,6 +22,7 @@ pub mod admin;
 pub mod background;
 pub mod body;
 pub mod conn;
+pub mod conn_limit;
 pub mod decision;
 pub mod deny;
 pub mod evaluate;
@@ -44,6 +45,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use conn_limit::ConnectionLimit;
 use http::{HeaderValue, Method};
 use http_body_util::{Either, Full};
 use tokio::sync::{Semaphore, watch};
@@ -473,10 +475,21 @@ pub async fn start(gateway: Arc<Gateway>) -> Result<Running, Error> {
         shutdown,
         tasks: Vec::new(),
     };
-    type WorkerListener = (std::net::TcpListener, listener::Role, Arc<Semaphore>);
+    type WorkerListener = (std::net::TcpListener, listener::Role, Arc<ConnectionLimit>);
     let mut per_worker: Vec<Vec<WorkerListener>> = (0..workers).map(|_| Vec::new()).collect();
     let mut share = |sockets: Vec<std::net::TcpListener>, role: listener::Role| {
-        let permits = Arc::new(Semaphore::new(server.limits.max_connections));
+        // The decision listener's one client is the ingress: no per-client limit there.
+        let per_client = match (&role, server.limits.max_connections_per_client) {
+            (listener::Role::Decision(_), _) | (_, 0) => None,
+            (_, max) => Some((
+                u32::try_from(max).unwrap_or(u32::MAX),
+                server.trusted_proxies.clone(),
+            )),
+        };
+        let permits = Arc::new(ConnectionLimit::new(
+            server.limits.max_connections,
+            per_client,
+        ));
         for (socket, slot) in sockets.into_iter().zip(per_worker.iter_mut()) {
             slot.push((socket, role.clone(), Arc::clone(&permits)));
         }
@@ -535,7 +548,7 @@ pub async fn start(gateway: Arc<Gateway>) -> Result<Running, Error> {
     if let Some(addr) = server.admin {
         let l = listener::bind(addr, "admin").await?;
         running.admin = Some(l.local_addr().map_err(|e| Error::Bind(e.to_string()))?);
-        let permits = Arc::new(Semaphore::new(server.limits.max_connections));
+        let permits = Arc::new(ConnectionLimit::new(server.limits.max_connections, None));
         running.tasks.push(tokio::spawn(listener::run(
             l,
             listener::Role::Admin,

@@ -452,6 +452,14 @@ impl Compiler<'_> {
                 1_000_000,
                 d.max_connections as u64,
             ) as usize,
+            max_connections_per_client: limit(
+                self,
+                "max_connections_per_client",
+                l.max_connections_per_client.map(|v| v as u64),
+                0,
+                1_000_000,
+                d.max_connections_per_client as u64,
+            ) as usize,
             max_json_body_bytes: limit(
                 self,
                 "max_json_body_bytes",

@@ -112,6 +112,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Concurrent connections per listener.
     pub max_connections: usize,
+    /// Concurrent connections per listener from one client (0: no such limit).
+    pub max_connections_per_client: usize,
     /// Largest buffered JSON body.
     pub max_json_body_bytes: usize,
     /// Largest buffered multipart body (routes with `plain_text_multipart`).
@@ -138,6 +140,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
+            max_connections_per_client: 1024,
             max_json_body_bytes: 1024 * 1024,
             max_multipart_body_bytes: 4 * 1024 * 1024,
             body_read_timeout: Duration::from_secs(30),

@@ -127,6 +127,9 @@ pub struct RawLimits {
     pub idle_timeout_secs: Option<u64>,
     /// Concurrent client connections per listener.
     pub max_connections: Option<usize>,
+    /// Concurrent connections per listener from one client address (IPv6: one /64),
+    /// trusted proxies exempt; 0 turns the limit off.
+    pub max_connections_per_client: Option<usize>,
     /// Largest JSON body buffered for body-extracted ids, bytes.
     pub max_json_body_bytes: Option<usize>,
     /// Largest multipart body buffered on routes with `plain_text_multipart`, bytes.
