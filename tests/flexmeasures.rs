@@ -1903,3 +1903,75 @@ async fn forecast_periods_flexmeasures_leaves_unbounded_are_bounded() {
     );
     gw.stop().await;
 }
+
+/// FlexMeasures 1.0.1 lets a consultant clear a client's consultancy (they may only set
+/// it to their own account, which it already is): the client is cut off from the
+/// consultancy and only an admin can link it again. Through flexgate the field is for
+/// admins; a consultant still edits the client's other fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consultant_cannot_cut_a_client_off_its_consultancy() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let gw = fm_gateway(fm).await;
+    let consultancy = fm.account("consultancy");
+    let client = fm.add_account_on_plan("1000 per minute");
+    let link =
+        format!("UPDATE account SET consultancy_account_id = {consultancy} WHERE id = {client}");
+    let linked = || {
+        psql(
+            &fm.db_url,
+            &format!("SELECT consultancy_account_id FROM account WHERE id = {client}"),
+        )
+    };
+    psql(&fm.db_url, &link);
+    let (email, password, _) = creds(fm, "consultant");
+    let path = format!("/api/v3_0/accounts/{client}");
+    let clear = json!({"consultancy_account_id": null});
+    // FlexMeasures alone clears it.
+    let direct = fm_login(fm, &email, &password).await;
+    let (status, _, body) = fm_call(
+        &fm.base(),
+        "PATCH",
+        &path,
+        &[("authorization", direct.as_str())],
+        Some(&clear),
+    )
+    .await;
+    assert_eq!(status, 200, "FlexMeasures alone: {body}");
+    assert_eq!(
+        linked().trim(),
+        "",
+        "FlexMeasures alone cleared the consultancy"
+    );
+    psql(&fm.db_url, &link);
+    // Through flexgate: refused, the link stays; other fields still go through.
+    let through = gw.login(&email, &password).await;
+    for body in [clear, json!({"consultancy_account_id": consultancy})] {
+        let answer = gw.call("PATCH", &path, &through, Some(&body)).await;
+        assert_eq!(answer.status, 403, "{body}: {}", answer.text());
+    }
+    assert_eq!(linked().trim(), consultancy.to_string());
+    let answer = gw
+        .call(
+            "PATCH",
+            &path,
+            &through,
+            Some(&json!({"name": format!("client {client}")})),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let (email, password, _) = creds(fm, "admin");
+    let admin = gw.login(&email, &password).await;
+    let answer = gw
+        .call(
+            "PATCH",
+            &path,
+            &admin,
+            Some(&json!({"consultancy_account_id": null})),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(linked().trim(), "");
+    gw.stop().await;
+}
