@@ -713,6 +713,78 @@ async fn the_decision_listener_can_require_a_shared_secret() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_in_a_body_the_ingress_sends_are_checked_and_a_cut_body_is_refused() {
+    let db = TestDb::sqlite();
+    let upstream = Upstream::start().await;
+    let gw = GatewayBuilder::new(&db, &upstream)
+        .demo()
+        .server("decision = \"127.0.0.1:0\"\n")
+        .start()
+        .await;
+    let decision = gw.decision.unwrap();
+    let token = gw.demo_token("prosumer-admin@flexgate.demo").await;
+    let json = [
+        ("authorization", token.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let own = r#"{"name": "battery", "account_id": 3}"#;
+    let other = r#"{"name": "battery", "account_id": 1}"#;
+    // Envoy and Traefik send the body along: the account in it is the one checked.
+    let traefik = [
+        ("x-forwarded-method", "POST"),
+        ("x-forwarded-uri", "/api/v3_0/assets"),
+    ];
+    let traefik: Vec<_> = traefik.iter().chain(&json).copied().collect();
+    for (path, method, headers) in [
+        ("/envoy/api/v3_0/assets", "POST", &json[..]),
+        ("/traefik", "GET", &traefik[..]),
+    ] {
+        let (status, head, body) = ask(decision, method, path, headers, own).await;
+        assert_eq!(status, 200, "{path}, own account: {head}\n{body}");
+        assert!(head.contains("x-flexgate-user-id: 4"), "{head}");
+        let (status, _, body) = ask(decision, method, path, headers, other).await;
+        assert_eq!(status, 403, "{path}, another account: {body}");
+        // Sent without its body, the request cannot be decided (fail closed).
+        let (status, _, body) = ask(decision, method, path, headers, "").await;
+        assert_eq!(status, 403, "{path}, no body: {body}");
+    }
+    // Envoy with allow_partial_message cuts a body at max_request_bytes and says so:
+    // the ids past the cut (here, a second account_id the upstream's parser may take)
+    // were never seen, so a route that reads the body refuses it.
+    let mut cut = json.to_vec();
+    cut.push(("x-envoy-auth-partial-body", "true"));
+    let (status, _, body) = ask(decision, "POST", "/envoy/api/v3_0/assets", &cut, own).await;
+    assert_eq!(status, 413, "a cut body was decided as whole: {body}");
+    assert!(body.contains("only part of the request body"), "{body}");
+    // Any marker but Envoy's `false` counts as cut; `false` is a whole body.
+    for (marker, expected) in [("TRUE", 413), ("1", 413), ("false", 200)] {
+        cut[2].1 = marker;
+        let (status, _, body) = ask(decision, "POST", "/envoy/api/v3_0/assets", &cut, own).await;
+        assert_eq!(status, expected, "marker {marker:?}: {body}");
+    }
+    // A route that reads no body is decided on its path and headers, cut body or not.
+    cut[2].1 = "true";
+    let (status, head, body) = ask(
+        decision,
+        "GET",
+        "/envoy/api/v3_0/assets/1",
+        &cut,
+        "{\"account_id\": 1",
+    )
+    .await;
+    assert_eq!(status, 200, "{head}\n{body}");
+    let metrics = gw.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "flexgate_decisions_total{decision=\"bad_request\",flavour=\"envoy\"}"
+        ) >= 3.0,
+        "cut bodies were not counted as bad requests"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_proxies_name_the_client_for_login_limits_and_the_upstream() {
     let db = TestDb::sqlite();
     let upstream = Upstream::start().await;

@@ -24,6 +24,24 @@ use super::deny::json_response;
 use super::pipeline::{self, ConnInfo};
 use super::{Gateway, ProxyBody};
 
+/// The original request's body as the ingress sent it along.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IngressBody {
+    /// The whole body (possibly empty).
+    Whole(Bytes),
+    /// No body: this ingress never sends one, or sent none.
+    NotSent,
+    /// A body cut at the ingress's buffer limit (Envoy `allow_partial_message`, which
+    /// marks it `x-envoy-auth-partial-body: true`): what lies past the cut would reach
+    /// the upstream unchecked, so it counts as no body, and a route that reads the body
+    /// refuses it with 413.
+    Partial,
+}
+
+/// The header Envoy's `ext_authz` sets, with `allow_partial_message`, to say whether
+/// the body it sent is cut short.
+pub const PARTIAL_BODY_HEADER: &str = "x-envoy-auth-partial-body";
+
 /// Where one part of the original request comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum From {
@@ -133,6 +151,7 @@ const DESCRIBING: &[&str] = &[
     "x-forwarded-for",
     "x-flexgate-replay",
     "x-flexgate-decision-secret",
+    PARTIAL_BODY_HEADER,
     "content-length",
     "transfer-encoding",
 ];
@@ -357,7 +376,17 @@ pub async fn handle(gw: &Gateway, conn: &ConnInfo, req: Request<Incoming>) -> Re
             );
         }
     };
-    let body = if flavour.body && !body_is_empty(&parts.headers) {
+    // Only Envoy says a body is partial, and only when told to send part of a larger
+    // one; anything but its `false` is taken as cut short (fail closed).
+    let partial = parts
+        .headers
+        .get(PARTIAL_BODY_HEADER)
+        .is_some_and(|v| v != "false");
+    let body = if !flavour.body || body_is_empty(&parts.headers) {
+        IngressBody::NotSent
+    } else if partial {
+        IngressBody::Partial
+    } else {
         match gw
             .bodies()
             .read(
@@ -368,14 +397,12 @@ pub async fn handle(gw: &Gateway, conn: &ConnInfo, req: Request<Incoming>) -> Re
             )
             .await
         {
-            Ok(bytes) => Some(bytes),
+            Ok(bytes) => IngressBody::Whole(bytes),
             Err(deny) => {
                 gw.metrics.decision(flavour.name, deny.decision());
                 return deny.into_response();
             }
         }
-    } else {
-        None
     };
     // The client's address, as the ingress saw it (trusted on this listener only): the
     // entry the ingress appended, the last one; those before it are the client's own.

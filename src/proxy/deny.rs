@@ -75,6 +75,9 @@ pub enum Deny {
     BadRequestBody,
     /// The body exceeds the buffering limit (413).
     BodyTooLarge,
+    /// The ingress sent only the start of a body the route reads (413): Envoy's
+    /// `max_request_bytes` is below the body, with `allow_partial_message` on.
+    PartialBody,
     /// A body flexgate reads whole did not arrive within `body_read_timeout_ms` (408;
     /// the connection is closed with the unread rest).
     BodyTimeout,
@@ -112,7 +115,7 @@ impl Deny {
             Deny::Forbidden(_) | Deny::RoleForbidden { .. } => StatusCode::FORBIDDEN,
             Deny::NotFound { status, .. } => *status,
             Deny::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Deny::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Deny::BodyTooLarge | Deny::PartialBody => StatusCode::PAYLOAD_TOO_LARGE,
             Deny::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Deny::WrongMethod(_) => StatusCode::METHOD_NOT_ALLOWED,
             Deny::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -137,6 +140,7 @@ impl Deny {
             | Deny::BadHost(_)
             | Deny::BadRequestBody
             | Deny::BodyTooLarge
+            | Deny::PartialBody
             | Deny::BodyTimeout
             | Deny::MalformedJson
             | Deny::WrongMethod(_) => "bad_request",
@@ -163,6 +167,7 @@ impl Deny {
             Deny::Invalid { .. } => "invalid_input",
             Deny::Ambiguous(_) => "ambiguous_input",
             Deny::BodyTooLarge => "body_too_large",
+            Deny::PartialBody => "partial_body",
             Deny::BodyTimeout => "body_timeout",
             Deny::MalformedJson => "malformed_json",
             Deny::Throttled(_) => "login_throttled",
@@ -220,6 +225,10 @@ impl Deny {
             }
             Deny::MalformedJson => simple(status, "The request body is not valid JSON."),
             Deny::BodyTooLarge => simple(status, "The request body is too large."),
+            Deny::PartialBody => simple(
+                status,
+                "The ingress sent only part of the request body, and this route is decided on all of it; raise the ingress's body limit (Envoy: with_request_body.max_request_bytes).",
+            ),
             Deny::BodyTimeout => simple(status, "The request body did not arrive in time."),
             Deny::WrongMethod(_) => {
                 simple(status, "The method is not allowed for the requested URL.")
@@ -363,6 +372,7 @@ mod tests {
             Deny::BadGateway,
             Deny::GatewayTimeout,
             Deny::BodyTooLarge,
+            Deny::PartialBody,
         ];
         for d in all {
             assert!(

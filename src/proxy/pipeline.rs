@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use serde_json::Value as Json;
 
 use super::body::{BodyReader, Purpose};
+use super::decision::IngressBody;
 use super::deny::Deny;
 use super::evaluate::Probe;
 use super::forward::{Outgoing, UpstreamBody};
@@ -815,7 +816,7 @@ pub async fn decide_for_ingress(
     gw: &Gateway,
     conn: &ConnInfo,
     parts: http::request::Parts,
-    body: Option<Bytes>,
+    body: IngressBody,
     flavour: &'static str,
     replay: bool,
 ) -> Response<ProxyBody> {
@@ -845,7 +846,7 @@ async fn decide_request(
     installed: &Installed,
     conn: &ConnInfo,
     mut parts: http::request::Parts,
-    body: Option<Bytes>,
+    body: IngressBody,
     outcome: &mut Outcome,
 ) -> Result<Vec<(http::HeaderName, HeaderValue)>, Deny> {
     let rules = &*installed.rules;
@@ -910,14 +911,23 @@ async fn decide_request(
             "A method-override header is not taken on this route: the upstream could run the request as another method than the one decided.".into(),
         ));
     }
-    // Ids in a body that never reaches flexgate cannot be checked, nor, in FlexMeasures
-    // mode, a token FlexMeasures would take from a JSON body: fail closed.
-    if body.is_none()
-        && (route.needs_body
-            || (gw.auth.is_flexmeasures() && is_json(parts.headers.get(CONTENT_TYPE))))
-    {
-        return Err(Deny::Forbidden("body_needed_for_decision"));
-    }
+    // Ids in a body that never reaches flexgate, or reaches it cut short, cannot be
+    // checked, nor, in FlexMeasures mode, a token FlexMeasures would take from a JSON
+    // body: fail closed.
+    let body = match body {
+        IngressBody::Whole(bytes) => bytes,
+        unseen => {
+            if route.needs_body
+                || (gw.auth.is_flexmeasures() && is_json(parts.headers.get(CONTENT_TYPE)))
+            {
+                return Err(match unseen {
+                    IngressBody::Partial => Deny::PartialBody,
+                    _ => Deny::Forbidden("body_needed_for_decision"),
+                });
+            }
+            Bytes::new()
+        }
+    };
     // FlexMeasures mode: the ingress forwards the client's cookies as they are, so what
     // the proxy would take out is refused: a session cookie FlexMeasures may verify and
     // flexgate does not (spelled otherwise than Flask writes it), and, on public routes,
@@ -954,7 +964,7 @@ async fn decide_request(
         matched.params,
         &parts,
         &authority,
-        UpstreamBody::Buffered(body.unwrap_or_default()),
+        UpstreamBody::Buffered(body),
         outcome,
     )
     .await?;
