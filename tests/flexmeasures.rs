@@ -1677,6 +1677,21 @@ async fn upload_file_names_flexmeasures_shows_as_html_are_refused() {
             "\r",
             format!("filename=\"<b>{marker}</b>.csv\""),
         ),
+        (
+            "in RFC 2231 pieces",
+            "\r\n",
+            format!("filename*0=\"<\"; filename*1=\"b>{marker}.csv\""),
+        ),
+        (
+            "backslash-escaped",
+            "\r\n",
+            format!("filename=\"\\<b\\>{marker}.csv\""),
+        ),
+        (
+            "with an ISO-8859-1 control",
+            "\r\n",
+            format!("filename*=iso-8859-1''{marker}%9B31m.csv"),
+        ),
     ] {
         let answer = gw
             .send(
@@ -1691,19 +1706,53 @@ async fn upload_file_names_flexmeasures_shows_as_html_are_refused() {
             .await;
         assert_eq!(answer.status, 422, "{what}: {}", answer.text());
     }
-    // A boundary FlexMeasures and flexgate could read apart.
+    assert_eq!(
+        events().await.len(),
+        before,
+        "a refused upload reached the audit log"
+    );
+    // A boundary FlexMeasures and flexgate could read apart: Werkzeug takes the last
+    // one given, and finds a file named with markup in a part only it delimits.
+    let two_boundaries = "multipart/form-data; boundary=fg-b0undary; boundary=other";
+    let hidden = |marker: &str| {
+        format!(
+            "--fg-b0undary\r\nContent-Disposition: form-data; name=\"uploaded-files\"; filename=\"readings.csv\"\r\n\r\n{csv}\r\n\
+             --other\r\nContent-Disposition: form-data; name=\"uploaded-files\"; filename=\"<i>{marker}</i>.csv\"\r\nContent-Type: text/csv\r\n\r\n{csv}\r\n--other--\r\n--fg-b0undary--\r\n"
+        )
+    };
+    let alone = format!("{marker}-two");
+    let (status, _, body) = fm_send(
+        &fm.base(),
+        "POST",
+        &upload,
+        &[
+            ("authorization", direct.as_str()),
+            ("content-type", two_boundaries),
+        ],
+        hidden(&alone).into(),
+    )
+    .await;
+    assert!(
+        (200..300).contains(&status),
+        "FlexMeasures alone, two boundaries: {status} {body}"
+    );
+    assert!(
+        events()
+            .await
+            .iter()
+            .any(|e| e.contains(&format!("<i>{alone}</i>"))),
+        "FlexMeasures alone reads the part the second boundary delimits"
+    );
+    let before = events().await.len();
     let answer = gw
         .send(
             "POST",
             &upload,
             &[
                 ("authorization", through.as_str()),
-                (
-                    "content-type",
-                    "multipart/form-data; boundary=fg-b0undary; boundary=other",
-                ),
+                ("content-type", two_boundaries),
             ],
-            &multipart("\r\n", "filename=\"readings.csv\""),
+            &hidden(&marker),
         )
         .await;
     assert_eq!(answer.status, 400, "two boundaries: {}", answer.text());
@@ -1740,9 +1789,10 @@ async fn upload_file_names_flexmeasures_shows_as_html_are_refused() {
 }
 
 /// Werkzeug itself (FlexMeasures' form parser) reads a few thousand upload bodies
-/// spelled every way it accepts (`tests/fm/multipart_cases.py`): whenever it finds a
-/// file name with markup, the preset must deny the upload, and whenever it reads a
-/// plain upload without markup anywhere, allow it.
+/// spelled every way it accepts (`tests/fm/multipart_cases.py`), read by its request
+/// object as Flask reads them: whenever it finds a file name or other part header that
+/// is not plain text, the preset must deny the upload, and whenever it reads a plain
+/// upload without markup anywhere, allow it.
 #[test]
 fn uploads_werkzeug_reads_markup_in_are_denied_and_plain_ones_allowed() {
     let Some(python) = fm_python() else {

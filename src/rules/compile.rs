@@ -38,13 +38,7 @@ const KNOWN_ACCOUNT_ROLES: &[&str] = &["Consultancy", "MDC", "Prosumer", "Suppli
 /// Compile the text of a rule file named `file`.
 pub fn compile_text(text: &str, file: &Path) -> Result<Config, Diagnostics> {
     let mut cx = Compiler {
-        text,
-        newlines: text
-            .bytes()
-            .enumerate()
-            .filter(|(_, b)| *b == b'\n')
-            .map(|(i, _)| i)
-            .collect(),
+        lines: super::LineIndex::new(text),
         diagnostics: Diagnostics {
             file: file.to_owned(),
             ..Diagnostics::default()
@@ -284,18 +278,14 @@ pub fn compile_text(text: &str, file: &Path) -> Result<Config, Diagnostics> {
     })
 }
 
-struct Compiler<'t> {
-    text: &'t str,
-    /// Byte offsets of the file's newlines, so a line number is a binary search (a
-    /// rule file of 10,000 routes asks for one per route).
-    newlines: Vec<usize>,
+struct Compiler {
+    lines: super::LineIndex,
     diagnostics: Diagnostics,
 }
 
-impl Compiler<'_> {
+impl Compiler {
     fn line_of(&self, offset: usize) -> usize {
-        let offset = offset.min(self.text.len());
-        self.newlines.partition_point(|&n| n < offset) + 1
+        self.lines.line_of(offset)
     }
 
     fn error(&mut self, line: Option<usize>, rule: Option<String>, message: String) {

@@ -27,6 +27,33 @@ use crate::policy::{AdminRoles, KindPolicy, Permission, RoleRequirements};
 use extract::{IdType, JsonPointer, Source, TextClass};
 use matcher::{Matcher, Methods, Template};
 
+/// Line numbers of byte offsets in one file, each a binary search: diagnostics name
+/// the line of every rule and test case, and files run to thousands of them.
+pub(crate) struct LineIndex {
+    newlines: Vec<usize>,
+    len: usize,
+}
+
+impl LineIndex {
+    pub(crate) fn new(text: &str) -> LineIndex {
+        LineIndex {
+            newlines: text
+                .bytes()
+                .enumerate()
+                .filter(|(_, b)| *b == b'\n')
+                .map(|(i, _)| i)
+                .collect(),
+            len: text.len(),
+        }
+    }
+
+    /// The 1-based line `offset` lies on.
+    pub(crate) fn line_of(&self, offset: usize) -> usize {
+        let offset = offset.min(self.len);
+        self.newlines.partition_point(|&n| n < offset) + 1
+    }
+}
+
 /// One problem found in a rule file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {

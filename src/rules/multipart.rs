@@ -108,7 +108,8 @@ pub fn boundary(content_type: &[u8]) -> Result<&[u8], MultipartError> {
         }
     }
     let boundary = found.ok_or(MultipartError::Boundary("is missing"))?;
-    if boundary.len() > 70
+    if boundary.is_empty()
+        || boundary.len() > 70
         || boundary.last() == Some(&b' ')
         || !boundary.iter().all(|&b| is_bchar(b))
     {
@@ -186,18 +187,217 @@ impl BlankLines {
     }
 }
 
-/// Whether a part's header block is UTF-8 (Werkzeug decodes it so) and every line of
-/// it, as sent and with its percent escapes decoded (RFC 2231's `filename*=utf-8''...`,
-/// and `%22` in quoted values), is text of `class`.
+/// Whether a part's header block is UTF-8 (Werkzeug decodes it so), every line of it,
+/// as sent and with its percent escapes decoded, is text of `class`, and so is every
+/// parameter value Werkzeug's `parse_options_header` makes of each header (backslash
+/// escapes undone, RFC 2231 continuations joined, ISO-8859-1 escapes decoded as such).
 fn headers_are_text(block: &[u8], class: TextClass) -> bool {
     let Ok(text) = std::str::from_utf8(block) else {
         return false;
     };
-    text.split(['\r', '\n']).all(|line| {
+    let lines_are_text = text.split(['\r', '\n']).all(|line| {
         class.allows(line)
             && (!line.contains('%')
                 || class.allows(&percent_encoding::percent_decode_str(line).decode_utf8_lossy()))
-    })
+    });
+    lines_are_text
+        && join_continued_lines(text).split(['\r', '\n']).all(|line| {
+            let value = line.split_once(':').map_or("", |(_, value)| value);
+            parameter_values(value.trim_matches([' ', '\t']))
+                .iter()
+                .all(|v| class.allows(v))
+        })
+}
+
+/// A header block with each line break followed by a blank turned into one space, as
+/// Werkzeug joins continued headers before reading them.
+fn join_continued_lines(text: &str) -> std::borrow::Cow<'_, str> {
+    let bytes = text.as_bytes();
+    let blank_at = |i: usize| matches!(bytes.get(i), Some(b' ' | b'\t'));
+    if !(0..bytes.len()).any(|i| matches!(bytes[i], b'\r' | b'\n') && blank_at(i + 1)) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let joined = if bytes[i..].starts_with(b"\r\n") && blank_at(i + 2) {
+            3
+        } else if matches!(bytes[i], b'\r' | b'\n') && blank_at(i + 1) {
+            2
+        } else {
+            0
+        };
+        if joined > 0 {
+            out.push(' ');
+            i += joined;
+        } else {
+            // Only ASCII is ever replaced, so the rest is copied as it stands.
+            let next = (i + 1..=bytes.len())
+                .find(|&j| text.is_char_boundary(j))
+                .unwrap_or(bytes.len());
+            out.push_str(&text[i..next]);
+            i = next;
+        }
+    }
+    out.into()
+}
+
+/// The parameter values of one header value (`form-data; name="f"; filename*=...`) as
+/// Werkzeug 3's `parse_options_header` computes them: token or quoted values, quoted
+/// ones with backslash escapes undone and `%22` read as `"`, `key*=charset'lang'value`
+/// percent-decoded in its charset (ASCII and UTF-8 lossily, ISO-8859-1 byte for byte;
+/// others left as they are), and `key*0`, `key*1`, ... joined in the order sent.
+fn parameter_values(value: &str) -> Vec<String> {
+    let Some((_, rest)) = value.split_once(';') else {
+        return Vec::new();
+    };
+    let rest = rest.trim_matches([' ', '\t']).as_bytes();
+    // The raw (key, value) parts, found as Werkzeug scans for them.
+    let mut parts: Vec<(String, &[u8])> = Vec::new();
+    let mut at = 0;
+    while at < rest.len() {
+        let key_len = rest[at..].iter().take_while(|&&b| is_tchar(b)).count();
+        if key_len > 0 && rest.get(at + key_len) == Some(&b'=') {
+            let key = String::from_utf8_lossy(&rest[at..at + key_len]).to_ascii_lowercase();
+            at += key_len + 1;
+            let token_len = rest[at..].iter().take_while(|&&b| is_tchar(b)).count();
+            if token_len > 0 {
+                parts.push((key, &rest[at..at + token_len]));
+                at += token_len;
+            } else if rest.get(at) == Some(&b'"') {
+                let mut end = at + 1;
+                loop {
+                    match rest.get(end..) {
+                        Some([b'\\', b'\\' | b'"', ..]) => end += 2,
+                        Some([b'"', ..]) => break,
+                        Some([_, ..]) => end += 1,
+                        // No closing quote: Werkzeug reads no further parameter.
+                        _ => return options(parts),
+                    }
+                }
+                parts.push((key, &rest[at..=end]));
+                at = end + 1;
+            }
+        }
+        match rest[at.min(rest.len())..].iter().position(|&b| b == b';') {
+            Some(i) => {
+                at += i + 1;
+                at += rest[at..]
+                    .iter()
+                    .take_while(|&&b| matches!(b, b' ' | b'\t'))
+                    .count();
+            }
+            None => break,
+        }
+    }
+    options(parts)
+}
+
+/// The values Werkzeug makes of the raw parameter parts (see [`parameter_values`]),
+/// and every part's own value besides, those Werkzeug drops for a later one included.
+fn options(parts: Vec<(String, &[u8])>) -> Vec<String> {
+    let mut every = Vec::with_capacity(parts.len());
+    let mut continued: Vec<(String, Vec<String>, Option<String>)> = Vec::new();
+    for (mut key, raw) in parts {
+        // `key*N*`, `key*N` and `key*` markers at the key's end.
+        let (continuation, charset) = {
+            let b = key.as_bytes();
+            let star = b.last() == Some(&b'*');
+            let body = &b[..b.len() - usize::from(star)];
+            let digits = body.iter().rev().take_while(|d| d.is_ascii_digit()).count();
+            let numbered =
+                digits > 0 && body.len() > digits && body[body.len() - digits - 1] == b'*';
+            let cut = if numbered {
+                body.len() - digits - 1
+            } else {
+                body.len()
+            };
+            key.truncate(cut);
+            (numbered, star)
+        };
+        let raw = String::from_utf8_lossy(raw);
+        let mut encoding = None;
+        let value = if charset {
+            let mut value = raw.to_string();
+            if let Some((declared, encoded)) = split_charset(&raw) {
+                encoding = Some(declared.to_ascii_lowercase()).filter(|e| !e.is_empty());
+                value = encoded.to_owned();
+            }
+            if encoding.is_none() && continuation {
+                encoding = continued
+                    .iter()
+                    .find(|(k, _, _)| *k == key)
+                    .and_then(|(_, _, e)| e.clone());
+            }
+            match encoding.as_deref() {
+                Some("iso-8859-1") => percent_encoding::percent_decode_str(&value)
+                    .map(char::from)
+                    .collect(),
+                Some("ascii" | "us-ascii" | "utf-8") => {
+                    percent_encoding::percent_decode_str(&value)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                }
+                _ => value,
+            }
+        } else {
+            unquote(&raw).replace("%22", "\"")
+        };
+        every.push(value.clone());
+        if continuation {
+            match continued.iter_mut().find(|(k, _, _)| *k == key) {
+                Some((_, pieces, known)) => {
+                    pieces.push(value);
+                    if encoding.is_some() {
+                        *known = encoding;
+                    }
+                }
+                None => continued.push((key, vec![value], encoding)),
+            }
+        } else {
+            // A plain `key=` ends the continuation of that key so far.
+            continued.retain(|(k, _, _)| *k != key);
+        }
+    }
+    every.extend(continued.into_iter().map(|(_, pieces, _)| pieces.concat()));
+    every
+}
+
+/// RFC 2231's `charset'language'value`, as Werkzeug matches it: the charset and
+/// language of token characters but `'`, the value of one or more token characters.
+fn split_charset(raw: &str) -> Option<(&str, &str)> {
+    let (charset, rest) = raw.split_once('\'')?;
+    let (language, value) = rest.split_once('\'')?;
+    let token_but_quote = |s: &str| s.bytes().all(|b| b != b'\'' && is_tchar(b));
+    (token_but_quote(charset)
+        && token_but_quote(language)
+        && !value.is_empty()
+        && value.bytes().all(is_tchar))
+    .then_some((charset, value))
+}
+
+/// A quoted value's content with every backslash escape undone (Werkzeug's
+/// `unquote_header_value`); a token as it is.
+fn unquote(raw: &str) -> String {
+    let Some(inner) = raw
+        .strip_prefix('"')
+        .and_then(|r| r.strip_suffix('"'))
+        .filter(|_| raw.len() >= 2)
+    else {
+        return raw.to_owned();
+    };
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(escaped) => out.push(escaped),
+                None => out.push('\\'),
+            },
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The length of the line break `bytes` starts with, as Werkzeug's `\r\n|\n|\r`.
@@ -292,6 +492,7 @@ mod tests {
         for ct in [
             &b"multipart/form-data"[..],
             b"multipart/form-data; boundary=",
+            b"multipart/form-data; boundary=\"\"",
             b"multipart/form-data; boundary=a; boundary=b",
             b"multipart/form-data; boundary*=utf-8''abc",
             b"multipart/form-data; boundary*0=a; boundary=b",
@@ -337,6 +538,14 @@ mod tests {
             &file("meter readings (2026).csv"),
             &file("zählerstand_o'brien.xlsx"),
             "Content-Disposition: form-data; name=\"unit\"",
+            // UTF-8 whose bytes, read as ISO-8859-1, would be C1 controls (`ß` is
+            // C3 9F), a file name in pieces, an escaped quote, an ASCII `%85`.
+            "Content-Disposition: form-data; name=\"f\"; filename*=UTF-8''stra%C3%9Fe.csv",
+            "Content-Disposition: form-data; name=\"f\"; filename*0=\"meter \"; filename*1=readings.csv",
+            "Content-Disposition: form-data; name=\"f\"; filename=\"o\\\"brien $ {x}.csv\"",
+            "Content-Disposition: form-data; name=\"f\"; filename*=us-ascii''a%85.csv",
+            // Joined in the order sent (Werkzeug's), not by number: `{x}.csv$`.
+            "Content-Disposition: form-data; name=\"f\"; filename*1=\"{x}.csv\"; filename*0=\"$\"",
         ]);
         assert_eq!(check(ct, &ok, PLAIN), Ok(()));
     }
@@ -363,6 +572,27 @@ mod tests {
                 check(ct, &body(&[&file("ok.csv"), &headers]), PLAIN),
                 Err(MultipartError::NotText { part: 2 }),
                 "{headers:?}"
+            );
+        }
+        // Made only by Werkzeug's own reading of the parameters.
+        for disposition in [
+            // A backslash escape undone inside quotes.
+            r#"filename="$\{x}.csv""#,
+            // RFC 2231 continuations, joined in the order sent, quoted or encoded,
+            // across a continued header line, with the charset given once.
+            r#"filename*0="$"; filename*1="{x}.csv""#,
+            "filename*0*=utf-8''%24; filename*1*=%7Bx%7D.csv",
+            "filename*0=\"$\";\r\n filename*1=\"{x}.csv\"",
+            "filename*0*=UTF-8''a%24; name=\"b\"; filename*1*=%7B.csv",
+            // ISO-8859-1 escapes are bytes: `%85` is a C1 control, not a broken UTF-8.
+            "filename*=iso-8859-1''a%85.csv",
+            "filename*0*=ISO-8859-1''a; filename*1*=%9B31m.csv",
+        ] {
+            let headers = format!("Content-Disposition: form-data; name=\"f\"; {disposition}");
+            assert_eq!(
+                check(ct, &body(&[&headers]), PLAIN),
+                Err(MultipartError::NotText { part: 1 }),
+                "{disposition:?}"
             );
         }
         let mut latin1 = body(&[&file("ok.csv")]);

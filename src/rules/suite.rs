@@ -117,11 +117,6 @@ pub struct Suite {
     pub cases: Vec<Case>,
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text.get(..offset)
-        .map_or(1, |b| b.bytes().filter(|c| *c == b'\n').count() + 1)
-}
-
 /// Parse a suite file and check it against `rules` (principals named, kinds and
 /// columns that exist, methods and statuses that make sense).
 pub fn load(path: &Path, rules: &RuleSet) -> Result<Suite, Diagnostics> {
@@ -140,11 +135,12 @@ pub fn load(path: &Path, rules: &RuleSet) -> Result<Suite, Diagnostics> {
             return Err(d);
         }
     };
+    let lines = super::LineIndex::new(&text);
     let raw: RawSuite = match toml::from_str(&text) {
         Ok(r) => r,
         Err(e) => {
             d.errors.push(Diagnostic {
-                line: e.span().map(|s| line_of(&text, s.start)),
+                line: e.span().map(|s| lines.line_of(s.start)),
                 rule: None,
                 message: e.message().trim().to_owned(),
             });
@@ -170,7 +166,7 @@ pub fn load(path: &Path, rules: &RuleSet) -> Result<Suite, Diagnostics> {
     }
     let mut owners = HashMap::new();
     for (kind_name, rows) in raw.owners {
-        let line = Some(line_of(&text, kind_name.span().start));
+        let line = Some(lines.line_of(kind_name.span().start));
         let Some(kind) = rules.kinds.iter().find(|k| k.name == *kind_name.get_ref()) else {
             let known: Vec<&str> = rules.kinds.iter().map(|k| k.name.as_str()).collect();
             d.errors.push(Diagnostic {
@@ -185,7 +181,7 @@ pub fn load(path: &Path, rules: &RuleSet) -> Result<Suite, Diagnostics> {
             continue;
         };
         for (id, columns) in rows {
-            let row_line = Some(line_of(&text, id.span().start));
+            let row_line = Some(lines.line_of(id.span().start));
             let mut row = vec![Value::Null; kind.columns.len()];
             for (column, value) in columns {
                 let Some(i) = kind.columns.iter().position(|c| *c == column) else {
@@ -219,7 +215,7 @@ pub fn load(path: &Path, rules: &RuleSet) -> Result<Suite, Diagnostics> {
     }
     let mut cases = Vec::new();
     for spanned in raw.cases {
-        let line = line_of(&text, spanned.span().start);
+        let line = lines.line_of(spanned.span().start);
         let c = spanned.into_inner();
         let label = c.name.clone().unwrap_or_else(|| {
             format!(
