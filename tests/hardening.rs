@@ -1026,6 +1026,13 @@ plain_text_multipart = true
         )
         .await;
     assert_eq!(answer.status, 403, "{}", answer.text());
+    // And refused on it before its body is read: only the head is sent, and the
+    // answer comes at once (reading the body would wait for it, 30 s by default).
+    let head = format!(
+        "POST /api/v3_0/sensors/3/data/upload HTTP/1.1\r\nHost: localhost\r\nAuthorization: {token}\r\nContent-Type: {content_type}\r\nContent-Length: 60000\r\n\r\n"
+    );
+    let answer = raw_http1(&gw, head.as_bytes()).await;
+    assert_eq!(status_of(&answer), 403, "{answer}");
     gw.stop().await;
 }
 

@@ -208,6 +208,26 @@ pub async fn evaluate<O: OwnerSource, T: Trace>(
             return Err(deny);
         }
     }
+    // As on the proxy: the checks that need no body come before the body is read.
+    if route.needs_body {
+        let before = Facts {
+            params: params.clone(),
+            query: probe.query.as_deref(),
+            headers: &headers,
+            body: None,
+        };
+        if pipeline::authorize_before_body(owners, rules, route, &before, identity, &mut ())
+            .await
+            .is_err()
+        {
+            note(
+                trace,
+                "before the body is read: the checks that need none".into(),
+            );
+            return pipeline::authorize_before_body(owners, rules, route, &before, identity, trace)
+                .await;
+        }
+    }
     // As on the proxy: a route that reads the body reads it as JSON, or refuses it.
     let json = match (&probe.body, route.needs_body) {
         (Some(bytes), true) => match pipeline::checked_body(&headers, bytes, route) {

@@ -599,6 +599,16 @@ async fn admit(
     )?;
     check_roles(rules, route, &identity)?;
     check_key_scope(rules, route, &parts.method, &identity)?;
+    if route.needs_body {
+        let mut checking = Checking::default();
+        let decided =
+            authorize_before_body(&gw.owners, rules, route, &facts, &identity, &mut checking).await;
+        if decided.is_err() {
+            outcome.account_id = Some(identity.principal.account_id);
+            outcome.checked = checking.last;
+        }
+        decided?;
+    }
     let (forward_body, json) = match (route.needs_body, early, body.take()) {
         (true, Some(bytes), _) => {
             let json = checked_body(&parts.headers, &bytes, route)?;
@@ -1469,8 +1479,38 @@ pub async fn authorize<T: Trace, O: OwnerSource>(
     trace: &mut T,
 ) -> Result<(), Deny> {
     refuse_fields(rules, route, facts, who, trace)?;
+    run_checks(owners, rules, route, facts, who, trace, false).await
+}
+
+/// Stage, on a route that reads the body: the checks that need no body (ids in the
+/// path, query or headers, kinds without ids), decided before the body is read, so a
+/// caller refused on them never has flexgate buffer an upload for nothing. The same
+/// checks are decided again, with the rest, by [`authorize`] once the body is in.
+pub async fn authorize_before_body<T: Trace, O: OwnerSource>(
+    owners: &O,
+    rules: &RuleSet,
+    route: &Route,
+    facts: &Facts<'_>,
+    who: &Identity,
+    trace: &mut T,
+) -> Result<(), Deny> {
+    run_checks(owners, rules, route, facts, who, trace, true).await
+}
+
+async fn run_checks<T: Trace, O: OwnerSource>(
+    owners: &O,
+    rules: &RuleSet,
+    route: &Route,
+    facts: &Facts<'_>,
+    who: &Identity,
+    trace: &mut T,
+    body_free_only: bool,
+) -> Result<(), Deny> {
     let mut subject: Option<Arc<[Value]>> = None;
     for (n, check) in route.checks.iter().enumerate() {
+        if body_free_only && check.reads_body() {
+            continue;
+        }
         let permission = rules.permission_name(check.permission);
         match &check.target {
             Target::Singleton(k) => {

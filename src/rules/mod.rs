@@ -510,6 +510,22 @@ pub struct Check {
     pub not_found_status: Option<StatusCode>,
 }
 
+impl Check {
+    /// Whether deciding this check needs the request body: an id read from it, or a
+    /// column of the first resource (which may have been named in it).
+    pub fn reads_body(&self) -> bool {
+        match &self.target {
+            Target::Singleton(_) => false,
+            Target::Sources(alternatives) => alternatives.iter().any(|(_, source)| {
+                matches!(
+                    source,
+                    Source::Json(_) | Source::Form { .. } | Source::Column { .. }
+                )
+            }),
+        }
+    }
+}
+
 /// A compiled route.
 #[derive(Debug, Clone)]
 pub struct Route {
