@@ -211,7 +211,7 @@ pub async fn evaluate<O: OwnerSource, T: Trace>(
     // As on the proxy: the checks that need no body come before the body is read.
     if route.needs_body {
         let before = Facts {
-            params: params.clone(),
+            params,
             query: probe.query.as_deref(),
             headers: &headers,
             body: None,
