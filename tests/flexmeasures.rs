@@ -1507,24 +1507,31 @@ async fn forecasts_and_stored_text_flexmeasures_leaves_unchecked_are_refused() {
     );
     // Text FlexMeasures' pages insert as HTML or into a double-quoted attribute.
     let asset = format!("/api/v3_0/assets/{}", fm.asset("prosumer_a"));
-    for (what, path, body) in [
+    // A sensor is updated by its account's admins (a member is refused on the sensor
+    // before the body is read).
+    let (admin_email, admin_password, _) = creds(fm, "prosumer_admin");
+    let account_admin = gw.login(&admin_email, &admin_password).await;
+    for (what, path, body, who) in [
         (
             "markup in asset attributes (the audit log)",
             asset.clone(),
             json!({"attributes": {"note": "<img src=x onerror=alert(1)>"}}),
+            &member,
         ),
         (
             "markup in a sensor attribute key",
             format!("/api/v3_0/sensors/{own}"),
             json!({"attributes": {"<b>k</b>": 1}}),
+            &account_admin,
         ),
         (
             "a double quote in an asset name (the status page's title)",
             asset.clone(),
             json!({"name": "x\" onmouseover=\"alert(1)"}),
+            &member,
         ),
     ] {
-        let answer = gw.call("PATCH", &path, &member, Some(&body)).await;
+        let answer = gw.call("PATCH", &path, who, Some(&body)).await;
         assert_eq!(answer.status, 422, "{what}: {}", answer.text());
     }
     // A quoted email: FlexMeasures alone stores it on PATCH; flexgate refuses it.

@@ -784,6 +784,67 @@ async fn ids_in_a_body_the_ingress_sends_are_checked_and_a_cut_body_is_refused()
     gw.stop().await;
 }
 
+/// The decision listener reads a body before it knows the route: up to the uploads'
+/// limit when a route takes uploads, and then holds every other route to the JSON one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_sent_for_a_decision_get_the_uploads_limit_and_other_bodies_the_json_one() {
+    let db = TestDb::sqlite();
+    let upstream = Upstream::start().await;
+    let rules = demo_rules()
+        + r#"
+[[route]]
+name = "sensor-upload"
+methods = ["POST"]
+path = "/api/v3_0/sensors/{id}/data/upload"
+plain_text_multipart = true
+  [[route.check]]
+  permission = "create-children"
+  kind = "sensor"
+  path = "id"
+"#;
+    let gw = GatewayBuilder::new(&db, &upstream)
+        .demo()
+        .rules(&rules)
+        .server(
+            "decision = \"127.0.0.1:0\"\n[server.limits]\nmax_json_body_bytes = 4096\nmax_multipart_body_bytes = 65536\n",
+        )
+        .start()
+        .await;
+    let decision = gw.decision.unwrap();
+    let token = gw.demo_token("prosumer-admin@flexgate.demo").await;
+    let upload = |name: &str| {
+        format!(
+            "--XyZ\r\nContent-Disposition: form-data; name=\"uploaded-files\"; filename=\"{name}\"\r\nContent-Type: text/csv\r\n\r\n{}\r\n--XyZ--\r\n",
+            "2026-12-01T00:00:00Z,1\r\n".repeat(1000)
+        )
+    };
+    let multipart = [
+        ("authorization", token.as_str()),
+        ("content-type", "multipart/form-data; boundary=XyZ"),
+    ];
+    let path = "/envoy/api/v3_0/sensors/1/data/upload";
+    let (status, head, body) = ask(decision, "POST", path, &multipart, &upload("a.csv")).await;
+    assert_eq!(status, 200, "a 23 KB upload: {head}\n{body}");
+    let (status, _, body) = ask(decision, "POST", path, &multipart, &upload("<b>.csv")).await;
+    assert_eq!(status, 422, "markup in an upload's file name: {body}");
+    // A JSON body of the same size, to a route that reads JSON: over its limit.
+    let json = [
+        ("authorization", token.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let big = format!(r#"{{"account_id": 3, "name": "{}"}}"#, "x".repeat(20_000));
+    let (status, _, body) = ask(decision, "POST", "/envoy/api/v3_0/assets", &json, &big).await;
+    assert_eq!(status, 413, "a 20 KB JSON body: {body}");
+    let small = r#"{"account_id": 3, "name": "battery"}"#;
+    let (status, _, body) = ask(decision, "POST", "/envoy/api/v3_0/assets", &json, small).await;
+    assert_eq!(status, 200, "{body}");
+    // Past the uploads' limit, even an upload is refused.
+    let huge = upload(&"a".repeat(10)).repeat(3);
+    let (status, _, _) = ask(decision, "POST", path, &multipart, &huge).await;
+    assert_eq!(status, 413);
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_proxies_name_the_client_for_login_limits_and_the_upstream() {
     let db = TestDb::sqlite();

@@ -387,14 +387,19 @@ pub async fn handle(gw: &Gateway, conn: &ConnInfo, req: Request<Incoming>) -> Re
     } else if partial {
         IngressBody::Partial
     } else {
+        // The route is not known yet: read up to the largest body a route may take
+        // (the pipeline holds every other route to the JSON limit).
+        let limits = gw.limits();
+        let limit = if gw.rules().takes_uploads {
+            limits
+                .max_json_body_bytes
+                .max(limits.max_multipart_body_bytes)
+        } else {
+            limits.max_json_body_bytes
+        };
         match gw
             .bodies()
-            .read(
-                &parts.headers,
-                body,
-                gw.limits().max_json_body_bytes,
-                Purpose::Other,
-            )
+            .read(&parts.headers, body, limit, Purpose::Other)
             .await
         {
             Ok(bytes) => IngressBody::Whole(bytes),

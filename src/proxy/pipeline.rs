@@ -925,6 +925,13 @@ async fn decide_request(
     // checked, nor, in FlexMeasures mode, a token FlexMeasures would take from a JSON
     // body: fail closed.
     let body = match body {
+        // Read before the route was known, up to the uploads' limit: every other route
+        // takes no more than a JSON body.
+        IngressBody::Whole(bytes)
+            if !route.plain_text_multipart && bytes.len() > gw.limits().max_json_body_bytes =>
+        {
+            return Err(Deny::BodyTooLarge);
+        }
         IngressBody::Whole(bytes) => bytes,
         unseen => {
             if route.needs_body

@@ -268,6 +268,7 @@ pub fn compile_text(text: &str, file: &Path) -> Result<Config, Diagnostics> {
         identity: identity.expect("identity errors were reported above"),
         permissions,
         kinds,
+        takes_uploads: routes.iter().any(|r| r.plain_text_multipart),
         routes,
         matcher,
     };

@@ -645,6 +645,10 @@ pub struct RuleSet {
     pub routes: Vec<Route>,
     /// Routes in precedence order.
     pub matcher: Matcher,
+    /// Whether a route takes uploads (`plain_text_multipart`): the decision listener,
+    /// which reads a body before it knows the route, then reads up to the uploads'
+    /// limit.
+    pub takes_uploads: bool,
 }
 
 impl RuleSet {
