@@ -394,3 +394,52 @@ pub fn h2_frames(data: &[u8]) {
         "open state disagrees with the counts"
     );
 }
+
+/// Upload part headers (`plain_text_multipart`): the check answers any body the same
+/// twice; an accepted boundary is 1 to 70 of RFC 2046's characters taken from the
+/// header; and a part whose header block is the input (its blank lines taken out) is
+/// accepted only if every line of it, as sent and percent-decoded, holds no markup:
+/// no `<`, `>`, backtick or `${`. The first line is the Content-Type for the first
+/// property, the rest the body.
+pub fn multipart_headers(data: &[u8]) {
+    use crate::rules::extract::TextClass;
+    use crate::rules::multipart::{boundary, check};
+
+    let (content_type, body) = match data.iter().position(|&b| b == b'\n') {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &[][..]),
+    };
+    let first = check(Some(content_type), body, TextClass::Plain);
+    assert_eq!(first, check(Some(content_type), body, TextClass::Plain));
+    if let Ok(b) = boundary(content_type) {
+        assert!((1..=70).contains(&b.len()), "{b:?}");
+        assert!(
+            content_type.windows(b.len()).any(|w| w == b),
+            "the boundary comes from the header"
+        );
+    }
+    // One part, its headers the input with every blank line taken out.
+    let mut block = Vec::with_capacity(data.len());
+    for &b in data {
+        let breaks = |b: u8| b == b'\r' || b == b'\n';
+        if breaks(b) && block.last().is_some_and(|&l| breaks(l)) {
+            continue;
+        }
+        block.push(b);
+    }
+    let mut part = b"--B\r\n".to_vec();
+    part.extend_from_slice(&block);
+    part.extend_from_slice(b"\r\n\r\ndata\r\n--B--\r\n");
+    if check(Some(b"multipart/form-data; boundary=B"), &part, TextClass::Plain).is_ok() {
+        let text = std::str::from_utf8(&block).expect("accepted headers are UTF-8");
+        for line in text.split(['\r', '\n']) {
+            let decoded = percent_encoding::percent_decode_str(line).decode_utf8_lossy();
+            for seen in [line, &decoded] {
+                assert!(
+                    !seen.contains(['<', '>', '`']) && !seen.contains("${"),
+                    "accepted markup in {line:?}"
+                );
+            }
+        }
+    }
+}

@@ -87,3 +87,8 @@ fn host_corpus() {
 fn h2_frames_corpus() {
     run("h2_frames", properties::h2_frames);
 }
+
+#[test]
+fn multipart_corpus() {
+    run("multipart", properties::multipart_headers);
+}
