@@ -430,7 +430,13 @@ pub fn multipart_headers(data: &[u8]) {
     let mut part = b"--B\r\n".to_vec();
     part.extend_from_slice(&block);
     part.extend_from_slice(b"\r\n\r\ndata\r\n--B--\r\n");
-    if check(Some(b"multipart/form-data; boundary=B"), &part, TextClass::Plain).is_ok() {
+    if check(
+        Some(b"multipart/form-data; boundary=B"),
+        &part,
+        TextClass::Plain,
+    )
+    .is_ok()
+    {
         let text = std::str::from_utf8(&block).expect("accepted headers are UTF-8");
         for line in text.split(['\r', '\n']) {
             let decoded = percent_encoding::percent_decode_str(line).decode_utf8_lossy();

@@ -920,19 +920,7 @@ async fn without_allowed_hosts_the_redirect_names_only_the_certificates_hosts() 
 async fn uploads_are_read_whole_and_their_part_headers_checked() {
     let db = TestDb::sqlite();
     let upstream = Upstream::start().await;
-    let rules = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"))
-        .unwrap()
-        + r#"
-[[route]]
-name = "sensor-upload"
-methods = ["POST"]
-path = "/api/v3_0/sensors/{id}/data/upload"
-plain_text_multipart = true
-  [[route.check]]
-  permission = "create-children"
-  kind = "sensor"
-  path = "id"
-"#;
+    let rules = demo_rules_with_uploads();
     let gw = GatewayBuilder::new(&db, &upstream)
         .demo()
         .rules(&rules)

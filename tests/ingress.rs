@@ -790,18 +790,7 @@ async fn ids_in_a_body_the_ingress_sends_are_checked_and_a_cut_body_is_refused()
 async fn uploads_sent_for_a_decision_get_the_uploads_limit_and_other_bodies_the_json_one() {
     let db = TestDb::sqlite();
     let upstream = Upstream::start().await;
-    let rules = demo_rules()
-        + r#"
-[[route]]
-name = "sensor-upload"
-methods = ["POST"]
-path = "/api/v3_0/sensors/{id}/data/upload"
-plain_text_multipart = true
-  [[route.check]]
-  permission = "create-children"
-  kind = "sensor"
-  path = "id"
-"#;
+    let rules = demo_rules_with_uploads();
     let gw = GatewayBuilder::new(&db, &upstream)
         .demo()
         .rules(&rules)

@@ -241,6 +241,23 @@ macro_rules! both_backends_async {
     };
 }
 
+/// The demo's rules with an upload route (`plain_text_multipart`) on the demo's sensors,
+/// which their accounts' members may post to.
+pub fn demo_rules_with_uploads() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml")).unwrap()
+        + r#"
+[[route]]
+name = "sensor-upload"
+methods = ["POST"]
+path = "/api/v3_0/sensors/{id}/data/upload"
+plain_text_multipart = true
+  [[route.check]]
+  permission = "create-children"
+  kind = "sensor"
+  path = "id"
+"#
+}
+
 /// The `flexgate` binary under test, with a clean environment pointed at `db`.
 pub fn flexgate(db: &TestDb) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flexgate"));
