@@ -122,8 +122,8 @@ pub fn boundary(content_type: &[u8]) -> Result<&[u8], MultipartError> {
 
 /// Check the headers of every part `boundary` delimits in `body`. Linear in the
 /// body's length, whatever it holds: delimiters are looked for at every byte (one may
-/// overlap the last), a blank line is looked for once per stretch of the body, and
-/// headers that lie inside the last part's headers were checked with them.
+/// overlap the last), a blank line is looked for once per stretch of the body, and a
+/// delimiter inside the last part's headers is refused.
 pub fn check_parts(body: &[u8], boundary: &[u8], class: TextClass) -> Result<(), MultipartError> {
     let mut delimiter = Vec::with_capacity(boundary.len() + 2);
     delimiter.extend_from_slice(b"--");
@@ -153,7 +153,11 @@ pub fn check_parts(body: &[u8], boundary: &[u8], class: TextClass) -> Result<(),
         let start = line_start + break_len;
         let end = blank.first_from(body, start);
         if checked_end == Some(end) {
-            continue;
+            // A delimiter inside the headers just checked. No client writes one there,
+            // but a parser that missed the earlier delimiter (Werkzeug can, at the edge
+            // of its 64 KiB reads) starts a part's headers here, and reads their first
+            // line apart from the line before it: refuse rather than guess.
+            return Err(MultipartError::Boundary("appears inside a part's headers"));
         }
         checked_end = Some(end);
         part += 1;
@@ -330,14 +334,17 @@ fn options(parts: Vec<(String, &[u8])>) -> Vec<String> {
                     .and_then(|(_, _, e)| e.clone());
             }
             match encoding.as_deref() {
-                Some("iso-8859-1") => percent_encoding::percent_decode_str(&value)
-                    .map(char::from)
-                    .collect(),
-                Some("ascii" | "us-ascii" | "utf-8") => {
-                    percent_encoding::percent_decode_str(&value)
-                        .decode_utf8_lossy()
-                        .into_owned()
-                }
+                Some("iso-8859-1") => percent_decode_chars(&value, char::from),
+                Some("ascii" | "us-ascii") => percent_decode_chars(&value, |b| {
+                    if b.is_ascii() {
+                        char::from(b)
+                    } else {
+                        char::REPLACEMENT_CHARACTER
+                    }
+                }),
+                Some("utf-8") => percent_encoding::percent_decode_str(&value)
+                    .decode_utf8_lossy()
+                    .into_owned(),
                 _ => value,
             }
         } else {
@@ -361,6 +368,32 @@ fn options(parts: Vec<(String, &[u8])>) -> Vec<String> {
     }
     every.extend(continued.into_iter().map(|(_, pieces, _)| pieces.concat()));
     every
+}
+
+/// `%XX` escapes decoded one byte to one character (Python's `unquote` in a single-byte
+/// charset); every other character kept as it is.
+fn percent_decode_chars(value: &str, byte: impl Fn(u8) -> char) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        let hex = rest.as_bytes().get(i + 1..i + 3);
+        match hex
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok())
+        {
+            Some(b) => {
+                out.push(byte(b));
+                rest = &rest[i + 3..];
+            }
+            None => {
+                out.push('%');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// RFC 2231's `charset'language'value`, as Werkzeug matches it: the charset and
@@ -646,10 +679,53 @@ mod tests {
     }
 
     #[test]
+    fn a_delimiter_inside_a_parts_headers_is_refused() {
+        // Werkzeug misses a first delimiter that straddles its 64 KiB reads (with
+        // blanks after it) and takes the one in the quoted value for the start: its
+        // part's first line, a continuation line to flexgate, names the file.
+        let hidden = "--B \t\r\nX: y; k=\"--B\r\n Content-Disposition: form-data; filename=\"$\\{x}.csv\"; name=f\r\n\r\ndata\r\n--B--\r\n";
+        // A delimiter in a part's data with no line break before it is data to
+        // Werkzeug; the next one, inside the headers flexgate read from the first,
+        // starts Werkzeug's part.
+        let after_data = "--a:b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"r.csv\"\r\n\r\nzz--a:b\r\n--a:b\r\n X;k=\"x: v; filename=\"$\\{x}.csv\"\r\nContent-Disposition: form-data; name=\"f\"; filename=\"r.csv\"\r\n\r\ndata\r\n--a:b--\r\n";
+        for (body, boundary) in [(hidden, &b"B"[..]), (after_data, b"a:b")] {
+            assert_eq!(
+                check_parts(body.as_bytes(), boundary, PLAIN),
+                Err(MultipartError::Boundary("appears inside a part's headers")),
+                "{body:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn single_byte_charsets_decode_escapes_only() {
+        // ISO-8859-1 inherited by a quoted piece: its characters stay as they are
+        // (Werkzeug: `a"Ā.csv"`), and ASCII escapes of high bytes are replacement
+        // characters, not C1 controls.
+        let ct = Some(&b"multipart/form-data; boundary=XyZ"[..]);
+        let inherited = body(&[
+            "Content-Disposition: form-data; name=\"f\"; filename*0*=iso-8859-1''a; filename*1*=\"\u{100}.csv\"",
+        ]);
+        assert_eq!(check(ct, &inherited, PLAIN), Ok(()));
+        assert_eq!(
+            percent_decode_chars("a%85%zz%4", char::from),
+            "a\u{85}%zz%4"
+        );
+        assert_eq!(
+            options(vec![("filename*".into(), &b"us-ascii''a%85"[..])]),
+            vec!["a\u{fffd}".to_owned()]
+        );
+    }
+
+    #[test]
     fn a_body_of_delimiters_alone_is_read_in_one_pass() {
-        // Every delimiter starts headers that run to the body's end: read as one.
+        // Every delimiter starts headers that run to the body's end: the second one,
+        // inside the first one's headers, is refused at once.
         let b = "--XyZ\r\n".repeat(1 << 17);
-        assert_eq!(check_parts(b.as_bytes(), b"XyZ", PLAIN), Ok(()));
+        assert_eq!(
+            check_parts(b.as_bytes(), b"XyZ", PLAIN),
+            Err(MultipartError::Boundary("appears inside a part's headers"))
+        );
         let mut b = "--XyZ\n\n".repeat(1 << 17).into_bytes();
         b.extend_from_slice(b"--XyZ\r\nfilename=\"<b>\"");
         assert!(matches!(

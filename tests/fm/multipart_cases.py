@@ -4,7 +4,8 @@ Generates multipart/form-data bodies for FlexMeasures' upload route in the many
 spellings Werkzeug 3 accepts (line breaks, blanks after the delimiter, header
 continuations, RFC 2231 names and continuations, backslash escapes, ISO-8859-1
 escapes, preambles, overlapping delimiters, several Content-Disposition headers,
-media types in any case, headers across Werkzeug's 64 KiB read chunks), has Werkzeug's
+media types in any case, headers across Werkzeug's 64 KiB read chunks, a first
+delimiter Werkzeug misses at a chunk's edge), has Werkzeug's
 own request object read each one as Flask does, and prints a suite (TOML) on stdout:
 every body in which Werkzeug finds a part header (a file name above all) that is not
 plain text, as flexgate's `plain_text_multipart` means it, must be denied by the
@@ -104,7 +105,29 @@ def part(
     return f"--{BOUNDARY}{blanks}{lb}" + lb.join(headers) + lb + lb + content + lb
 
 
+def hidden_part(rng: random.Random, evil: str) -> str:
+    """A body whose first delimiter Werkzeug misses: followed by blanks, it straddles
+    the edge of Werkzeug's first 64 KiB read, and Werkzeug then takes the delimiter
+    inside a quoted header value for the first, and the next line, a continuation line
+    to a reader that saw the first delimiter, for the part's first header."""
+    blanks = 12
+    edge = rng.randint(7, blanks - 1)
+    pad = 65536 - edge - len(BOUNDARY) - 2
+    return (
+        "x" * pad
+        + f"--{BOUNDARY}"
+        + " " * blanks
+        + f'\r\nX: y; k="--{BOUNDARY}\r\n Content-Disposition: form-data; name="uploaded-files"; {evil}\r\n'
+        + "\r\nevent_start,event_value\r\n"
+        + f"\r\n--{BOUNDARY}--\r\n"
+    )
+
+
 def body(rng: random.Random, markup: bool) -> tuple[str, str]:
+    if markup and rng.random() < 0.02:
+        return f"multipart/form-data; boundary={BOUNDARY}", hidden_part(
+            rng, rng.choice(MARKUP_NAMES)
+        )
     clean = not markup and rng.random() < 0.5
     csv = "event_start,event_value\r\n2026-11-30T00:00:00+01:00,1.5\r\n"
     parts = []
