@@ -32,9 +32,9 @@ pub enum IngressBody {
     /// No body: this ingress never sends one, or sent none.
     NotSent,
     /// A body cut at the ingress's buffer limit (Envoy `allow_partial_message`, which
-    /// marks it `x-envoy-auth-partial-body: true`): what lies past the cut would reach
-    /// the upstream unchecked, so it counts as no body, and a route that reads the body
-    /// refuses it with 413.
+    /// marks it `x-envoy-auth-partial-body: true`), or not marked whole by an ingress
+    /// that marks bodies: what lies past a cut would reach the upstream unchecked, so it
+    /// counts as no body, and a route that reads the body refuses it with 413.
     Partial,
 }
 
@@ -75,6 +75,10 @@ pub struct Flavour {
     pub proto: Option<&'static str>,
     /// Whether the ingress may send the request body along (Envoy `with_request_body`).
     pub body: bool,
+    /// The header in which the ingress says whether the body it sent is whole (Envoy's
+    /// [`PARTIAL_BODY_HEADER`], `false` when it is): a body without it is not taken
+    /// as whole, since an ingress that can cut bodies may have cut this one.
+    pub whole_body_marker: Option<&'static str>,
     /// Whether this ingress asks a second time for a denial's body (nginx, whose
     /// `auth_request` keeps only the status), marked `X-Flexgate-Replay: 1` and then
     /// not counted again. Ingresses that pass client headers through (Traefik, Caddy,
@@ -98,6 +102,7 @@ pub const FLAVOURS: &[Flavour] = &[
         host: From::Header("x-forwarded-host"),
         proto: Some("x-forwarded-proto"),
         body: false,
+        whole_body_marker: None,
         asks_twice: true,
         configurable: true,
     },
@@ -110,6 +115,7 @@ pub const FLAVOURS: &[Flavour] = &[
         host: From::Header("x-forwarded-host"),
         proto: Some("x-forwarded-proto"),
         body: true,
+        whole_body_marker: None,
         asks_twice: false,
         configurable: false,
     },
@@ -122,6 +128,7 @@ pub const FLAVOURS: &[Flavour] = &[
         host: From::Header("x-forwarded-host"),
         proto: Some("x-forwarded-proto"),
         body: false,
+        whole_body_marker: None,
         asks_twice: false,
         configurable: false,
     },
@@ -134,6 +141,7 @@ pub const FLAVOURS: &[Flavour] = &[
         host: From::OwnHost,
         proto: Some("x-forwarded-proto"),
         body: true,
+        whole_body_marker: Some(PARTIAL_BODY_HEADER),
         asks_twice: false,
         configurable: false,
     },
@@ -376,12 +384,12 @@ pub async fn handle(gw: &Gateway, conn: &ConnInfo, req: Request<Incoming>) -> Re
             );
         }
     };
-    // Only Envoy says a body is partial, and only when told to send part of a larger
-    // one; anything but its `false` is taken as cut short (fail closed).
-    let partial = parts
-        .headers
-        .get(PARTIAL_BODY_HEADER)
-        .is_some_and(|v| v != "false");
+    // Envoy says whether the body it sent is whole (its header allow-list must pass
+    // the marker): only one marker, `false`, is a whole body (fail closed).
+    let partial = flavour.whole_body_marker.is_some_and(|marker| {
+        let mut values = parts.headers.get_all(marker).iter();
+        !(values.next().is_some_and(|v| v == "false") && values.next().is_none())
+    });
     let body = if !flavour.body || body_is_empty(&parts.headers) {
         IngressBody::NotSent
     } else if partial {

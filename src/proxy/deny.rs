@@ -75,8 +75,9 @@ pub enum Deny {
     BadRequestBody,
     /// The body exceeds the buffering limit (413).
     BodyTooLarge,
-    /// The ingress sent only the start of a body the route reads (413): Envoy's
-    /// `max_request_bytes` is below the body, with `allow_partial_message` on.
+    /// The ingress sent only the start of a body the route reads, or did not mark it
+    /// whole (413): Envoy's `max_request_bytes` is below the body, with
+    /// `allow_partial_message` on, or its `x-envoy-auth-partial-body` is filtered out.
     PartialBody,
     /// A body flexgate reads whole did not arrive within `body_read_timeout_ms` (408;
     /// the connection is closed with the unread rest).
@@ -227,7 +228,7 @@ impl Deny {
             Deny::BodyTooLarge => simple(status, "The request body is too large."),
             Deny::PartialBody => simple(
                 status,
-                "The ingress sent only part of the request body, and this route is decided on all of it; raise the ingress's body limit (Envoy: with_request_body.max_request_bytes).",
+                "The ingress sent only part of the request body, or did not say it sent all of it, and this route is decided on all of it; raise the ingress's body limit (Envoy: with_request_body.max_request_bytes) and let its marker through (Envoy: x-envoy-auth-partial-body in allowed_headers).",
             ),
             Deny::BodyTimeout => simple(status, "The request body did not arrive in time."),
             Deny::WrongMethod(_) => {

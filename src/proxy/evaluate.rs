@@ -224,8 +224,9 @@ pub async fn evaluate<O: OwnerSource, T: Trace>(
                 trace,
                 "before the body is read: the checks that need none".into(),
             );
-            return pipeline::authorize_before_body(owners, rules, route, &before, identity, trace)
-                .await;
+            // Traced again for the notes; an owner that changed in between is decided
+            // with the rest below.
+            pipeline::authorize_before_body(owners, rules, route, &before, identity, trace).await?;
         }
     }
     // As on the proxy: a route that reads the body reads it as JSON, or refuses it.

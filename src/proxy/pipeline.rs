@@ -925,10 +925,15 @@ async fn decide_request(
     // checked, nor, in FlexMeasures mode, a token FlexMeasures would take from a JSON
     // body: fail closed.
     let body = match body {
-        // Read before the route was known, up to the uploads' limit: every other route
-        // takes no more than a JSON body.
+        // Read before the route was known, up to the larger limit: each route takes
+        // no more than its own (uploads, or a JSON body).
         IngressBody::Whole(bytes)
-            if !route.plain_text_multipart && bytes.len() > gw.limits().max_json_body_bytes =>
+            if bytes.len()
+                > if route.plain_text_multipart {
+                    gw.limits().max_multipart_body_bytes
+                } else {
+                    gw.limits().max_json_body_bytes
+                } =>
         {
             return Err(Deny::BodyTooLarge);
         }
