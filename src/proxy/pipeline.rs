@@ -615,11 +615,7 @@ async fn admit(
             (UpstreamBody::Buffered(bytes), json)
         }
         (true, None, Some(body)) => {
-            let limit = if route.plain_text_multipart {
-                limits.max_multipart_body_bytes
-            } else {
-                limit
-            };
+            let limit = route.body_limit(limits);
             let bytes = into_bytes(gw.bodies(), &parts.headers, body, limit).await?;
             if let Some(shadow) = &mut outcome.shadow {
                 shadow.body = Some(bytes.clone());
@@ -927,14 +923,7 @@ async fn decide_request(
     let body = match body {
         // Read before the route was known, up to the larger limit: each route takes
         // no more than its own (uploads, or a JSON body).
-        IngressBody::Whole(bytes)
-            if bytes.len()
-                > if route.plain_text_multipart {
-                    gw.limits().max_multipart_body_bytes
-                } else {
-                    gw.limits().max_json_body_bytes
-                } =>
-        {
+        IngressBody::Whole(bytes) if bytes.len() > route.body_limit(gw.limits()) => {
             return Err(Deny::BodyTooLarge);
         }
         IngressBody::Whole(bytes) => bytes,

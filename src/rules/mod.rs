@@ -510,6 +510,17 @@ pub struct Check {
     pub not_found_status: Option<StatusCode>,
 }
 
+impl Route {
+    /// The largest body this route reads whole: an upload's, or a JSON body's.
+    pub fn body_limit(&self, limits: &Limits) -> usize {
+        if self.plain_text_multipart {
+            limits.max_multipart_body_bytes
+        } else {
+            limits.max_json_body_bytes
+        }
+    }
+}
+
 impl Check {
     /// Whether deciding this check needs the request body: an id read from it, or a
     /// column of the first resource (which may have been named in it).
