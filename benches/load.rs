@@ -4,8 +4,9 @@
 //! binary with a seeded database, and the peers that are installed (`apt-get install
 //! nginx haproxy caddy`): nginx, HAProxy and Caddy as plain reverse proxies, nginx
 //! `auth_request` and Caddy `forward_auth` to a do-nothing 204, and nginx
-//! `auth_request` to flexgate's decision listener, and a bare hyper + tokio proxy
-//! (`floor_proxy`: the floor of flexgate's own stack). Then drives each scenario from a
+//! `auth_request` to flexgate's decision listener, and two bare tokio proxies
+//! (`floor_proxy`: hyper's server and client, the floor of flexgate's own stack; and a
+//! relay with no HTTP library, the floor of any proxy on tokio). Then drives each scenario from a
 //! one-thread load generator with a fixed number of keep-alive connections for a fixed
 //! time, like `wrk -t1 -c32`. Prints requests/s and latency percentiles per scenario,
 //! and writes `target/bench/load.json` and `target/bench/load.md` with each scenario
@@ -54,7 +55,10 @@ fn main() {
     }
     // This binary re-executed as the bare-stack peer (see `floor_proxy`).
     if let Ok(spec) = std::env::var(FLOOR_PROXY_ENV) {
-        floor_proxy(&spec);
+        floor_proxy(&spec, Floor::Hyper);
+    }
+    if let Ok(spec) = std::env::var(RAW_FLOOR_PROXY_ENV) {
+        floor_proxy(&spec, Floor::Raw);
     }
     let secs: u64 = env_or("FLEXGATE_BENCH_SECS", 5);
     let connections: usize = env_or("FLEXGATE_BENCH_CONNECTIONS", 32);
@@ -211,7 +215,7 @@ fn main() {
             .entry("2_over_3".into())
             .or_default()
             .push(public_again.rps() / ours.rps());
-        let mut floor = None;
+        let mut floors = Vec::new();
         for p in bench.peers.iter() {
             let theirs = peer_run(&format!("{}, pair {i}", p.label), p.addr, p.asks_flexgate);
             let key = p.label.split('.').next().unwrap_or(p.label).to_owned();
@@ -219,8 +223,8 @@ fn main() {
                 .entry(format!("3_vs_{key}"))
                 .or_default()
                 .push(ours.rps() / theirs.rps());
-            if key == FLOOR_KEY {
-                floor = Some(theirs);
+            if FLOOR_KEYS.contains(&key.as_str()) {
+                floors.push((key, theirs));
             }
         }
         if let (Some(nginx_addr), Some(ours_cpu)) = (bench.nginx, ours.cpu_us_per_request) {
@@ -230,15 +234,15 @@ fn main() {
                     .entry("3_cpu_over_7_cpu".into())
                     .or_default()
                     .push(ours_cpu / theirs_cpu);
-                // How far the bare stack itself is from nginx, in the same round.
-                if let Some(floor) = &floor {
+                // How far the bare stacks themselves are from nginx, in the same round.
+                for (key, floor) in &floors {
                     peer_pairs
-                        .entry(format!("{FLOOR_KEY}_vs_7"))
+                        .entry(format!("{key}_vs_7"))
                         .or_default()
                         .push(floor.rps() / theirs.rps());
                     if let Some(floor_cpu) = floor.cpu_us_per_request {
                         peer_pairs
-                            .entry(format!("{FLOOR_KEY}_cpu_over_7_cpu"))
+                            .entry(format!("{key}_cpu_over_7_cpu"))
                             .or_default()
                             .push(floor_cpu / theirs_cpu);
                     }
@@ -958,25 +962,40 @@ fn nginx_auth_conf(dir: &Path, port: u16, upstream: SocketAddr, auth: &str) -> S
     )
 }
 
-/// The bare-stack peer's key in `load.json`'s pairs (its label before the dot).
-const FLOOR_KEY: &str = "7d";
+/// The bare-stack peers' keys in `load.json`'s pairs (their labels before the dot).
+const FLOOR_KEYS: [&str; 2] = ["7d", "7e"];
 
-/// Set to `<listen>,<upstream>` to run this bench binary as [`floor_proxy`].
+/// Set to `<listen>,<upstream>` to run this bench binary as [`floor_proxy`] on hyper.
 const FLOOR_PROXY_ENV: &str = "FLEXGATE_BENCH_FLOOR_PROXY";
 
-/// The floor of the stack flexgate is built on: a reverse proxy made of hyper 1's
-/// HTTP/1 server and client connections on one current-thread tokio runtime per core
-/// with `SO_REUSEPORT` (as flexgate's workers are), and nothing else: no authorization,
+/// Set to `<listen>,<upstream>` to run this bench binary as [`floor_proxy`] with no
+/// HTTP library.
+const RAW_FLOOR_PROXY_ENV: &str = "FLEXGATE_BENCH_RAW_FLOOR_PROXY";
+
+/// Which floor [`floor_proxy`] runs.
+#[derive(Clone, Copy)]
+enum Floor {
+    /// hyper 1's HTTP/1 server and client connections: the stack flexgate is built on.
+    Hyper,
+    /// No HTTP library: heads parsed with httparse and relayed as bytes.
+    Raw,
+}
+
+/// The floor of a proxy on tokio: one current-thread runtime per core with
+/// `SO_REUSEPORT` (as flexgate's workers are), and nothing else: no authorization,
 /// header rewriting, routing, timeouts or metrics; each client connection gets its own
-/// upstream connection, so there is no pool either. What it costs per request is what
-/// any proxy on this stack costs at least, which says how far flexgate's own work is
-/// from the targets and how far the stack itself is from nginx. Runs as its own process
-/// (this binary, re-executed) so that its CPU is counted like any peer's.
-fn floor_proxy(spec: &str) -> ! {
+/// upstream connection, so there is no pool either. [`Floor::Hyper`] is flexgate's own
+/// stack (hyper's HTTP/1 server and client), so what it costs per request is what any
+/// proxy on that stack costs at least. [`Floor::Raw`] replaces hyper with the least an
+/// HTTP/1 proxy can do (see [`raw_floor_connection`]), which says what a hand-written
+/// server could at best win over hyper's, and how far tokio itself is from nginx. Runs
+/// as its own process (this binary, re-executed) so that its CPU is counted like any
+/// peer's.
+fn floor_proxy(spec: &str, floor: Floor) -> ! {
     let (listen, upstream) = spec
         .split_once(',')
         .and_then(|(l, u)| Some((l.parse::<SocketAddr>().ok()?, u.parse::<SocketAddr>().ok()?)))
-        .expect("FLEXGATE_BENCH_FLOOR_PROXY is <listen>,<upstream>");
+        .expect("the floor proxy's spec is <listen>,<upstream>");
     let workers = std::thread::available_parallelism().map_or(1, usize::from);
     let threads: Vec<_> = (0..workers)
         .map(|_| {
@@ -994,7 +1013,10 @@ fn floor_proxy(spec: &str) -> ! {
                         let Ok((client, _)) = listener.accept().await else {
                             continue;
                         };
-                        tokio::spawn(floor_connection(client, upstream));
+                        match floor {
+                            Floor::Hyper => tokio::spawn(floor_connection(client, upstream)),
+                            Floor::Raw => tokio::spawn(raw_floor_connection(client, upstream)),
+                        };
                     }
                 })
             })
@@ -1026,6 +1048,76 @@ async fn floor_connection(client: TcpStream, upstream: SocketAddr) {
     let _ = hyper::server::conn::http1::Builder::new()
         .serve_connection(TokioIo::new(client), service)
         .await;
+}
+
+/// One client connection of [`Floor::Raw`], with its own upstream connection: each
+/// request head is parsed with httparse (the parser hyper uses) and relayed unchanged,
+/// and each response head is parsed for its `Content-Length` and relayed with its body,
+/// from two buffers reused for the connection's life. No header map, no allocation per
+/// request, no timers: the bench's requests have no body and its upstream's responses a
+/// `Content-Length`, and anything else ends the connection. Far too little for a real
+/// proxy (no framing checks, no chunked bodies, no limits), which is the point: it is
+/// the least any HTTP/1 proxy on tokio does per request.
+async fn raw_floor_connection(mut client: TcpStream, upstream: SocketAddr) {
+    let _ = client.set_nodelay(true);
+    let Ok(mut up) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    let _ = up.set_nodelay(true);
+    let mut request = Vec::with_capacity(16 * 1024);
+    let mut response = Vec::with_capacity(16 * 1024);
+    loop {
+        let head = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut parsed = httparse::Request::new(&mut headers);
+            match parsed.parse(&request) {
+                Ok(httparse::Status::Complete(n)) => break n,
+                Ok(httparse::Status::Partial) if request.len() < 16 * 1024 => {}
+                _ => return,
+            }
+            request.reserve(4096);
+            match client.read_buf(&mut request).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        };
+        if up.write_all(&request[..head]).await.is_err() {
+            return;
+        }
+        request.drain(..head);
+        let whole = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut parsed = httparse::Response::new(&mut headers);
+            if let Ok(httparse::Status::Complete(n)) = parsed.parse(&response) {
+                let length = parsed
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| {
+                        std::str::from_utf8(h.value)
+                            .ok()?
+                            .trim()
+                            .parse::<usize>()
+                            .ok()
+                    });
+                let Some(length) = length else { return };
+                if response.len() >= n + length {
+                    break n + length;
+                }
+            } else if response.len() >= 16 * 1024 {
+                return;
+            }
+            response.reserve(4096);
+            match up.read_buf(&mut response).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        };
+        if client.write_all(&response[..whole]).await.is_err() {
+            return;
+        }
+        response.drain(..whole);
+    }
 }
 
 /// Start whichever peers are installed (`apt-get install haproxy caddy nginx`), and
@@ -1065,6 +1157,14 @@ fn start_peers(dir: &Path, upstream: SocketAddr, decision: SocketAddr) -> Vec<Pe
         port,
         Command::new(std::env::current_exe().unwrap())
             .env(FLOOR_PROXY_ENV, format!("127.0.0.1:{port},{upstream}")),
+    );
+    let port = free_port();
+    spawn(
+        "7e. tokio alone, raw HTTP/1 relay (httparse, no HTTP library, no checks)",
+        false,
+        port,
+        Command::new(std::env::current_exe().unwrap())
+            .env(RAW_FLOOR_PROXY_ENV, format!("127.0.0.1:{port},{upstream}")),
     );
     match haproxy {
         Some(bin) => {
