@@ -2032,3 +2032,51 @@ async fn a_consultant_cannot_cut_a_client_off_its_consultancy() {
     assert_eq!(linked().trim(), "");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_routes_take_a_trailing_slash_as_flexmeasures_does_with_the_same_checks() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let gw = fm_gateway(fm).await;
+    let (email, password, _) = creds(fm, "prosumer_member");
+    let member = gw.login(&email, &password).await;
+    let (own, theirs) = (fm.asset("prosumer_a"), fm.asset("tenant_b"));
+    let (own_sensor, their_sensor) = (fm.sensor("prosumer_a"), fm.sensor("tenant_b"));
+    // FlexMeasures routes these with strict_slashes=False: with or without the slash,
+    // the same view answers, and flexgate checks the same id.
+    for (mine, not_mine) in [
+        (
+            format!("/api/v3_0/assets/{own}/chart_data"),
+            format!("/api/v3_0/assets/{theirs}/chart_data"),
+        ),
+        (
+            format!("/api/v3_0/assets/{own}/chart_annotations"),
+            format!("/api/v3_0/assets/{theirs}/chart_annotations"),
+        ),
+        (
+            format!("/api/dev/sensor/{own_sensor}"),
+            format!("/api/dev/sensor/{their_sensor}"),
+        ),
+        (
+            format!("/api/dev/asset/{own}"),
+            format!("/api/dev/asset/{theirs}"),
+        ),
+    ] {
+        let plain = gw.get(&mine, Some(&member)).await;
+        assert_eq!(plain.status, 200, "{mine}: {}", plain.text());
+        let slashed = gw.get(&format!("{mine}/"), Some(&member)).await;
+        assert_eq!(slashed.status, 200, "{mine}/: {}", slashed.text());
+        assert_eq!(slashed.body, plain.body, "{mine}/ is the same view");
+        for path in [not_mine.clone(), format!("{not_mine}/")] {
+            let answer = gw.get(&path, Some(&member)).await;
+            assert_eq!(answer.status, 403, "{path}: {}", answer.text());
+        }
+    }
+    // Routes FlexMeasures keeps strict stay strict: no second spelling to check.
+    let answer = gw
+        .get(&format!("/api/v3_0/assets/{own}/"), Some(&member))
+        .await;
+    assert_eq!(answer.status, 404, "{}", answer.text());
+    gw.stop().await;
+}

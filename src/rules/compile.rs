@@ -1140,7 +1140,21 @@ impl Compiler {
         if public && (!roles.is_empty() || !r.checks.is_empty()) {
             self.error(l, Some(rule.into()), "a public route cannot have role requirements or checks; remove auth = \"public\" or them".into());
         }
-        let template = template?;
+        let mut template = template?;
+        if r.trailing_slash == Some(true) {
+            if template.can_take_trailing_slash() {
+                template.trailing_slash = true;
+            } else {
+                self.error(
+                    l,
+                    Some(rule.into()),
+                    format!(
+                        "trailing_slash = true on path {:?}, which ends in '/' or a catch-all already; remove trailing_slash",
+                        template.text
+                    ),
+                );
+            }
+        }
         let mut checks = Vec::new();
         for (i, c) in r.checks.iter().enumerate() {
             let first = checks.first();
@@ -1692,23 +1706,45 @@ impl Compiler {
     fn overlaps(&mut self, routes: &[Route], case_insensitive: bool) {
         let mut by_shape: HashMap<String, Vec<&Route>> = HashMap::new();
         for later in routes {
-            let same_shape = by_shape
-                .entry(later.template.shape_key(case_insensitive))
-                .or_default();
-            if let Some(earlier) = same_shape
-                .iter()
-                .find(|e| e.methods.overlaps(&later.methods))
+            // A route with trailing_slash has two shapes, its own and the slashed one.
+            let mut reported = false;
+            for (slashed, key) in later
+                .template
+                .shape_keys(case_insensitive)
+                .into_iter()
+                .enumerate()
             {
-                self.error(
-                    Some(later.line),
-                    Some(format!("route {:?}", &*later.name)),
-                    format!(
-                        "can never match: route {:?} (line {}) has the same path shape ({}) and shares a method; merge them or split the methods",
-                        &*earlier.name, earlier.line, earlier.template.text
-                    ),
-                );
+                let same_shape = by_shape.entry(key).or_default();
+                if let Some(earlier) = same_shape
+                    .iter()
+                    .find(|e| e.methods.overlaps(&later.methods))
+                    && !reported
+                {
+                    reported = true;
+                    let what = if slashed == 1 {
+                        "its trailing_slash can never match"
+                    } else {
+                        "can never match"
+                    };
+                    let how = if slashed == 1 {
+                        "remove trailing_slash or split the methods"
+                    } else {
+                        "merge them or split the methods"
+                    };
+                    self.error(
+                        Some(later.line),
+                        Some(format!("route {:?}", &*later.name)),
+                        format!(
+                            "{what}: route {:?} (line {}) has the same path shape ({}{}) and shares a method; {how}",
+                            &*earlier.name,
+                            earlier.line,
+                            earlier.template.text,
+                            if earlier.template.trailing_slash { ", with trailing_slash" } else { "" }
+                        ),
+                    );
+                }
+                same_shape.push(later);
             }
-            same_shape.push(later);
         }
     }
 

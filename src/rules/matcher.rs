@@ -42,6 +42,9 @@ pub struct Template {
     pub segments: Vec<Segment>,
     /// Parameter names in order of appearance.
     pub params: Vec<String>,
+    /// The path with one `/` added at the end matches too, with the same parameters
+    /// (a route's `trailing_slash = true`, as Flask's `strict_slashes=False`).
+    pub trailing_slash: bool,
 }
 
 impl Template {
@@ -117,6 +120,7 @@ impl Template {
             text: text.to_owned(),
             segments,
             params,
+            trailing_slash: false,
         })
     }
 
@@ -175,8 +179,33 @@ impl Template {
         }
     }
 
+    /// Whether this template can take a trailing slash: it does not end in `/` or a
+    /// catch-all already (either would make the option mean nothing or something else).
+    pub fn can_take_trailing_slash(&self) -> bool {
+        matches!(self.segments.last(), Some(Segment::Static(s)) if !s.is_empty())
+            || matches!(self.segments.last(), Some(Segment::Param))
+    }
+
+    /// The shape keys of the paths this template matches: its own and, with
+    /// `trailing_slash`, the one with a `/` more.
+    pub fn shape_keys(&self, case_insensitive: bool) -> Vec<String> {
+        let key = self.shape_key(case_insensitive);
+        if self.trailing_slash {
+            let slashed = format!("{key}/");
+            vec![key, slashed]
+        } else {
+            vec![key]
+        }
+    }
+
     /// Match an already split path (the matcher splits once for all templates).
     fn matches_split<'p>(&self, path: &Segments<'p>, case_insensitive: bool) -> Option<Params<'p>> {
+        if self.trailing_slash
+            && path.len() == self.segments.len() + 1
+            && path.get(path.len() - 1).is_empty()
+        {
+            return self.matches_split(&path.without_last(), case_insensitive);
+        }
         if !self.can_match_count(path.len()) {
             return None;
         }
@@ -257,6 +286,16 @@ impl<'p> Segments<'p> {
 
     fn len(&self) -> usize {
         self.len
+    }
+
+    /// The path without its last segment (for a template that takes a trailing slash:
+    /// `rest` is not used on it, as such a template has no catch-all).
+    fn without_last(&self) -> Segments<'p> {
+        Segments {
+            path: self.path,
+            bounds: self.bounds,
+            len: self.len - 1,
+        }
     }
 
     /// The `i`-th segment (without slashes).
@@ -397,6 +436,19 @@ impl Node {
     }
 }
 
+/// The child of `nodes[at]` for the static segment `key`, added if it is new.
+fn static_child_or_new(nodes: &mut Vec<Node>, at: usize, key: Box<str>) -> u32 {
+    match nodes[at].statics.binary_search_by(|(k, _)| k.cmp(&key)) {
+        Ok(i) => nodes[at].statics[i].1,
+        Err(i) => {
+            let child = nodes.len() as u32;
+            nodes[at].statics.insert(i, (key, child));
+            nodes.push(Node::default());
+            child
+        }
+    }
+}
+
 impl Matcher {
     /// Order `routes` (template, methods in file order) by precedence.
     pub fn build(routes: Vec<(Template, Methods)>, case_insensitive: bool) -> Matcher {
@@ -418,15 +470,7 @@ impl Matcher {
                         } else {
                             text.clone()
                         };
-                        match nodes[at].statics.binary_search_by(|(k, _)| k.cmp(&key)) {
-                            Ok(i) => nodes[at].statics[i].1,
-                            Err(i) => {
-                                let child = nodes.len() as u32;
-                                nodes[at].statics.insert(i, (key, child));
-                                nodes.push(Node::default());
-                                child
-                            }
-                        }
+                        static_child_or_new(&mut nodes, at, key)
                     }
                     Segment::Param => match nodes[at].param {
                         Some(child) => child,
@@ -447,6 +491,12 @@ impl Matcher {
             }
             if !matches!(template.segments.last(), Some(Segment::CatchAll)) {
                 nodes[at].ends.push(position);
+            }
+            if template.trailing_slash {
+                // The same entry ends one empty segment further too. Entries are
+                // visited in precedence order, so every `ends` list stays in it.
+                let child = static_child_or_new(&mut nodes, at, "".into());
+                nodes[child as usize].ends.push(position);
             }
         }
         Matcher {
@@ -659,6 +709,64 @@ mod tests {
     }
 
     #[test]
+    fn a_template_with_a_trailing_slash_matches_both_spellings_with_the_same_params() {
+        let mut chart = t("/api/v3_0/assets/{id}/chart");
+        chart.trailing_slash = true;
+        assert!(chart.can_take_trailing_slash());
+        for path in ["/api/v3_0/assets/7/chart", "/api/v3_0/assets/7/chart/"] {
+            let params = chart.matches(path, false).expect(path);
+            assert_eq!(params.get(0), Some("7"), "{path}");
+        }
+        for path in [
+            "/api/v3_0/assets/7/chart//",
+            "/api/v3_0/assets/7/chart/x",
+            "/api/v3_0/assets/7/",
+            "/api/v3_0/assets/7/chart_data/",
+        ] {
+            assert!(chart.matches(path, false).is_none(), "{path}");
+        }
+        let routes = vec![
+            (chart.clone(), m(&["GET"])),                       // 0
+            (t("/api/v3_0/assets/{id}/{page}/"), m(&["GET"])),  // 1
+            (t("/api/v3_0/assets/{id}/chart"), m(&["DELETE"])), // 2: no slash of its own
+        ];
+        let matcher = Matcher::build(routes, false);
+        let found = |method: &Method, path| match matcher.find(method, path) {
+            Found::Route(i, params) => Some((i, params.get(0).map(str::to_owned))),
+            other => panic!("{path}: {other:?}"),
+        };
+        assert_eq!(
+            found(&Method::GET, "/api/v3_0/assets/7/chart/"),
+            Some((0, Some("7".into())))
+        );
+        assert_eq!(
+            found(&Method::GET, "/api/v3_0/assets/7/chart"),
+            Some((0, Some("7".into())))
+        );
+        assert_eq!(
+            found(&Method::GET, "/api/v3_0/assets/7/kpis/"),
+            Some((1, Some("7".into())))
+        );
+        assert_eq!(
+            found(&Method::DELETE, "/api/v3_0/assets/7/chart"),
+            Some((2, Some("7".into())))
+        );
+        assert_eq!(
+            matcher.find(&Method::DELETE, "/api/v3_0/assets/7/chart/"),
+            Found::MethodNotAllowed,
+            "the route without trailing_slash does not take the slash"
+        );
+        for ends in ["/", "/a/{*rest}"] {
+            assert!(!t(ends).can_take_trailing_slash(), "{ends}");
+        }
+        assert!(!t("/api/").can_take_trailing_slash());
+        assert_eq!(
+            chart.shape_keys(false),
+            vec!["/api/v3_0/assets/{}/chart", "/api/v3_0/assets/{}/chart/"]
+        );
+    }
+
+    #[test]
     fn the_tree_finds_what_trying_every_route_finds() {
         let templates = [
             "/",
@@ -679,17 +787,28 @@ mod tests {
             "/Api/V3_0/assets",
             "/api/v3_0/assets/{id}",
         ];
+        // Templates that also match with a `/` more (`trailing_slash = true`).
+        let slashed = [
+            "/api/v3_0/assets/{id}",
+            "/api/{v}/assets/{id}",
+            "/{a}/{b}",
+            "/x/assets",
+        ];
         for case_insensitive in [false, true] {
             let routes: Vec<_> = templates
                 .iter()
+                .map(|text| (text, false))
+                .chain(slashed.iter().map(|text| (text, true)))
                 .enumerate()
-                .map(|(i, text)| {
+                .map(|(i, (text, trailing_slash))| {
                     let methods: &[&str] = match i % 3 {
                         0 => &["GET"],
                         1 => &["POST"],
                         _ => &["GET", "DELETE"],
                     };
-                    (t(text), m(methods))
+                    let mut template = t(text);
+                    template.trailing_slash = trailing_slash;
+                    (template, m(methods))
                 })
                 .collect();
             let matcher = Matcher::build(routes, case_insensitive);

@@ -322,6 +322,10 @@ pub struct RawRoute {
     pub methods: Vec<String>,
     /// Path template, e.g. `/api/v3_0/assets/{id}/sensors`; `{*rest}` matches the rest.
     pub path: String,
+    /// Also match the path with one `/` added at the end, as Flask's
+    /// `strict_slashes=False` does (FlexMeasures' chart routes): the same route, checks
+    /// and parameters; the path is forwarded as sent.
+    pub trailing_slash: Option<bool>,
     /// `token` (default) or `public`.
     pub auth: Option<String>,
     /// The user must have every one of these roles.

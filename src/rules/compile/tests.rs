@@ -5,6 +5,7 @@ use std::path::Path;
 
 use super::compile_text;
 use crate::policy::{Permission, Value};
+use crate::rules::matcher::Found;
 use crate::rules::{IfAbsent, Target};
 
 const VALID: &str = r#"
@@ -205,6 +206,79 @@ auth = "public"
         ),
         "{report}"
     );
+}
+
+#[test]
+fn trailing_slash_routes_take_both_spellings_and_their_overlaps_are_refused() {
+    let config = compile_text(
+        r#"
+[[route]]
+name = "chart"
+methods = ["GET"]
+path = "/a/{x}/chart"
+trailing_slash = true
+auth = "public"
+"#,
+        Path::new("rules.toml"),
+    )
+    .unwrap();
+    let rules = &config.rules;
+    let find = |path| rules.matcher.find(&http::Method::GET, path);
+    for path in ["/a/1/chart", "/a/1/chart/"] {
+        assert!(matches!(find(path), Found::Route(0, _)), "{path}");
+    }
+    assert_eq!(find("/a/1/chart//"), Found::NoRoute);
+    // An explicit slashed route after it can never match; before it, the option can't.
+    let report = errors_of(
+        r#"
+[[route]]
+name = "one"
+methods = ["GET"]
+path = "/a/{x}/chart"
+trailing_slash = true
+auth = "public"
+
+[[route]]
+name = "two"
+methods = ["GET"]
+path = "/a/{y}/chart/"
+auth = "public"
+"#,
+    );
+    assert!(
+        report.contains("rules.toml:10: error: route \"two\": can never match: route \"one\" (line 3) has the same path shape (/a/{x}/chart, with trailing_slash)"),
+        "{report}"
+    );
+    let report = errors_of(
+        r#"
+[[route]]
+name = "one"
+methods = ["GET"]
+path = "/a/{y}/chart/"
+auth = "public"
+
+[[route]]
+name = "two"
+methods = ["GET", "POST"]
+path = "/a/{x}/chart"
+trailing_slash = true
+auth = "public"
+"#,
+    );
+    assert!(
+        report.contains("rules.toml:9: error: route \"two\": its trailing_slash can never match: route \"one\" (line 3)")
+            && report.contains("remove trailing_slash or split the methods"),
+        "{report}"
+    );
+    for path in ["/a/", "/a/{*rest}", "/"] {
+        let report = errors_of(&format!(
+            "[[route]]\nname = \"r\"\nmethods = [\"GET\"]\npath = \"{path}\"\ntrailing_slash = true\nauth = \"public\"\n"
+        ));
+        assert!(
+            report.contains("ends in '/' or a catch-all already; remove trailing_slash"),
+            "{path}: {report}"
+        );
+    }
 }
 
 #[test]
