@@ -911,6 +911,19 @@ async fn the_cli_reads_flexmeasures_users_and_refuses_to_write_them() {
         .concat(),
     );
     assert_eq!((status, reason.as_str()), (422, "invalid_input"));
+    // The upstream's login form is read for its email first, as the proxy reads it.
+    let (status, reason, trace) = explain_as("POST", "/login", &ours);
+    assert_eq!((status, reason.as_str()), (422, "invalid_input"), "{trace}");
+    assert!(trace.contains("login form: refused"), "{trace}");
+    let form = [
+        "--header",
+        "Content-Type: application/x-www-form-urlencoded",
+        "--body",
+        "email=someone%40example.com&password=x",
+    ];
+    let (status, _, trace) = explain_as("POST", "/login", &[&ours[..], &form[..]].concat());
+    assert_eq!(status, 200, "{trace}");
+    assert!(trace.contains("login form: the attempt counts"), "{trace}");
     for args in [
         &["add", "account", "--name", "Sneaky"][..],
         &["roles", "add", "--user", &email, "admin"],

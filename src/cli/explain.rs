@@ -220,6 +220,10 @@ impl ExplainArgs {
         let mut probe = Probe::new(method, &self.path, headers, body);
         probe.authority = authority;
         probe.tls = tls;
+        probe.reads_login_forms = matches!(
+            config.server.identity_source,
+            IdentitySource::FlexMeasures { .. }
+        );
         if self.session {
             probe.credential = Credential::Session;
         }

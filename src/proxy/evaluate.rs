@@ -37,6 +37,9 @@ pub struct Probe {
     pub authority: Option<HeaderValue>,
     /// Whether the request came over TLS.
     pub tls: bool,
+    /// Whether a route's `login_form` is read and counted (FlexMeasures mode): its POSTs
+    /// then need the form's email field, as on the proxy.
+    pub reads_login_forms: bool,
 }
 
 impl Probe {
@@ -55,6 +58,7 @@ impl Probe {
             credential: Credential::Token,
             authority: None,
             tls: false,
+            reads_login_forms: false,
         }
     }
 }
@@ -108,6 +112,24 @@ pub async fn evaluate<O: OwnerSource, T: Trace>(
             route.template.text
         ),
     );
+    // As on the proxy: the upstream's login form is read for its email before anything
+    // else, and the attempt counted (the limits themselves are state: not shown here).
+    if probe.reads_login_forms
+        && let Some(field) = &route.login_form
+        && method == Method::POST
+    {
+        let body = probe.body.as_deref().unwrap_or_default();
+        if let Err(deny) = super::login_form::counted_email_of(&headers, body, field) {
+            note(trace, format!("login form: refused ({})", deny.reason()));
+            return Err(deny);
+        }
+        note(
+            trace,
+            format!(
+                "login form: the attempt counts against [auth.throttle] under its {field:?} and the client's address"
+            ),
+        );
+    }
     if route.public {
         note(
             trace,

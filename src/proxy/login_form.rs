@@ -35,9 +35,15 @@ pub async fn begin(
     limit: usize,
 ) -> Result<(Bytes, FormLogin), Deny> {
     let bytes = bodies.read(headers, body, limit, Purpose::Login).await?;
-    let email = email_of(headers, &bytes, field)?;
-    let email = counted_email(&email, field)?;
+    let email = counted_email_of(headers, &bytes, field)?;
     Ok((bytes, count_attempt(fm, conn, email).await?))
+}
+
+/// The address a login form's attempt is counted under: its email `field`, given
+/// exactly once, as plain ASCII (see [`counted_email`]). `flexgate explain` reads it
+/// the same way.
+pub fn counted_email_of(headers: &HeaderMap, body: &[u8], field: &str) -> Result<String, Deny> {
+    counted_email(&email_of(headers, body, field)?, field)
 }
 
 /// Count one attempt under `email` before the upstream checks the password, or refuse
