@@ -911,6 +911,17 @@ async fn the_cli_reads_flexmeasures_users_and_refuses_to_write_them() {
         .concat(),
     );
     assert_eq!((status, reason.as_str()), (422, "invalid_input"));
+    // A CORS preflight: no identity, no checks; the upstream answers it.
+    let preflight = [
+        "--header",
+        "Origin: https://dashboard.example",
+        "--header",
+        "Access-Control-Request-Method: PATCH",
+    ];
+    let (status, _, trace) =
+        explain_as("OPTIONS", &own_asset, &[&ours[..], &preflight[..]].concat());
+    assert_eq!(status, 200, "{trace}");
+    assert!(trace.contains("a CORS preflight"), "{trace}");
     // The upstream's login form is read for its email first, as the proxy reads it.
     let (status, reason, trace) = explain_as("POST", "/login", &ours);
     assert_eq!((status, reason.as_str()), (422, "invalid_input"), "{trace}");
@@ -2091,5 +2102,78 @@ async fn chart_routes_take_a_trailing_slash_as_flexmeasures_does_with_the_same_c
         .get(&format!("/api/v3_0/assets/{own}/"), Some(&member))
         .await;
     assert_eq!(answer.status, 404, "{}", answer.text());
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_preflights_reach_flexmeasures_and_nothing_else_sent_as_options_does() {
+    let Some(fm) = real_flexmeasures() else {
+        return;
+    };
+    let gw = fm_gateway(fm).await;
+    let asset = format!("/api/v3_0/assets/{}", fm.asset("tenant_b"));
+    let origin = ("origin", FM_CORS_ORIGIN);
+    let preflight = |asked: &'static str| {
+        [
+            origin,
+            ("access-control-request-method", asked),
+            (
+                "access-control-request-headers",
+                "authorization, content-type",
+            ),
+        ]
+    };
+    // FlexMeasures (flask-cors) answers the preflight itself: a browser app on another
+    // site may then send the PATCH with its token, which flexgate checks as any other.
+    let answer = gw.send("OPTIONS", &asset, &preflight("PATCH"), "").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let allowed = |name: &str| {
+        answer
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase()
+    };
+    assert_eq!(allowed("access-control-allow-origin"), FM_CORS_ORIGIN);
+    assert!(allowed("access-control-allow-methods").contains("patch"));
+    assert!(allowed("access-control-allow-headers").contains("authorization"));
+    // Only for a method some route takes on that path, and only as a browser sends one:
+    // anything else sent as OPTIONS is matched as OPTIONS, which no route takes.
+    let refused: [(&str, Vec<(&str, &str)>); 5] = [
+        ("a method no route takes there", preflight("PUT").to_vec()),
+        ("no Access-Control-Request-Method", vec![origin]),
+        (
+            "with a token",
+            [&preflight("PATCH")[..], &[("authorization", "Bearer x")]].concat(),
+        ),
+        (
+            "with a cookie",
+            [&preflight("PATCH")[..], &[("cookie", "session=x")]].concat(),
+        ),
+        (
+            "two requested methods",
+            [
+                &preflight("PATCH")[..],
+                &[("access-control-request-method", "GET")],
+            ]
+            .concat(),
+        ),
+    ];
+    for (what, headers) in refused {
+        let answer = gw.send("OPTIONS", &asset, &headers, "").await;
+        assert_eq!(answer.status, 404, "{what}: {}", answer.text());
+    }
+    let answer = gw
+        .send("OPTIONS", "/api/v3_0/nothing-here", &preflight("GET"), "")
+        .await;
+    assert_eq!(answer.status, 404, "{}", answer.text());
+    // The request the preflight was for is decided as ever: another tenant's asset.
+    let (email, password, _) = creds(fm, "prosumer_member");
+    let member = gw.login(&email, &password).await;
+    let answer = gw
+        .call("PATCH", &asset, &member, Some(&json!({"name": "x"})))
+        .await;
+    assert_eq!(answer.status, 403, "{}", answer.text());
     gw.stop().await;
 }

@@ -428,18 +428,7 @@ async fn serve(
         }
         _ => (UpstreamBody::Streamed(body), None),
     };
-    let (permit, body) = admit(
-        gw,
-        rules,
-        conn,
-        route,
-        matched.params,
-        &parts,
-        &authority,
-        body,
-        outcome,
-    )
-    .await?;
+    let (permit, body) = admit(gw, rules, conn, matched, &parts, &authority, body, outcome).await?;
     // The upstream checks the caller's password here: counted as a login.
     let reauthentication = match (&*gw.auth, permit.identity()) {
         (Authenticator::FlexMeasures(fm), Some(identity))
@@ -518,14 +507,14 @@ async fn admit(
     gw: &Gateway,
     rules: &RuleSet,
     conn: &ConnInfo,
-    route: &Route,
-    params: Params<'_>,
+    matched: Matched<'_, '_>,
     parts: &http::request::Parts,
     authority: &HeaderValue,
     body: UpstreamBody,
     outcome: &mut Outcome,
 ) -> Result<(Permit, UpstreamBody), Deny> {
-    if route.public {
+    let (route, params) = (matched.route, matched.params);
+    if matched.needs_no_identity() {
         return Ok((Permit::new(route, None, Credential::None), body));
     }
     one_content_type(&parts.headers)?;
@@ -928,8 +917,9 @@ async fn decide_request(
         }
         IngressBody::Whole(bytes) => bytes,
         unseen => {
-            if route.needs_body
-                || (gw.auth.is_flexmeasures() && is_json(parts.headers.get(CONTENT_TYPE)))
+            if !matched.preflight
+                && (route.needs_body
+                    || (gw.auth.is_flexmeasures() && is_json(parts.headers.get(CONTENT_TYPE))))
             {
                 return Err(match unseen {
                     IngressBody::Partial => Deny::PartialBody,
@@ -971,8 +961,7 @@ async fn decide_request(
         gw,
         rules,
         conn,
-        route,
-        matched.params,
+        matched,
         &parts,
         &authority,
         UpstreamBody::Buffered(body),
@@ -1042,6 +1031,43 @@ fn route_allows_upgrade(route: &Route, protocol: &HeaderValue) -> bool {
             .any(|p| p.as_bytes().eq_ignore_ascii_case(name))
 }
 
+/// The method a CORS preflight asks about, when the rule file forwards preflights
+/// (`[paths] forward_cors_preflights`, for an upstream that answers them itself, as
+/// FlexMeasures does with flask-cors): an `OPTIONS` request with `Origin` and exactly
+/// one `Access-Control-Request-Method`, and nothing a browser never sends on a
+/// preflight (no `Authorization`, no `Cookie`, no body). It is matched with the method
+/// it asks about, so only a path some route takes for that method gets an answer.
+/// Anything else sent as `OPTIONS` is matched as `OPTIONS`, as before.
+pub fn cors_preflight(
+    rules: &RuleSet,
+    method: &http::Method,
+    headers: &HeaderMap,
+) -> Option<http::Method> {
+    use http::header::{
+        ACCESS_CONTROL_REQUEST_METHOD, AUTHORIZATION, CONTENT_LENGTH, COOKIE, ORIGIN,
+        TRANSFER_ENCODING,
+    };
+    if !rules.forward_cors_preflights
+        || method != http::Method::OPTIONS
+        || !headers.contains_key(ORIGIN)
+        || headers.contains_key(AUTHORIZATION)
+        || headers.contains_key(COOKIE)
+        || headers.contains_key(TRANSFER_ENCODING)
+        || headers
+            .get_all(CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes() != b"0")
+    {
+        return None;
+    }
+    let mut asked = headers.get_all(ACCESS_CONTROL_REQUEST_METHOD).iter();
+    let (Some(asked), None) = (asked.next(), asked.next()) else {
+        return None;
+    };
+    let asked = http::Method::from_bytes(asked.as_bytes()).ok()?;
+    (asked != http::Method::OPTIONS && asked != http::Method::CONNECT).then_some(asked)
+}
+
 /// Stage: match the route, honouring a method-override header only on `POST` and only
 /// where the route matched by the overriding method opts in (`method_override`); then
 /// that method is the one matched and checked, and the header goes upstream. Anywhere
@@ -1052,6 +1078,11 @@ pub fn match_with_override<'r, 'p>(
     headers: &mut HeaderMap,
     path: &'p str,
 ) -> Result<Matched<'r, 'p>, Deny> {
+    if let Some(asked) = cors_preflight(rules, method, headers) {
+        let mut found = match_rule(rules, &asked, path)?;
+        found.preflight = true;
+        return Ok(found);
+    }
     let wanted = headers::method_override(headers).map_err(|_| {
         Deny::Ambiguous("The method-override headers disagree or name no method.".into())
     })?;
@@ -1076,6 +1107,17 @@ pub struct Matched<'r, 'p> {
     pub route: &'r Route,
     /// Its template's parameter values.
     pub params: Params<'p>,
+    /// A CORS preflight for the method it asks about ([`cors_preflight`]): it goes on
+    /// with no identity and no checks, as on a public route.
+    pub preflight: bool,
+}
+
+impl Matched<'_, '_> {
+    /// Whether the request goes on without authentication: a public route, or a CORS
+    /// preflight (which carries no credentials and runs nothing upstream).
+    pub fn needs_no_identity(&self) -> bool {
+        self.route.public || self.preflight
+    }
 }
 
 /// Stage: find the route for the method and the normalised path (deny by default).
@@ -1092,6 +1134,7 @@ pub fn match_rule<'r, 'p>(
                 index,
                 route,
                 params,
+                preflight: false,
             })
             .ok_or(Deny::NoRoute(rules.unmatched_status)),
         Found::MethodNotAllowed => Err(Deny::MethodNotAllowed(rules.unmatched_status)),
@@ -2001,6 +2044,88 @@ mod tests {
 
     fn token_of(body: &[u8]) -> Result<Option<String>, &'static str> {
         body_token(&Bytes::copy_from_slice(body)).map_err(|d| d.reason())
+    }
+
+    #[test]
+    fn a_cors_preflight_is_what_a_browser_sends_and_is_matched_with_the_method_it_asks() {
+        let text = |forward: bool| {
+            format!(
+                "[paths]\nforward_cors_preflights = {forward}\n\n[[route]]\nname = \"asset\"\nmethods = [\"GET\", \"PATCH\"]\npath = \"/assets/{{id}}\"\n"
+            )
+        };
+        let compile = |forward| {
+            crate::rules::compile::compile_text(&text(forward), std::path::Path::new("r.toml"))
+                .unwrap()
+                .rules
+        };
+        let (on, off) = (compile(true), compile(false));
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(*k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        let browser = [
+            ("origin", "https://app.example"),
+            ("access-control-request-method", "PATCH"),
+        ];
+        let options = http::Method::OPTIONS;
+        assert_eq!(
+            cors_preflight(&on, &options, &headers(&browser)),
+            Some(http::Method::PATCH)
+        );
+        assert_eq!(
+            cors_preflight(
+                &on,
+                &options,
+                &headers(&[&browser[..], &[("content-length", "0")]].concat())
+            ),
+            Some(http::Method::PATCH)
+        );
+        let found =
+            match_with_override(&on, &options, &mut headers(&browser), "/assets/7").unwrap();
+        assert!(found.preflight && found.needs_no_identity());
+        assert_eq!(found.params.get(0), Some("7"));
+        for not_one in [
+            &[("origin", "https://app.example")][..],
+            &[("access-control-request-method", "PATCH")],
+            &[&browser[..], &[("authorization", "Bearer x")]].concat(),
+            &[&browser[..], &[("cookie", "session=x")]].concat(),
+            &[&browser[..], &[("content-length", "5")]].concat(),
+            &[&browser[..], &[("transfer-encoding", "chunked")]].concat(),
+            &[&browser[..], &[("access-control-request-method", "GET")]].concat(),
+            &[
+                ("origin", "https://app.example"),
+                ("access-control-request-method", "OPTIONS"),
+            ],
+            &[
+                ("origin", "https://app.example"),
+                ("access-control-request-method", "CONNECT"),
+            ],
+            &[
+                ("origin", "https://app.example"),
+                ("access-control-request-method", "P A"),
+            ],
+        ] {
+            assert_eq!(
+                cors_preflight(&on, &options, &headers(not_one)),
+                None,
+                "{not_one:?}"
+            );
+        }
+        assert_eq!(cors_preflight(&off, &options, &headers(&browser)), None);
+        assert_eq!(
+            cors_preflight(&on, &http::Method::GET, &headers(&browser)),
+            None
+        );
+        // A method no route takes on the path: as any unmatched request.
+        let put = [
+            ("origin", "https://app.example"),
+            ("access-control-request-method", "PUT"),
+        ];
+        assert!(match_with_override(&on, &options, &mut headers(&put), "/assets/7").is_err());
+        assert!(match_with_override(&off, &options, &mut headers(&browser), "/assets/7").is_err());
     }
 
     #[test]

@@ -265,6 +265,7 @@ pub fn compile_text(text: &str, file: &Path) -> Result<Config, Diagnostics> {
         max_login_body_bytes,
         paths,
         unmatched_status,
+        forward_cors_preflights: raw.paths.forward_cors_preflights.unwrap_or(false),
         identity: identity.expect("identity errors were reported above"),
         permissions,
         kinds,

@@ -646,6 +646,9 @@ pub struct RuleSet {
     pub paths: PathOptions,
     /// Status for unmatched requests.
     pub unmatched_status: StatusCode,
+    /// CORS preflights are forwarded without authentication on paths a route takes
+    /// for the method they ask about (`[paths] forward_cors_preflights`).
+    pub forward_cors_preflights: bool,
     /// Identity header names.
     pub identity: IdentityHeaders,
     /// Permission names by id.

@@ -16,6 +16,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+/// The one site the shared FlexMeasures lets call its API from a browser (CORS).
+pub const FM_CORS_ORIGIN: &str = "https://dashboard.example";
+
 pub const FM_SECRET_KEY: &str = "test-secret-key-0123456789abcdef0123456789";
 pub const FM_PASSWORD_SALT: &str = "test-salt-0123456789";
 
@@ -104,6 +107,10 @@ fn start() -> Option<RealFm> {
             &pg_base,
             "--rate-limit",
             "100000 per minute",
+            // One site may call the API from a browser (FlexMeasures' flask-cors):
+            // the CORS preflight test's.
+            "--config-line",
+            &format!("CORS_ORIGINS = [{FM_CORS_ORIGIN:?}]"),
             "--fast-imports",
         ])
         .stdin(Stdio::piped())
