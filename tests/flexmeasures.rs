@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::common::fm::*;
+use crate::common::h2raw::*;
 use crate::common::*;
 
 /// The shipped preset with the harness's [server] in place of its own.
@@ -2168,6 +2169,23 @@ async fn cors_preflights_reach_flexmeasures_and_nothing_else_sent_as_options_doe
         .send("OPTIONS", "/api/v3_0/nothing-here", &preflight("GET"), "")
         .await;
     assert_eq!(answer.status, 404, "{}", answer.text());
+    // Over HTTP/2 only the stream's end says a request has no body: a preflight that
+    // sends DATA is refused.
+    let mut h2 = RawH2::connect(gw.https, &gw.tls.client).await;
+    let fields: [(&[u8], &[u8]); 2] = [
+        (b"origin", FM_CORS_ORIGIN.as_bytes()),
+        (b"access-control-request-method", b"PATCH"),
+    ];
+    let id = h2
+        .send(&request_fields("OPTIONS", &asset, &fields), None)
+        .await;
+    let within = Duration::from_secs(5);
+    assert_eq!(h2.outcome(id, within).await.status, Some(200));
+    let id = h2
+        .send(&request_fields("OPTIONS", &asset, &fields), Some(b"x"))
+        .await;
+    assert_eq!(h2.outcome(id, within).await.status, Some(400));
+    drop(h2);
     // The request the preflight was for is decided as ever: another tenant's asset.
     let (email, password, _) = creds(fm, "prosumer_member");
     let member = gw.login(&email, &password).await;

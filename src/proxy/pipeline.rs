@@ -396,6 +396,10 @@ async fn serve(
     let route = matched.route;
     outcome.route = Some(Arc::clone(&route.name));
     outcome.route_index = Some(matched.index);
+    // A preflight's headers say it has no body; over HTTP/2 only the stream's end can.
+    if matched.preflight && !hyper::body::Body::is_end_stream(&body) {
+        return Err(Deny::Ambiguous("A CORS preflight has no body.".into()));
+    }
     let route_metrics = installed.routes.get(matched.index);
     // Only a protocol the route allows may be switched to; any other offer (h2c above
     // all) is removed with the hop-by-hop headers and the request goes on as a plain one.
