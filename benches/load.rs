@@ -1075,10 +1075,8 @@ async fn raw_floor_connection(mut client: TcpStream, upstream: SocketAddr) {
                 Ok(httparse::Status::Partial) if request.len() < 16 * 1024 => {}
                 _ => return,
             }
-            request.reserve(4096);
-            match client.read_buf(&mut request).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
+            if !read_more(&mut client, &mut request).await {
+                return;
             }
         };
         if up.write_all(&request[..head]).await.is_err() {
@@ -1107,10 +1105,8 @@ async fn raw_floor_connection(mut client: TcpStream, upstream: SocketAddr) {
             } else if response.len() >= 16 * 1024 {
                 return;
             }
-            response.reserve(4096);
-            match up.read_buf(&mut response).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
+            if !read_more(&mut up, &mut response).await {
+                return;
             }
         };
         if client.write_all(&response[..whole]).await.is_err() {
@@ -1120,8 +1116,15 @@ async fn raw_floor_connection(mut client: TcpStream, upstream: SocketAddr) {
     }
 }
 
+/// Read what `stream` has into `buf` (4 KiB more room at least); false at its end or
+/// on an error.
+async fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+    buf.reserve(4096);
+    matches!(stream.read_buf(buf).await, Ok(n) if n > 0)
+}
+
 /// Start whichever peers are installed (`apt-get install haproxy caddy nginx`), and
-/// the bare-stack floor.
+/// the two bare-stack floors.
 fn start_peers(dir: &Path, upstream: SocketAddr, decision: SocketAddr) -> Vec<Peer> {
     let mut peers = Vec::new();
     let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
