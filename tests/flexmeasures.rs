@@ -919,10 +919,30 @@ async fn the_cli_reads_flexmeasures_users_and_refuses_to_write_them() {
         "--header",
         "Access-Control-Request-Method: PATCH",
     ];
+    let anonymous = run_env(
+        &db,
+        &[
+            &[
+                "explain", "--config", &rules, "--method", "OPTIONS", "--path", &own_asset,
+            ][..],
+            &ours[..],
+            &preflight[..],
+        ]
+        .concat(),
+        env,
+    );
+    assert_eq!(anonymous.code, 0, "{}", anonymous.stderr);
+    assert!(
+        anonymous.stdout.contains("a CORS preflight"),
+        "{}",
+        anonymous.stdout
+    );
+    assert!(anonymous.stdout.contains("ALLOW"), "{}", anonymous.stdout);
+    // Explained as a user, it carries their credentials: no preflight, and no route
+    // takes OPTIONS.
     let (status, _, trace) =
         explain_as("OPTIONS", &own_asset, &[&ours[..], &preflight[..]].concat());
-    assert_eq!(status, 200, "{trace}");
-    assert!(trace.contains("a CORS preflight"), "{trace}");
+    assert_eq!(status, 404, "{trace}");
     // The upstream's login form is read for its email first, as the proxy reads it.
     let (status, reason, trace) = explain_as("POST", "/login", &ours);
     assert_eq!((status, reason.as_str()), (422, "invalid_input"), "{trace}");
@@ -2141,7 +2161,7 @@ async fn cors_preflights_reach_flexmeasures_and_nothing_else_sent_as_options_doe
     assert!(allowed("access-control-allow-headers").contains("authorization"));
     // Only for a method some route takes on that path, and only as a browser sends one:
     // anything else sent as OPTIONS is matched as OPTIONS, which no route takes.
-    let refused: [(&str, Vec<(&str, &str)>); 5] = [
+    let refused: [(&str, Vec<(&str, &str)>); 6] = [
         ("a method no route takes there", preflight("PUT").to_vec()),
         ("no Access-Control-Request-Method", vec![origin]),
         (
@@ -2160,15 +2180,29 @@ async fn cors_preflights_reach_flexmeasures_and_nothing_else_sent_as_options_doe
             ]
             .concat(),
         ),
+        (
+            "with a method override",
+            [
+                &preflight("PATCH")[..],
+                &[("x-http-method-override", "DELETE")],
+            ]
+            .concat(),
+        ),
     ];
     for (what, headers) in refused {
         let answer = gw.send("OPTIONS", &asset, &headers, "").await;
         assert_eq!(answer.status, 404, "{what}: {}", answer.text());
     }
-    let answer = gw
-        .send("OPTIONS", "/api/v3_0/nothing-here", &preflight("GET"), "")
-        .await;
-    assert_eq!(answer.status, 404, "{}", answer.text());
+    // Nor with a token in the query (FlexMeasures would read it), nor outside /api
+    // (FlexMeasures' CORS_RESOURCES), nor on a path no route takes.
+    for path in [
+        format!("{asset}?auth_token=x"),
+        format!("/assets/{}", fm.asset("tenant_b")),
+        "/api/v3_0/nothing-here".to_owned(),
+    ] {
+        let answer = gw.send("OPTIONS", &path, &preflight("GET"), "").await;
+        assert_eq!(answer.status, 404, "{path}: {}", answer.text());
+    }
     // Over HTTP/2 only the stream's end says a request has no body: a preflight that
     // sends DATA is refused.
     let mut h2 = RawH2::connect(gw.https, &gw.tls.client).await;

@@ -985,3 +985,58 @@ async fn trusted_proxies_name_the_client_for_login_limits_and_the_upstream() {
 fn demo_rules() -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml")).unwrap()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cors_preflight_is_decided_with_no_identity_and_a_body_it_shows_is_refused() {
+    let db = TestDb::sqlite();
+    let upstream = Upstream::start().await;
+    let rules = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml"))
+        .unwrap()
+        .replacen(
+            "[paths]\n",
+            "[paths]\ncors_preflight_paths = [\"/api/\"]\n",
+            1,
+        );
+    let gw = GatewayBuilder::new(&db, &upstream)
+        .demo()
+        .rules(&rules)
+        .server("decision = \"127.0.0.1:0\"\n")
+        .start()
+        .await;
+    let decision = gw.decision.unwrap();
+    let preflight = [
+        ("origin", "https://dashboard.example"),
+        ("access-control-request-method", "PATCH"),
+    ];
+    // Traefik (forwardBody) sends the body along, nginx never does: either way the
+    // preflight is allowed with no identity (it has no Content-Type, so no upstream
+    // reads a body of it); a body the ingress shows is refused.
+    let described = |method_name, uri_name| -> Vec<(&'static str, &'static str)> {
+        [(method_name, "OPTIONS"), (uri_name, "/api/v3_0/assets/1")]
+            .into_iter()
+            .chain(preflight)
+            .collect()
+    };
+    let traefik = described("x-forwarded-method", "x-forwarded-uri");
+    let nginx = described("x-original-method", "x-original-uri");
+    for (path, headers) in [("/traefik", &traefik), ("/nginx", &nginx)] {
+        let (status, head, body) = ask(decision, "GET", path, headers, "").await;
+        assert_eq!(status, 200, "{path}: {head}\n{body}");
+        let user = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-flexgate-user-id:"))
+            .map_or("", str::trim);
+        assert_eq!(user, "", "{path}: a preflight got an identity: {head}");
+    }
+    let (status, _, body) = ask(decision, "GET", "/traefik", &traefik, "{}").await;
+    assert_eq!(status, 400, "a preflight with a body: {body}");
+    // With a Content-Type it is no preflight, and no route takes OPTIONS.
+    let typed: Vec<_> = nginx
+        .iter()
+        .copied()
+        .chain([("content-type", "application/json")])
+        .collect();
+    let (status, _, body) = ask(decision, "GET", "/nginx", &typed, "").await;
+    assert_eq!(status, 404, "{body}");
+    gw.stop().await;
+}

@@ -228,12 +228,22 @@ impl ExplainArgs {
             probe.credential = Credential::Session;
         }
         // Who asks matters only on routes that are not public.
+        let asks_as_someone = self.email.is_some() || self.token.is_some() || self.session;
         let public = normalize(&probe.path, &rules.paths)
             .ok()
             .and_then(|p| {
-                pipeline::match_rule(rules, &probe.method, &p)
-                    .ok()
-                    .map(|m| m.route.public)
+                let mut headers = probe.headers.clone();
+                pipeline::match_with_override(
+                    rules,
+                    &probe.method,
+                    &mut headers,
+                    &p,
+                    probe.query.as_deref(),
+                )
+                .ok()
+                // A preflight carries no credentials: explained as one only
+                // when none are given.
+                .map(|m| m.route.public || (m.preflight && !asks_as_someone))
             })
             .unwrap_or(false);
         let who = if public {

@@ -90,17 +90,24 @@ pub async fn evaluate<O: OwnerSource, T: Trace>(
     let mut headers = probe.headers.clone();
     // As on the proxy: what the upstream would not get as sent is gone before any rule.
     super::headers::drop_unforwarded(&mut headers);
-    let matched @ pipeline::Matched { route, params, .. } =
-        match pipeline::match_with_override(rules, method, &mut headers, &path) {
-            Ok(found) => found,
-            Err(deny) => {
-                note(
-                    trace,
-                    format!("rule: none matches {method} {path}: denied by default"),
-                );
-                return Err(deny);
-            }
-        };
+    let found =
+        pipeline::match_with_override(rules, method, &mut headers, &path, probe.query.as_deref())
+            // A caller explained with credentials sends them, and an OPTIONS with
+            // credentials is no preflight: the proxy matches it as OPTIONS.
+            .and_then(|m| match m.preflight && who.is_some() {
+                true => pipeline::match_rule(rules, method, &path),
+                false => Ok(m),
+            });
+    let matched @ pipeline::Matched { route, params, .. } = match found {
+        Ok(found) => found,
+        Err(deny) => {
+            note(
+                trace,
+                format!("rule: none matches {method} {path}: denied by default"),
+            );
+            return Err(deny);
+        }
+    };
     note(
         trace,
         format!(
@@ -131,6 +138,10 @@ pub async fn evaluate<O: OwnerSource, T: Trace>(
         );
     }
     if matched.preflight {
+        if probe.body.as_ref().is_some_and(|b| !b.is_empty()) {
+            note(trace, "a CORS preflight with a body: refused".into());
+            return Err(Deny::Ambiguous("A CORS preflight has no body.".into()));
+        }
         note(
             trace,
             "a CORS preflight (Origin, Access-Control-Request-Method, no credentials): matched with the method it asks about and forwarded with no authentication, no checks and no identity headers; the upstream answers it".into(),

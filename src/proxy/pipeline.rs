@@ -392,7 +392,13 @@ async fn serve(
         // Boxed: a login's future is large and rare; requests should not carry it.
         return Box::pin(login::handle(gw, rules, conn, &parts, body)).await;
     }
-    let matched = match_with_override(rules, &parts.method, &mut parts.headers, &path)?;
+    let matched = match_with_override(
+        rules,
+        &parts.method,
+        &mut parts.headers,
+        &path,
+        parts.uri.query(),
+    )?;
     let route = matched.route;
     outcome.route = Some(Arc::clone(&route.name));
     outcome.route_index = Some(matched.index);
@@ -894,7 +900,13 @@ async fn decide_request(
     let overridden = headers::METHOD_OVERRIDE
         .iter()
         .any(|name| parts.headers.contains_key(name));
-    let matched = match_with_override(rules, &parts.method, &mut parts.headers, &path)?;
+    let matched = match_with_override(
+        rules,
+        &parts.method,
+        &mut parts.headers,
+        &path,
+        parts.uri.query(),
+    )?;
     let route = matched.route;
     outcome.route = Some(Arc::clone(&route.name));
     outcome.route_index = Some(matched.index);
@@ -919,7 +931,14 @@ async fn decide_request(
         IngressBody::Whole(bytes) if bytes.len() > route.body_limit(gw.limits()) => {
             return Err(Deny::BodyTooLarge);
         }
+        // A preflight has no body, and the ingress takes the framing headers off
+        // what it describes: only an empty body it sends shows there is none.
+        IngressBody::Whole(bytes) if matched.preflight && !bytes.is_empty() => {
+            return Err(Deny::Ambiguous("A CORS preflight has no body.".into()));
+        }
         IngressBody::Whole(bytes) => bytes,
+        // A preflight has no Content-Type, so an upstream reads no body of it, seen or
+        // not.
         unseen => {
             if !matched.preflight
                 && (route.needs_body
@@ -1035,32 +1054,51 @@ fn route_allows_upgrade(route: &Route, protocol: &HeaderValue) -> bool {
             .any(|p| p.as_bytes().eq_ignore_ascii_case(name))
 }
 
-/// The method a CORS preflight asks about, when the rule file forwards preflights
-/// (`[paths] forward_cors_preflights`, for an upstream that answers them itself, as
-/// FlexMeasures does with flask-cors): an `OPTIONS` request with `Origin` and exactly
-/// one `Access-Control-Request-Method`, and nothing a browser never sends on a
-/// preflight (no `Authorization`, no `Cookie`, no body). It is matched with the method
-/// it asks about, so only a path some route takes for that method gets an answer.
-/// Anything else sent as `OPTIONS` is matched as `OPTIONS`, as before.
+/// The method a CORS preflight asks about, where the rule file forwards preflights
+/// (`[paths] cors_preflight_paths`, for an upstream that answers them itself without
+/// running a view, as FlexMeasures does with flask-cors): an `OPTIONS` request under
+/// one of those paths with `Origin` and exactly one `Access-Control-Request-Method`,
+/// and nothing a browser never sends on a preflight: no `Authorization`, `Cookie` or
+/// token in the query (FlexMeasures would read it), no method override, no `Upgrade`,
+/// no body and no `Content-Type` (so that no upstream reads one it was sent anyway). It is matched with the method it asks about, so only a path some route
+/// takes for that method gets an answer. Anything else sent as `OPTIONS` is matched as
+/// `OPTIONS`, as before.
 pub fn cors_preflight(
     rules: &RuleSet,
     method: &http::Method,
     headers: &HeaderMap,
+    path: &str,
+    query: Option<&str>,
 ) -> Option<http::Method> {
     use http::header::{
-        ACCESS_CONTROL_REQUEST_METHOD, AUTHORIZATION, CONTENT_LENGTH, COOKIE, ORIGIN,
-        TRANSFER_ENCODING,
+        ACCESS_CONTROL_REQUEST_METHOD, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, ORIGIN,
+        TRANSFER_ENCODING, UPGRADE,
     };
-    if !rules.forward_cors_preflights
-        || method != http::Method::OPTIONS
+    if method != http::Method::OPTIONS
+        || !rules
+            .cors_preflight_paths
+            .iter()
+            .any(|prefix| path.starts_with(&**prefix))
         || !headers.contains_key(ORIGIN)
-        || headers.contains_key(AUTHORIZATION)
-        || headers.contains_key(COOKIE)
-        || headers.contains_key(TRANSFER_ENCODING)
+        || [
+            AUTHORIZATION,
+            COOKIE,
+            CONTENT_TYPE,
+            TRANSFER_ENCODING,
+            UPGRADE,
+        ]
+        .iter()
+        .any(|name| headers.contains_key(name))
+        || headers::METHOD_OVERRIDE
+            .iter()
+            .any(|name| headers.contains_key(name))
         || headers
             .get_all(CONTENT_LENGTH)
             .iter()
             .any(|v| v.as_bytes() != b"0")
+        || query.is_some_and(|q| {
+            form_urlencoded::parse(q.as_bytes()).any(|(key, _)| key == "auth_token")
+        })
     {
         return None;
     }
@@ -1081,8 +1119,9 @@ pub fn match_with_override<'r, 'p>(
     method: &http::Method,
     headers: &mut HeaderMap,
     path: &'p str,
+    query: Option<&str>,
 ) -> Result<Matched<'r, 'p>, Deny> {
-    if let Some(asked) = cors_preflight(rules, method, headers) {
+    if let Some(asked) = cors_preflight(rules, method, headers, path, query) {
         let mut found = match_rule(rules, &asked, path)?;
         found.preflight = true;
         return Ok(found);
@@ -1118,7 +1157,8 @@ pub struct Matched<'r, 'p> {
 
 impl Matched<'_, '_> {
     /// Whether the request goes on without authentication: a public route, or a CORS
-    /// preflight (which carries no credentials and runs nothing upstream).
+    /// preflight (which carries no credentials, and for which the upstream runs no
+    /// view; its `before_request` hooks still run, as for any anonymous request).
     pub fn needs_no_identity(&self) -> bool {
         self.route.public || self.preflight
     }
@@ -2052,17 +2092,17 @@ mod tests {
 
     #[test]
     fn a_cors_preflight_is_what_a_browser_sends_and_is_matched_with_the_method_it_asks() {
-        let text = |forward: bool| {
+        let text = |prefixes: &str| {
             format!(
-                "[paths]\nforward_cors_preflights = {forward}\n\n[[route]]\nname = \"asset\"\nmethods = [\"GET\", \"PATCH\"]\npath = \"/assets/{{id}}\"\n"
+                "[paths]\ncors_preflight_paths = [{prefixes}]\n\n[[route]]\nname = \"asset\"\nmethods = [\"GET\", \"PATCH\"]\npath = \"/api/assets/{{id}}\"\n\n[[route]]\nname = \"page\"\nmethods = [\"GET\"]\npath = \"/assets/{{id}}\"\n"
             )
         };
-        let compile = |forward| {
-            crate::rules::compile::compile_text(&text(forward), std::path::Path::new("r.toml"))
+        let compile = |prefixes: &str| {
+            crate::rules::compile::compile_text(&text(prefixes), std::path::Path::new("r.toml"))
                 .unwrap()
                 .rules
         };
-        let (on, off) = (compile(true), compile(false));
+        let (on, off) = (compile("\"/api/\""), compile(""));
         let headers = |pairs: &[(&'static str, &'static str)]| {
             let mut h = HeaderMap::new();
             for (k, v) in pairs {
@@ -2075,61 +2115,66 @@ mod tests {
             ("access-control-request-method", "PATCH"),
         ];
         let options = http::Method::OPTIONS;
+        let asks = |rules: &RuleSet, pairs: &[(&'static str, &'static str)], path, query| {
+            cors_preflight(rules, &options, &headers(pairs), path, query)
+        };
+        let api = "/api/assets/7";
+        assert_eq!(asks(&on, &browser, api, None), Some(http::Method::PATCH));
         assert_eq!(
-            cors_preflight(&on, &options, &headers(&browser)),
-            Some(http::Method::PATCH)
-        );
-        assert_eq!(
-            cors_preflight(
+            asks(
                 &on,
-                &options,
-                &headers(&[&browser[..], &[("content-length", "0")]].concat())
+                &[&browser[..], &[("content-length", "0")]].concat(),
+                api,
+                Some("a=1")
             ),
             Some(http::Method::PATCH)
         );
-        let found =
-            match_with_override(&on, &options, &mut headers(&browser), "/assets/7").unwrap();
+        let found = match_with_override(&on, &options, &mut headers(&browser), api, None).unwrap();
         assert!(found.preflight && found.needs_no_identity());
         assert_eq!(found.params.get(0), Some("7"));
+        let origin = ("origin", "https://app.example");
         for not_one in [
-            &[("origin", "https://app.example")][..],
+            &[origin][..],
             &[("access-control-request-method", "PATCH")],
             &[&browser[..], &[("authorization", "Bearer x")]].concat(),
             &[&browser[..], &[("cookie", "session=x")]].concat(),
             &[&browser[..], &[("content-length", "5")]].concat(),
             &[&browser[..], &[("transfer-encoding", "chunked")]].concat(),
             &[&browser[..], &[("access-control-request-method", "GET")]].concat(),
-            &[
-                ("origin", "https://app.example"),
-                ("access-control-request-method", "OPTIONS"),
-            ],
-            &[
-                ("origin", "https://app.example"),
-                ("access-control-request-method", "CONNECT"),
-            ],
-            &[
-                ("origin", "https://app.example"),
-                ("access-control-request-method", "P A"),
-            ],
+            &[&browser[..], &[("x-http-method-override", "DELETE")]].concat(),
+            &[&browser[..], &[("upgrade", "websocket")]].concat(),
+            &[&browser[..], &[("content-type", "application/json")]].concat(),
+            &[origin, ("access-control-request-method", "OPTIONS")],
+            &[origin, ("access-control-request-method", "CONNECT")],
+            &[origin, ("access-control-request-method", "P A")],
         ] {
-            assert_eq!(
-                cors_preflight(&on, &options, &headers(not_one)),
-                None,
-                "{not_one:?}"
-            );
+            assert_eq!(asks(&on, not_one, api, None), None, "{not_one:?}");
         }
-        assert_eq!(cors_preflight(&off, &options, &headers(&browser)), None);
+        for query in ["auth_token=x", "a=1&auth%5Ftoken=x"] {
+            assert_eq!(asks(&on, &browser, api, Some(query)), None, "{query}");
+        }
+        // Only under the configured prefixes, and only for OPTIONS.
+        assert_eq!(asks(&on, &browser, "/assets/7", None), None);
+        assert_eq!(asks(&off, &browser, api, None), None);
         assert_eq!(
-            cors_preflight(&on, &http::Method::GET, &headers(&browser)),
+            cors_preflight(&on, &http::Method::GET, &headers(&browser), api, None),
             None
         );
         // A method no route takes on the path: as any unmatched request.
-        let put = [
-            ("origin", "https://app.example"),
-            ("access-control-request-method", "PUT"),
-        ];
-        assert!(match_with_override(&on, &options, &mut headers(&put), "/assets/7").is_err());
-        assert!(match_with_override(&off, &options, &mut headers(&browser), "/assets/7").is_err());
+        let put = [origin, ("access-control-request-method", "PUT")];
+        assert!(match_with_override(&on, &options, &mut headers(&put), api, None).is_err());
+        assert!(match_with_override(&off, &options, &mut headers(&browser), api, None).is_err());
+        let report = match crate::rules::compile::compile_text(
+            &text("\"api/\""),
+            std::path::Path::new("r.toml"),
+        ) {
+            Ok(_) => panic!("a prefix without '/' compiled"),
+            Err(d) => d.to_string(),
+        };
+        assert!(
+            report.contains("cors_preflight_paths: \"api/\" is not a path prefix"),
+            "{report}"
+        );
     }
 
     #[test]

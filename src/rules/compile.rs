@@ -250,6 +250,21 @@ pub fn compile_text(text: &str, file: &Path) -> Result<Config, Diagnostics> {
     if !cx.diagnostics.errors.is_empty() {
         return Err(cx.diagnostics);
     }
+    let mut cors_preflight_paths = Vec::new();
+    for prefix in &raw.paths.cors_preflight_paths {
+        if prefix.starts_with('/') && Template::parse(prefix).is_ok() {
+            cors_preflight_paths.push(Box::from(prefix.as_str()));
+        } else {
+            cx.error(
+                None,
+                Some("[paths]".into()),
+                format!("cors_preflight_paths: {prefix:?} is not a path prefix; write one as requests arrive normalised, e.g. \"/api/\""),
+            );
+        }
+    }
+    if !cx.diagnostics.errors.is_empty() {
+        return Err(cx.diagnostics);
+    }
     let matcher = Matcher::build(
         routes
             .iter()
@@ -265,7 +280,7 @@ pub fn compile_text(text: &str, file: &Path) -> Result<Config, Diagnostics> {
         max_login_body_bytes,
         paths,
         unmatched_status,
-        forward_cors_preflights: raw.paths.forward_cors_preflights.unwrap_or(false),
+        cors_preflight_paths,
         identity: identity.expect("identity errors were reported above"),
         permissions,
         kinds,

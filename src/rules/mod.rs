@@ -646,9 +646,10 @@ pub struct RuleSet {
     pub paths: PathOptions,
     /// Status for unmatched requests.
     pub unmatched_status: StatusCode,
-    /// CORS preflights are forwarded without authentication on paths a route takes
-    /// for the method they ask about (`[paths] forward_cors_preflights`).
-    pub forward_cors_preflights: bool,
+    /// Path prefixes under which CORS preflights are forwarded without authentication
+    /// on paths a route takes for the method they ask about (`[paths]
+    /// cors_preflight_paths`; see `proxy::pipeline::cors_preflight`).
+    pub cors_preflight_paths: Vec<Box<str>>,
     /// Identity header names.
     pub identity: IdentityHeaders,
     /// Permission names by id.

@@ -197,11 +197,13 @@ pub struct RawPaths {
     pub case_insensitive: Option<bool>,
     /// Status for requests no route matches: 403 or 404.
     pub unmatched_status: Option<u16>,
-    /// Forward CORS preflights (`OPTIONS` with `Origin` and
-    /// `Access-Control-Request-Method`, no credentials) on paths a route takes for the
-    /// method they ask about, without authentication, for an upstream that answers them
-    /// itself without running a view (FlexMeasures: flask-cors). Off by default.
-    pub forward_cors_preflights: Option<bool>,
+    /// Path prefixes under which CORS preflights (`OPTIONS` with `Origin` and
+    /// `Access-Control-Request-Method`, no credentials) are forwarded without
+    /// authentication, on paths a route takes for the method they ask about: for an
+    /// upstream that answers them itself without running a view (FlexMeasures:
+    /// flask-cors, whose `CORS_RESOURCES` is `/api/*`). None by default.
+    #[serde(default)]
+    pub cors_preflight_paths: Vec<String>,
 }
 
 /// `[identity]`.
