@@ -21,7 +21,7 @@ fn the_shipped_permission_matrices_pass() {
         (
             "config/flexmeasures.toml",
             "config/flexmeasures.tests.toml",
-            306,
+            309,
         ),
         ("config/demo.toml", "config/demo.tests.toml", 198),
     ] {
