@@ -94,9 +94,12 @@ pub async fn evaluate<O: OwnerSource, T: Trace>(
         pipeline::match_with_override(rules, method, &mut headers, &path, probe.query.as_deref())
             // A caller explained with credentials sends them, and an OPTIONS with
             // credentials is no preflight: the proxy matches it as OPTIONS.
-            .and_then(|m| match m.preflight && who.is_some() {
-                true => pipeline::match_rule(rules, method, &path),
-                false => Ok(m),
+            .and_then(|m| {
+                if m.preflight && who.is_some() {
+                    pipeline::match_rule(rules, method, &path)
+                } else {
+                    Ok(m)
+                }
             });
     let matched @ pipeline::Matched { route, params, .. } = match found {
         Ok(found) => found,
@@ -140,7 +143,7 @@ pub async fn evaluate<O: OwnerSource, T: Trace>(
     if matched.preflight {
         if probe.body.as_ref().is_some_and(|b| !b.is_empty()) {
             note(trace, "a CORS preflight with a body: refused".into());
-            return Err(Deny::Ambiguous("A CORS preflight has no body.".into()));
+            return Err(pipeline::preflight_with_a_body());
         }
         note(
             trace,

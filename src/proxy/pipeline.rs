@@ -404,7 +404,7 @@ async fn serve(
     outcome.route_index = Some(matched.index);
     // A preflight's headers say it has no body; over HTTP/2 only the stream's end can.
     if matched.preflight && !hyper::body::Body::is_end_stream(&body) {
-        return Err(Deny::Ambiguous("A CORS preflight has no body.".into()));
+        return Err(preflight_with_a_body());
     }
     let route_metrics = installed.routes.get(matched.index);
     // Only a protocol the route allows may be switched to; any other offer (h2c above
@@ -934,7 +934,7 @@ async fn decide_request(
         // A preflight has no body, and the ingress takes the framing headers off
         // what it describes: only an empty body it sends shows there is none.
         IngressBody::Whole(bytes) if matched.preflight && !bytes.is_empty() => {
-            return Err(Deny::Ambiguous("A CORS preflight has no body.".into()));
+            return Err(preflight_with_a_body());
         }
         IngressBody::Whole(bytes) => bytes,
         // A preflight has no Content-Type, so an upstream reads no body of it, seen or
@@ -1054,14 +1054,21 @@ fn route_allows_upgrade(route: &Route, protocol: &HeaderValue) -> bool {
             .any(|p| p.as_bytes().eq_ignore_ascii_case(name))
 }
 
+/// The refusal of a preflight that turns out to have a body (HTTP/2 DATA, or one the
+/// ingress shows) although its headers said none.
+pub fn preflight_with_a_body() -> Deny {
+    Deny::Ambiguous("A CORS preflight has no body.".into())
+}
+
 /// The method a CORS preflight asks about, where the rule file forwards preflights
 /// (`[paths] cors_preflight_paths`, for an upstream that answers them itself without
 /// running a view, as FlexMeasures does with flask-cors): an `OPTIONS` request under
 /// one of those paths with `Origin` and exactly one `Access-Control-Request-Method`,
 /// and nothing a browser never sends on a preflight: no `Authorization`, `Cookie` or
 /// token in the query (FlexMeasures would read it), no method override, no `Upgrade`,
-/// no body and no `Content-Type` (so that no upstream reads one it was sent anyway). It is matched with the method it asks about, so only a path some route
-/// takes for that method gets an answer. Anything else sent as `OPTIONS` is matched as
+/// no body and no `Content-Type` (so that no upstream reads one it was sent anyway).
+/// It is matched with the method it asks about, so only a path some route takes for
+/// that method gets an answer. Anything else sent as `OPTIONS` is matched as
 /// `OPTIONS`, as before.
 pub fn cors_preflight(
     rules: &RuleSet,

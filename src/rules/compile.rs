@@ -247,9 +247,6 @@ pub fn compile_text(text: &str, file: &Path) -> Result<Config, Diagnostics> {
         );
     }
 
-    if !cx.diagnostics.errors.is_empty() {
-        return Err(cx.diagnostics);
-    }
     let mut cors_preflight_paths = Vec::new();
     for prefix in &raw.paths.cors_preflight_paths {
         if prefix.starts_with('/') && Template::parse(prefix).is_ok() {
@@ -1731,10 +1728,10 @@ impl Compiler {
                 .enumerate()
             {
                 let same_shape = by_shape.entry(key).or_default();
-                if let Some(earlier) = same_shape
-                    .iter()
-                    .find(|e| e.methods.overlaps(&later.methods))
-                    && !reported
+                if !reported
+                    && let Some(earlier) = same_shape
+                        .iter()
+                        .find(|e| e.methods.overlaps(&later.methods))
                 {
                     reported = true;
                     let what = if slashed == 1 {

@@ -182,8 +182,11 @@ impl Template {
     /// Whether this template can take a trailing slash: it does not end in `/` or a
     /// catch-all already (either would make the option mean nothing or something else).
     pub fn can_take_trailing_slash(&self) -> bool {
-        matches!(self.segments.last(), Some(Segment::Static(s)) if !s.is_empty())
-            || matches!(self.segments.last(), Some(Segment::Param))
+        match self.segments.last() {
+            Some(Segment::Static(s)) => !s.is_empty(),
+            Some(Segment::Param) => true,
+            Some(Segment::CatchAll) | None => false,
+        }
     }
 
     /// The shape keys of the paths this template matches: its own and, with
